@@ -1,0 +1,58 @@
+# ngx_cloudauth: build, run and test.
+#
+#   make            build build/ngx_http_cloudauth_module.so against Debian's
+#                   nginx (nginx-dev); NGINX_SRC=/path/to/nginx-x.y.z for any
+#                   other nginx source tree
+#   make run        build and start nginx with conf.example on 127.0.0.1:8080
+#   make test       build and run the test suite (prove -r t/)
+
+BUILD       = $(CURDIR)/build
+MODULE      = $(BUILD)/ngx_http_cloudauth_module.so
+DEBIAN_SRC  = /usr/share/nginx/src
+CC_OPT      = -Wall -Wextra -Wno-unused-parameter -Werror
+
+ifdef NGINX_SRC
+NGX_TREE    = $(NGINX_SRC)
+NGX_FLAGS   = --with-compat
+else
+NGX_TREE    = $(BUILD)/nginx
+NGX_FLAGS   = $$(. $(DEBIAN_SRC)/conf_flags; echo "$${NGX_CONF_FLAGS[@]}")
+endif
+
+SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
+
+SHELL       = /bin/bash
+
+.PHONY: all deps test-deps run test bench clean
+
+all: deps $(MODULE)
+
+deps:
+	@tools/deps.sh build
+
+test-deps:
+	@tools/deps.sh test
+
+$(NGX_TREE)/objs/Makefile: config
+	@if [ -z "$(NGINX_SRC)" ]; then \
+	    rm -rf $(NGX_TREE) && mkdir -p $(BUILD) && \
+	    cp -r $(DEBIAN_SRC) $(NGX_TREE); \
+	fi
+	cd $(NGX_TREE) && ./configure $(NGX_FLAGS) \
+	    --with-cc-opt="$(CC_OPT)" --add-dynamic-module=$(CURDIR) \
+	    > $(BUILD)/configure.log 2>&1 \
+	    || { tail -30 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(NGX_TREE)/objs/Makefile $(SOURCES)
+	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
+	mkdir -p $(BUILD)
+	cp $(NGX_TREE)/objs/ngx_http_cloudauth_module.so $(MODULE)
+
+run: all
+	@tools/run.sh
+
+test: test-deps all
+	prove -r t/
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,275 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ */
+
+
+#ifndef _NGX_CLOUDAUTH_H_INCLUDED_
+#define _NGX_CLOUDAUTH_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <curl/curl.h>
+#include <openssl/evp.h>
+
+
+#define NGX_CLOUDAUTH_MAX_TOKEN       8192
+#define NGX_CLOUDAUTH_MAX_SUBJECT     256
+#define NGX_CLOUDAUTH_MAX_ERROR       256
+#define NGX_CLOUDAUTH_MAX_RESPONSE    65536
+#define NGX_CLOUDAUTH_FP_LEN          32
+
+
+typedef struct ngx_cloudauth_cred_s   ngx_cloudauth_cred_t;
+typedef struct ngx_cloudauth_kind_s   ngx_cloudauth_kind_t;
+typedef struct ngx_cloudauth_fetch_s  ngx_cloudauth_fetch_t;
+typedef struct ngx_cloudauth_ask_s    ngx_cloudauth_ask_t;
+
+
+/* an outbound HTTP request, as a kind describes it */
+
+typedef struct {
+    ngx_str_t                  url;
+    ngx_str_t                  method;      /* empty: GET, or POST if body */
+    ngx_str_t                  body;
+    ngx_array_t               *headers;     /* of ngx_str_t "Name: value" */
+    ngx_str_t                  userpwd;     /* HTTP Basic "user:password" */
+} ngx_cloudauth_request_t;
+
+
+/* what a kind makes of a token endpoint's answer */
+
+typedef struct {
+    ngx_str_t                  token;
+    time_t                     expires_in;
+    ngx_str_t                  error;       /* provider's words, for logs */
+    unsigned                   terminal:1;  /* retrying soon will not help */
+} ngx_cloudauth_result_t;
+
+
+typedef void (*ngx_cloudauth_fetch_handler_pt)(ngx_cloudauth_fetch_t *f);
+
+struct ngx_cloudauth_fetch_s {
+    CURL                          *easy;
+    struct curl_slist             *headers;
+    ngx_log_t                     *log;
+    ngx_queue_t                    queue;
+
+    ngx_cloudauth_fetch_handler_pt handler;
+    void                          *data;
+
+    long                           status;      /* 0: transport error */
+    CURLcode                       code;
+    char                           errbuf[CURL_ERROR_SIZE];
+
+    u_char                        *body;
+    size_t                         body_len;
+    size_t                         body_max;
+
+    time_t                         date;        /* Date header, or 0 */
+    time_t                         retry_after; /* seconds, or 0 */
+    ngx_msec_t                     start;
+    ngx_msec_t                     duration;
+
+    unsigned                       truncated:1;
+    unsigned                       active:1;
+};
+
+
+struct ngx_cloudauth_kind_s {
+    ngx_str_t                  name;
+    unsigned                   subject:1;   /* supports subjects */
+
+    /* parse parameters (ngx_cloudauth_param()), load files */
+    char                    *(*init)(ngx_conf_t *cf,
+                                     ngx_cloudauth_cred_t *cred);
+
+    /* sign a token locally, or NULL */
+    ngx_int_t                (*sign)(ngx_cloudauth_cred_t *cred,
+                                     ngx_str_t *subject, ngx_pool_t *pool,
+                                     ngx_cloudauth_result_t *res,
+                                     ngx_log_t *log);
+
+    /* describe the token request */
+    ngx_int_t                (*build)(ngx_cloudauth_cred_t *cred,
+                                      ngx_str_t *subject, ngx_pool_t *pool,
+                                      ngx_cloudauth_request_t *req,
+                                      ngx_log_t *log);
+
+    /* read the answer */
+    ngx_int_t                (*parse)(ngx_cloudauth_cred_t *cred,
+                                      ngx_cloudauth_fetch_t *f,
+                                      ngx_pool_t *pool,
+                                      ngx_cloudauth_result_t *res);
+};
+
+
+struct ngx_cloudauth_cred_s {
+    ngx_str_t                  name;
+    ngx_uint_t                 index;
+    ngx_cloudauth_kind_t      *kind;
+    void                      *data;        /* the kind's own */
+
+    ngx_str_t                  subject;     /* default subject */
+    ngx_regex_t               *subjects;    /* allowed request subjects */
+
+    /* identity of the credential: name, kind, key, scopes, endpoint */
+    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
+
+    ngx_array_t               *params;      /* ngx_keyval_t, while parsing */
+    ngx_uint_t                *used;        /* which params were read */
+    u_char                    *file;        /* where it was defined */
+    ngx_uint_t                 line;
+};
+
+
+typedef struct {
+    ngx_array_t                creds;       /* ngx_cloudauth_cred_t * */
+    size_t                     zone_size;
+    ngx_shm_zone_t            *shm_zone;
+    ngx_str_t                  trusted_certificate;
+    ngx_msec_t                 timeout;
+} ngx_cloudauth_main_conf_t;
+
+
+/* cache status of one request, for $cloudauth_cache_status */
+
+typedef enum {
+    NGX_CLOUDAUTH_NONE = 0,
+    NGX_CLOUDAUTH_HIT,
+    NGX_CLOUDAUTH_STALE,
+    NGX_CLOUDAUTH_MISS,
+    NGX_CLOUDAUTH_WAIT,
+    NGX_CLOUDAUTH_ERROR
+} ngx_cloudauth_cache_status_e;
+
+
+typedef void (*ngx_cloudauth_ask_handler_pt)(ngx_cloudauth_ask_t *ask);
+
+/* one request's question to the engine: the token for (cred, subject) */
+
+struct ngx_cloudauth_ask_s {
+    ngx_cloudauth_cred_t          *cred;
+    ngx_str_t                      subject;
+    ngx_pool_t                    *pool;        /* token is copied here */
+    ngx_log_t                     *log;
+
+    ngx_cloudauth_ask_handler_pt   handler;     /* after NGX_AGAIN */
+    void                          *data;
+
+    ngx_str_t                      token;       /* on NGX_OK */
+    time_t                         expires_at;
+    ngx_str_t                      reason;      /* on NGX_DECLINED */
+    ngx_cloudauth_cache_status_e   cache_status;
+
+    ngx_queue_t                    queue;       /* in a wait group */
+    void                          *group;
+    unsigned                       waiting:1;
+};
+
+
+/* a cache entry in shared memory; times are milliseconds since the epoch */
+
+typedef struct {
+    ngx_rbtree_node_t          node;
+    ngx_queue_t                lru;
+    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
+
+    uint64_t                   expires_at;
+    uint64_t                   usable_until;
+    uint64_t                   refresh_at;
+    uint64_t                   refreshed_at;
+
+    uint64_t                   claim_deadline;
+    ngx_pid_t                  claim_pid;
+
+    uint64_t                   backoff_until;
+    ngx_uint_t                 failures;    /* consecutive */
+
+    ngx_atomic_uint_t          hits;
+    ngx_atomic_uint_t          misses;
+    ngx_atomic_uint_t          fetches;
+    ngx_atomic_uint_t          fetch_failures;
+    ngx_atomic_uint_t          waiters;
+    ngx_atomic_uint_t          invalidations;
+
+    u_char                    *token;
+    uint32_t                   token_len;
+    uint32_t                   token_cap;
+
+    u_char                     error[NGX_CLOUDAUTH_MAX_ERROR];
+    uint32_t                   error_len;
+
+    u_char                     name_len;
+    u_short                    subject_len;
+    u_char                     data[1];     /* name, then subject */
+} ngx_cloudauth_node_t;
+
+
+/* ngx_cloudauth_module.c */
+extern ngx_module_t  ngx_http_cloudauth_module;
+ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
+char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    char *param, ngx_str_t *url, ngx_uint_t allow_metadata);
+void ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
+    ngx_uint_t n);
+ngx_cloudauth_main_conf_t *ngx_cloudauth_main_conf(void);
+
+/* ngx_cloudauth_cache.c */
+ngx_int_t ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+void ngx_cloudauth_cache_lock(void);
+void ngx_cloudauth_cache_unlock(void);
+ngx_cloudauth_node_t *ngx_cloudauth_cache_lookup(u_char *fp,
+    ngx_str_t *name, ngx_str_t *subject, ngx_uint_t create);
+ngx_int_t ngx_cloudauth_cache_set_token(ngx_cloudauth_node_t *node,
+    ngx_str_t *token);
+void ngx_cloudauth_cache_drop_token(ngx_cloudauth_node_t *node);
+void ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node,
+    ngx_str_t *error);
+ngx_queue_t *ngx_cloudauth_cache_entries(void);
+uint64_t ngx_cloudauth_now(void);
+
+/* ngx_cloudauth_engine.c */
+ngx_int_t ngx_cloudauth_get(ngx_cloudauth_ask_t *ask);
+void ngx_cloudauth_cancel(ngx_cloudauth_ask_t *ask);
+void ngx_cloudauth_invalidate(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
+    ngx_str_t *token, ngx_log_t *log);
+void ngx_cloudauth_engine_exit(void);
+
+/* ngx_cloudauth_fetch.c */
+ngx_int_t ngx_cloudauth_fetch_init(ngx_cycle_t *cycle);
+void ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle);
+ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
+    ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
+void ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f);
+
+/* ngx_cloudauth_log.c */
+ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase);
+ngx_int_t ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log);
+
+/* ngx_cloudauth_jwt.c */
+ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,
+    const char *header, const char *claims, ngx_str_t *jwt);
+ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
+    const char *header, const char *claims, ngx_str_t *jwt);
+
+/* ngx_cloudauth_kind.c: what kinds share */
+extern ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[];
+ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    ngx_str_t *path, ngx_str_t *out, char **err);
+ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,
+    ngx_pool_t *pool, ngx_cloudauth_result_t *res, const char *field);
+ngx_int_t ngx_cloudauth_add_header(ngx_pool_t *pool,
+    ngx_cloudauth_request_t *req, const char *header);
+u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);
+size_t ngx_cloudauth_form_escape_len(ngx_str_t *src);
+char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);
+
+/* credential kinds */
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa;
+
+
+#endif /* _NGX_CLOUDAUTH_H_INCLUDED_ */

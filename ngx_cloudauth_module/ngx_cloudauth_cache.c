@@ -1,0 +1,359 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * The token cache: one shared memory zone, a red-black tree of entries
+ * keyed by (credential fingerprint, subject), and an LRU queue that lets
+ * old entries go when the zone is full.  Every function here but the
+ * zone initialisation is called with the zone's mutex held.
+ */
+
+
+#include "ngx_cloudauth.h"
+
+
+typedef struct {
+    ngx_rbtree_t           rbtree;
+    ngx_rbtree_node_t      sentinel;
+    ngx_queue_t            lru;
+} ngx_cloudauth_shctx_t;
+
+
+static void ngx_cloudauth_cache_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static void *ngx_cloudauth_cache_alloc(size_t size);
+static void ngx_cloudauth_cache_free_node(ngx_cloudauth_node_t *node);
+
+
+static ngx_cloudauth_shctx_t  *ngx_cloudauth_sh;
+static ngx_slab_pool_t        *ngx_cloudauth_shpool;
+
+
+ngx_int_t
+ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t        *shpool;
+    ngx_cloudauth_shctx_t  *sh;
+
+    if (data) {
+        /* reload: the tokens stay */
+        shm_zone->data = data;
+        ngx_cloudauth_sh = data;
+        ngx_cloudauth_shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        ngx_cloudauth_sh = shpool->data;
+        ngx_cloudauth_shpool = shpool;
+        return NGX_OK;
+    }
+
+    sh = ngx_slab_alloc(shpool, sizeof(ngx_cloudauth_shctx_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_rbtree_init(&sh->rbtree, &sh->sentinel, ngx_cloudauth_cache_insert);
+    ngx_queue_init(&sh->lru);
+
+    shpool->data = sh;
+    shpool->log_nomem = 0;
+    shm_zone->data = sh;
+
+    shpool->log_ctx = ngx_slab_alloc(shpool, sizeof(" in cloudauth zone"));
+    if (shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(shpool->log_ctx, " in cloudauth zone%Z");
+
+    ngx_cloudauth_sh = sh;
+    ngx_cloudauth_shpool = shpool;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_cloudauth_cache_lock(void)
+{
+    ngx_shmtx_lock(&ngx_cloudauth_shpool->mutex);
+}
+
+
+void
+ngx_cloudauth_cache_unlock(void)
+{
+    ngx_shmtx_unlock(&ngx_cloudauth_shpool->mutex);
+}
+
+
+uint64_t
+ngx_cloudauth_now(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+static ngx_int_t
+ngx_cloudauth_cache_cmp(ngx_cloudauth_node_t *n, u_char *fp,
+    ngx_str_t *subject)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_memcmp(fp, n->fp, NGX_CLOUDAUTH_FP_LEN);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (subject->len != n->subject_len) {
+        return (ngx_int_t) subject->len - (ngx_int_t) n->subject_len;
+    }
+
+    return ngx_memcmp(subject->data, n->data + n->name_len, subject->len);
+}
+
+
+static void
+ngx_cloudauth_cache_insert(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
+    ngx_rbtree_node_t *sentinel)
+{
+    ngx_str_t              subject;
+    ngx_rbtree_node_t    **p;
+    ngx_cloudauth_node_t  *cn, *cnt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            cn = (ngx_cloudauth_node_t *) node;
+            cnt = (ngx_cloudauth_node_t *) temp;
+
+            subject.len = cn->subject_len;
+            subject.data = cn->data + cn->name_len;
+
+            p = (ngx_cloudauth_cache_cmp(cnt, cn->fp, &subject) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+ngx_cloudauth_node_t *
+ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
+    ngx_uint_t create)
+{
+    uint32_t               hash;
+    ngx_int_t              rc;
+    ngx_rbtree_node_t     *node, *sentinel;
+    ngx_cloudauth_node_t  *cn;
+
+    ngx_crc32_init(hash);
+    ngx_crc32_update(&hash, fp, NGX_CLOUDAUTH_FP_LEN);
+    ngx_crc32_update(&hash, subject->data, subject->len);
+    ngx_crc32_final(hash);
+
+    node = ngx_cloudauth_sh->rbtree.root;
+    sentinel = ngx_cloudauth_sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        cn = (ngx_cloudauth_node_t *) node;
+
+        rc = ngx_cloudauth_cache_cmp(cn, fp, subject);
+
+        if (rc == 0) {
+            ngx_queue_remove(&cn->lru);
+            ngx_queue_insert_head(&ngx_cloudauth_sh->lru, &cn->lru);
+            return cn;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    if (!create) {
+        return NULL;
+    }
+
+    cn = ngx_cloudauth_cache_alloc(offsetof(ngx_cloudauth_node_t, data)
+                                   + name->len + subject->len);
+    if (cn == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(cn, offsetof(ngx_cloudauth_node_t, data));
+
+    cn->node.key = hash;
+    ngx_memcpy(cn->fp, fp, NGX_CLOUDAUTH_FP_LEN);
+    cn->name_len = (u_char) name->len;
+    cn->subject_len = (u_short) subject->len;
+    ngx_memcpy(cn->data, name->data, name->len);
+    ngx_memcpy(cn->data + name->len, subject->data, subject->len);
+
+    ngx_rbtree_insert(&ngx_cloudauth_sh->rbtree, &cn->node);
+    ngx_queue_insert_head(&ngx_cloudauth_sh->lru, &cn->lru);
+
+    return cn;
+}
+
+
+ngx_int_t
+ngx_cloudauth_cache_set_token(ngx_cloudauth_node_t *node, ngx_str_t *token)
+{
+    u_char  *p;
+
+    if (token->len > node->token_cap) {
+        /* keep the node itself out of the eviction */
+        ngx_queue_remove(&node->lru);
+
+        p = ngx_cloudauth_cache_alloc(token->len);
+
+        ngx_queue_insert_head(&ngx_cloudauth_sh->lru, &node->lru);
+
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (node->token) {
+            ngx_slab_free_locked(ngx_cloudauth_shpool, node->token);
+        }
+
+        node->token = p;
+        node->token_cap = token->len;
+    }
+
+    ngx_memcpy(node->token, token->data, token->len);
+    node->token_len = token->len;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_cloudauth_cache_drop_token(ngx_cloudauth_node_t *node)
+{
+    if (node->token) {
+        ngx_explicit_memzero(node->token, node->token_cap);
+    }
+
+    node->token_len = 0;
+    node->expires_at = 0;
+    node->usable_until = 0;
+    node->refresh_at = 0;
+}
+
+
+void
+ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node, ngx_str_t *error)
+{
+    node->error_len = ngx_min(error->len, NGX_CLOUDAUTH_MAX_ERROR);
+    ngx_memcpy(node->error, error->data, node->error_len);
+}
+
+
+ngx_queue_t *
+ngx_cloudauth_cache_entries(void)
+{
+    return &ngx_cloudauth_sh->lru;
+}
+
+
+/*
+ * Allocates from the zone; when it is full, lets the least recently used
+ * entries go, except those a worker is fetching for right now.
+ */
+
+static void *
+ngx_cloudauth_cache_alloc(size_t size)
+{
+    void                  *p;
+    uint64_t               now;
+    ngx_uint_t             n;
+    ngx_queue_t           *q, *prev;
+    ngx_cloudauth_node_t  *cn;
+
+    p = ngx_slab_alloc_locked(ngx_cloudauth_shpool, size);
+    if (p) {
+        return p;
+    }
+
+    now = ngx_cloudauth_now();
+
+    for (n = 0; n < 16; n++) {
+
+        q = ngx_queue_last(&ngx_cloudauth_sh->lru);
+
+        while (q != ngx_queue_sentinel(&ngx_cloudauth_sh->lru)) {
+            prev = ngx_queue_prev(q);
+            cn = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+            if (cn->claim_pid == 0 || cn->claim_deadline < now) {
+                ngx_cloudauth_cache_free_node(cn);
+                break;
+            }
+
+            q = prev;
+        }
+
+        if (q == ngx_queue_sentinel(&ngx_cloudauth_sh->lru)) {
+            return NULL;
+        }
+
+        p = ngx_slab_alloc_locked(ngx_cloudauth_shpool, size);
+        if (p) {
+            return p;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_cloudauth_cache_free_node(ngx_cloudauth_node_t *cn)
+{
+    ngx_queue_remove(&cn->lru);
+    ngx_rbtree_delete(&ngx_cloudauth_sh->rbtree, &cn->node);
+
+    if (cn->token) {
+        ngx_explicit_memzero(cn->token, cn->token_cap);
+        ngx_slab_free_locked(ngx_cloudauth_shpool, cn->token);
+    }
+
+    ngx_slab_free_locked(ngx_cloudauth_shpool, cn);
+}

@@ -1,0 +1,380 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * What credential kinds share: the list of kinds, reading key and secret
+ * files at configuration time, and reading OAuth2-shaped answers.
+ */
+
+
+#include "ngx_cloudauth.h"
+
+#include <jansson.h>
+
+
+#define NGX_CLOUDAUTH_MAX_FILE  65536
+
+
+ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
+    &ngx_cloudauth_kind_google_sa,
+    NULL
+};
+
+
+static void ngx_cloudauth_error_text(ngx_pool_t *pool, long status,
+    json_t *json, ngx_cloudauth_result_t *res);
+
+
+ngx_int_t
+ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    ngx_str_t *path, ngx_str_t *out, char **err)
+{
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_file_info_t  fi;
+
+    if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
+        *err = "cannot resolve the path";
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        *err = (ngx_errno == NGX_ENOENT) ? "no such file"
+                                         : "cannot open it (permissions?)";
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
+        *err = "not a regular file";
+        goto failed;
+    }
+
+    if (ngx_file_size(&fi) > NGX_CLOUDAUTH_MAX_FILE) {
+        *err = "larger than 64 KiB";
+        goto failed;
+    }
+
+    if (fi.st_mode & (S_IRGRP | S_IROTH)) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "cloudauth: credential \"%V\": \"%V\" is readable "
+                           "by group or others; \"chmod 600\" it",
+                           &cred->name, path);
+    }
+
+    out->len = ngx_file_size(&fi);
+    out->data = ngx_pnalloc(cf->pool, out->len + 1);
+    if (out->data == NULL) {
+        *err = "out of memory";
+        goto failed;
+    }
+
+    n = ngx_read_fd(fd, out->data, out->len);
+    if (n == -1 || (size_t) n != out->len) {
+        *err = "cannot read it";
+        goto failed;
+    }
+
+    out->data[out->len] = '\0';
+
+    ngx_close_file(fd);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_close_file(fd);
+
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_cloudauth_add_header(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
+    const char *header)
+{
+    ngx_str_t  *h;
+
+    if (req->headers == NULL) {
+        req->headers = ngx_array_create(pool, 4, sizeof(ngx_str_t));
+        if (req->headers == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    h = ngx_array_push(req->headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->len = ngx_strlen(header);
+    h->data = ngx_pnalloc(pool, h->len);
+    if (h->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(h->data, header, h->len);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_cloudauth_unreserved(u_char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+           || (ch >= '0' && ch <= '9')
+           || ch == '-' || ch == '.' || ch == '_' || ch == '~';
+}
+
+
+size_t
+ngx_cloudauth_form_escape_len(ngx_str_t *src)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = 0;
+
+    for (i = 0; i < src->len; i++) {
+        len += ngx_cloudauth_unreserved(src->data[i]) ? 1 : 3;
+    }
+
+    return len;
+}
+
+
+u_char *
+ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src)
+{
+    ngx_uint_t      i;
+    static u_char   hex[] = "0123456789ABCDEF";
+
+    for (i = 0; i < src->len; i++) {
+        if (ngx_cloudauth_unreserved(src->data[i])) {
+            *dst++ = src->data[i];
+            continue;
+        }
+
+        *dst++ = '%';
+        *dst++ = hex[src->data[i] >> 4];
+        *dst++ = hex[src->data[i] & 0xf];
+    }
+
+    return dst;
+}
+
+
+char *
+ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, s->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_cpystrn(p, s->data, s->len + 1);
+
+    return (char *) p;
+}
+
+
+/*
+ * Reads {"<field>": "...", "expires_in": N} from a 200 answer, or the
+ * provider's error text from any other.
+ */
+
+ngx_int_t
+ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
+    ngx_cloudauth_result_t *res, const char *field)
+{
+    size_t         i, len;
+    json_t        *json, *v;
+    const char    *s;
+    json_error_t   jerr;
+
+    if (f->status == 0) {
+        res->error.data = ngx_pnalloc(pool, CURL_ERROR_SIZE + 64);
+        if (res->error.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        res->error.len = ngx_snprintf(res->error.data, CURL_ERROR_SIZE + 64,
+                                      "%s", f->truncated
+                                      ? "answer larger than 64 KiB"
+                                      : f->errbuf)
+                         - res->error.data;
+        res->terminal = f->truncated;
+        return NGX_ERROR;
+    }
+
+    json = NULL;
+
+    if (f->body_len) {
+        json = json_loadb((char *) f->body, f->body_len,
+                          JSON_REJECT_DUPLICATES, &jerr);
+    }
+
+    if (f->status != 200) {
+        ngx_cloudauth_error_text(pool, f->status, json, res);
+        res->terminal = (f->status >= 400 && f->status < 500
+                         && f->status != 408 && f->status != 429);
+        goto failed;
+    }
+
+    if (!json_is_object(json)) {
+        ngx_str_set(&res->error, "malformed answer: not a JSON object");
+        goto failed;
+    }
+
+    v = json_object_get(json, field);
+    s = json_string_value(v);
+    len = s ? json_string_length(v) : 0;
+
+    if (len == 0) {
+        res->error.len = ngx_strlen(field) + sizeof("malformed answer: no ")
+                         - 1;
+        res->error.data = ngx_pnalloc(pool, res->error.len);
+        if (res->error.data == NULL) {
+            goto failed;
+        }
+
+        ngx_sprintf(res->error.data, "malformed answer: no %s", field);
+        goto failed;
+    }
+
+    if (len > NGX_CLOUDAUTH_MAX_TOKEN) {
+        ngx_str_set(&res->error, "token larger than 8 KiB");
+        goto failed;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (s[i] <= 0x20 || s[i] >= 0x7f) {
+            ngx_str_set(&res->error, "token with invalid characters");
+            goto failed;
+        }
+    }
+
+    res->token.data = ngx_pnalloc(pool, len);
+    if (res->token.data == NULL) {
+        goto failed;
+    }
+
+    ngx_memcpy(res->token.data, s, len);
+    res->token.len = len;
+
+    v = json_object_get(json, "expires_in");
+
+    if (v == NULL) {
+        res->expires_in = 3600;
+
+    } else if (json_is_integer(v)) {
+        res->expires_in = (time_t) json_integer_value(v);
+
+    } else if (json_is_string(v)) {
+        res->expires_in = ngx_atotm((u_char *) json_string_value(v),
+                                    json_string_length(v));
+
+    } else {
+        res->expires_in = -1;
+    }
+
+    if (res->expires_in <= 0 || res->expires_in > 365 * 86400) {
+        ngx_str_set(&res->error, "malformed answer: bad expires_in");
+        goto failed;
+    }
+
+    json_decref(json);
+
+    return NGX_OK;
+
+failed:
+
+    if (json) {
+        json_decref(json);
+    }
+
+    return NGX_ERROR;
+}
+
+
+static const char *
+ngx_cloudauth_json_str(json_t *json, const char *key)
+{
+    return json_string_value(json_object_get(json, key));
+}
+
+
+/*
+ * "HTTP 400: invalid_grant: Invalid JWT Signature." from the shapes
+ * providers use: OAuth2 error/error_description, Zoom's reason, Google
+ * APIs' {"error": {"status", "message"}}.
+ */
+
+static void
+ngx_cloudauth_error_text(ngx_pool_t *pool, long status, json_t *json,
+    ngx_cloudauth_result_t *res)
+{
+    u_char      *p, *last;
+    json_t      *e;
+    ngx_uint_t   i;
+    const char  *a, *b;
+
+    a = NULL;
+    b = NULL;
+
+    if (json_is_object(json)) {
+        e = json_object_get(json, "error");
+
+        if (json_is_object(e)) {
+            a = ngx_cloudauth_json_str(e, "status");
+            b = ngx_cloudauth_json_str(e, "message");
+
+        } else {
+            a = json_string_value(e);
+            b = ngx_cloudauth_json_str(json, "error_description");
+
+            if (b == NULL) {
+                b = ngx_cloudauth_json_str(json, "reason");
+            }
+
+            if (b == NULL) {
+                b = ngx_cloudauth_json_str(json, "message");
+            }
+        }
+
+    } else if (json == NULL && status == 200) {
+        a = "malformed answer: not JSON";
+    }
+
+    p = ngx_pnalloc(pool, NGX_CLOUDAUTH_MAX_ERROR);
+    if (p == NULL) {
+        ngx_str_set(&res->error, "error");
+        return;
+    }
+
+    last = p + NGX_CLOUDAUTH_MAX_ERROR;
+    res->error.data = p;
+
+    p = ngx_slprintf(p, last, "HTTP %l", status);
+
+    if (a) {
+        p = ngx_slprintf(p, last, ": %s", a);
+    }
+
+    if (b) {
+        p = ngx_slprintf(p, last, ": %s", b);
+    }
+
+    res->error.len = p - res->error.data;
+
+    /* the provider's words go to the log: printable ASCII only */
+
+    for (i = 0; i < res->error.len; i++) {
+        if (res->error.data[i] < 0x20 || res->error.data[i] >= 0x7f) {
+            res->error.data[i] = '?';
+        }
+    }
+}

@@ -1,0 +1,210 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * Keeps tokens out of the error logs.  The module itself never logs a
+ * token, but nginx does at debug level: the proxy module dumps the request
+ * it sends upstream, the core every request header.  Each error log that
+ * requests of a cloudauth configuration can write to gets a writer that
+ * masks the value of every header the module injects ("Authorization" and
+ * those named by "header=") and anything after "Bearer ".
+ */
+
+
+#include "ngx_cloudauth.h"
+
+
+#define NGX_CLOUDAUTH_MAX_MASKED  16
+
+
+typedef struct {
+    ngx_log_writer_pt  writer;
+    void              *wdata;
+} ngx_cloudauth_log_ctx_t;
+
+
+static void ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
+static size_t ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len);
+
+
+static ngx_str_t   ngx_cloudauth_masked[NGX_CLOUDAUTH_MAX_MASKED] = {
+    ngx_string("authorization:"),
+    ngx_string("bearer ")
+};
+static ngx_uint_t  ngx_cloudauth_nmasked = 2;
+
+
+ngx_int_t
+ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
+{
+    u_char      *p;
+    ngx_uint_t   i;
+
+    for (i = 0; i < ngx_cloudauth_nmasked; i++) {
+        if (ngx_cloudauth_masked[i].len == lowcase->len + 1
+            && ngx_strncmp(ngx_cloudauth_masked[i].data, lowcase->data,
+                           lowcase->len)
+               == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    if (ngx_cloudauth_nmasked == NGX_CLOUDAUTH_MAX_MASKED) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth: too many different \"header=\" names");
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, lowcase->len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, lowcase->data, lowcase->len);
+    p[lowcase->len] = ':';
+
+    ngx_cloudauth_masked[ngx_cloudauth_nmasked].data = p;
+    ngx_cloudauth_masked[ngx_cloudauth_nmasked].len = lowcase->len + 1;
+    ngx_cloudauth_nmasked++;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log)
+{
+    ngx_cloudauth_log_ctx_t  *ctx;
+
+    for ( /* void */ ; log; log = log->next) {
+
+        if (log->writer == ngx_cloudauth_log_writer) {
+            continue;
+        }
+
+        ctx = ngx_palloc(cf->pool, sizeof(ngx_cloudauth_log_ctx_t));
+        if (ctx == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->writer = log->writer;
+        ctx->wdata = log->wdata;
+
+        log->writer = ngx_cloudauth_log_writer;
+        log->wdata = ctx;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    size_t                    n;
+    ngx_log_t                 orig;
+    ngx_cloudauth_log_ctx_t  *ctx;
+    u_char                    out[4 * NGX_MAX_ERROR_STR];
+
+    ctx = log->wdata;
+
+    n = ngx_cloudauth_log_scrub(out, buf, ngx_min(len, NGX_MAX_ERROR_STR));
+
+    if (ctx->writer) {
+        orig = *log;
+        orig.writer = ctx->writer;
+        orig.wdata = ctx->wdata;
+        ctx->writer(&orig, level, out, n);
+        return;
+    }
+
+    if (log->file == NULL || log->file->fd == NGX_INVALID_FILE) {
+        return;
+    }
+
+    /* while nginx starts it copies warnings to stderr itself */
+
+    if (log->file->fd == ngx_stderr && ngx_use_stderr
+        && level <= NGX_LOG_WARN)
+    {
+        return;
+    }
+
+    (void) ngx_write_fd(log->file->fd, out, n);
+}
+
+
+static size_t
+ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len)
+{
+    u_char      *s, *d, *end, ch;
+    ngx_str_t   *m;
+    ngx_uint_t   i, header;
+
+    /*
+     * dst has room for 4 * len: "[hidden]" replaces at least one byte
+     * after a match of at least 2 bytes ("x:")
+     */
+
+    s = src;
+    d = dst;
+    end = src + len;
+
+    while (s < end) {
+
+        for (i = 0; i < ngx_cloudauth_nmasked; i++) {
+            m = &ngx_cloudauth_masked[i];
+
+            if ((size_t) (end - s) >= m->len
+                && ngx_strncasecmp(s, m->data, m->len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == ngx_cloudauth_nmasked) {
+            *d++ = *s++;
+            continue;
+        }
+
+        header = (m->data[m->len - 1] == ':');
+
+        d = ngx_cpymem(d, s, m->len);
+        s += m->len;
+
+        while (s < end && *s == ' ') {
+            *d++ = *s++;
+        }
+
+        if (s < end && (*s == 'B' || *s == 'b')
+            && (size_t) (end - s) >= 7
+            && ngx_strncasecmp(s, (u_char *) "bearer ", 7) == 0)
+        {
+            d = ngx_cpymem(d, s, 7);
+            s += 7;
+        }
+
+        if (s < end && *s != CR && *s != LF && *s != '"') {
+            d = ngx_cpymem(d, "[hidden]", 8);
+        }
+
+        /* a header's whole value; a bearer token up to a space */
+
+        while (s < end) {
+            ch = *s;
+
+            if (ch == CR || ch == LF || ch == '"'
+                || (!header && (ch == ' ' || ch == ',')))
+            {
+                break;
+            }
+
+            s++;
+        }
+    }
+
+    return d - dst;
+}

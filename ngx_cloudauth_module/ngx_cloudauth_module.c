@@ -1,0 +1,1233 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * Directives, configuration, the phase handler that puts a token into the
+ * request, the variables, and the header filter that drops a token the
+ * upstream refused with 401.
+ */
+
+
+#include "ngx_cloudauth.h"
+
+
+typedef struct {
+    ngx_str_t                  name;        /* as written; "off" */
+    ngx_cloudauth_cred_t      *cred;
+    ngx_http_complex_value_t  *subject;
+    ngx_str_t                  header;
+    ngx_str_t                  lowcase;
+    ngx_uint_t                 hash;
+    ngx_str_t                  prefix;
+    ngx_str_t                  suffix;
+    u_char                    *file;
+    ngx_uint_t                 line;
+} ngx_http_cloudauth_loc_conf_t;
+
+
+typedef struct {
+    ngx_cloudauth_ask_t        ask;
+    unsigned                   asked:1;
+    unsigned                   invalidated:1;
+} ngx_http_cloudauth_ctx_t;
+
+
+static ngx_int_t ngx_http_cloudauth_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cloudauth_ask(ngx_http_request_t *r,
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx);
+static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
+static void ngx_http_cloudauth_cleanup(void *data);
+static ngx_int_t ngx_http_cloudauth_inject(ngx_http_request_t *r,
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_str_t *token);
+static ngx_int_t ngx_http_cloudauth_fail(ngx_http_request_t *r,
+    ngx_http_cloudauth_ctx_t *ctx);
+static ngx_int_t ngx_http_cloudauth_header_filter(ngx_http_request_t *r);
+
+static ngx_int_t ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_cloudauth_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+static char *ngx_http_cloudauth_credential(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_cloudauth_add_variables(ngx_conf_t *cf);
+static void *ngx_http_cloudauth_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_cloudauth_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_cloudauth_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_cloudauth_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_cloudauth_init_process(ngx_cycle_t *cycle);
+static void ngx_http_cloudauth_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_cloudauth_commands[] = {
+
+    { ngx_string("cloudauth_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_cloudauth_main_conf_t, zone_size),
+      NULL },
+
+    { ngx_string("cloudauth_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_cloudauth_main_conf_t, trusted_certificate),
+      NULL },
+
+    { ngx_string("cloudauth_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_cloudauth_main_conf_t, timeout),
+      NULL },
+
+    { ngx_string("cloudauth_credential"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_cloudauth_credential,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("cloudauth"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_cloudauth,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("cloudauth_subject"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cloudauth_loc_conf_t, subject),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_cloudauth_module_ctx = {
+    ngx_http_cloudauth_add_variables,      /* preconfiguration */
+    ngx_http_cloudauth_init,               /* postconfiguration */
+
+    ngx_http_cloudauth_create_main_conf,   /* create main configuration */
+    ngx_http_cloudauth_init_main_conf,     /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_cloudauth_create_loc_conf,    /* create location configuration */
+    ngx_http_cloudauth_merge_loc_conf      /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_cloudauth_module = {
+    NGX_MODULE_V1,
+    &ngx_http_cloudauth_module_ctx,        /* module context */
+    ngx_http_cloudauth_commands,           /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_cloudauth_init_process,       /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_cloudauth_exit_process,       /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_cloudauth_vars[] = {
+
+    { ngx_string("cloudauth_token"), NULL,
+      ngx_http_cloudauth_token_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cloudauth_cache_status"), NULL,
+      ngx_http_cloudauth_status_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cloudauth_token_ttl"), NULL,
+      ngx_http_cloudauth_ttl_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_cloudauth_cache_statuses[] = {
+    ngx_string("-"),
+    ngx_string("HIT"),
+    ngx_string("STALE"),
+    ngx_string("MISS"),
+    ngx_string("WAIT"),
+    ngx_string("ERROR")
+};
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+
+ngx_cloudauth_main_conf_t *
+ngx_cloudauth_main_conf(void)
+{
+    return ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_cloudauth_module);
+}
+
+
+/* the request side */
+
+static ngx_int_t
+ngx_http_cloudauth_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                       rc;
+    ngx_http_cloudauth_ctx_t       *ctx;
+    ngx_http_cloudauth_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_module);
+
+    if (lcf->cred == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cloudauth_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_cloudauth_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_cloudauth_module);
+    }
+
+    if (!ctx->asked) {
+        ctx->asked = 1;
+
+        rc = ngx_http_cloudauth_ask(r, lcf, ctx);
+
+        if (rc == NGX_AGAIN) {
+            r->read_event_handler = ngx_http_test_reading;
+            r->write_event_handler = ngx_http_request_empty_handler;
+            return NGX_AGAIN;
+        }
+
+        if (rc != NGX_OK && rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
+    if (ctx->ask.waiting) {
+        return NGX_AGAIN;
+    }
+
+    if (ctx->ask.token.len == 0) {
+        return ngx_http_cloudauth_fail(r, ctx);
+    }
+
+    if (ngx_http_cloudauth_inject(r, lcf, &ctx->ask.token) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_ask(ngx_http_request_t *r,
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx)
+{
+    ngx_int_t             rc;
+    ngx_str_t             subject;
+    ngx_uint_t            i;
+    ngx_pool_cleanup_t   *cln;
+    ngx_cloudauth_cred_t *cred;
+
+    cred = lcf->cred;
+    subject = cred->subject;
+
+    if (lcf->subject) {
+        if (ngx_http_complex_value(r, lcf->subject, &subject) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (subject.len == 0) {
+            subject = cred->subject;
+
+        } else {
+            for (i = 0; i < subject.len; i++) {
+                if (subject.data[i] < 0x20 || subject.data[i] == 0x7f) {
+                    break;
+                }
+            }
+
+            if (subject.len > NGX_CLOUDAUTH_MAX_SUBJECT || i < subject.len
+                || (cred->subjects
+                    && ngx_regex_exec(cred->subjects, &subject, NULL, 0)
+                       < 0))
+            {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "cloudauth: credential \"%V\": subject not "
+                              "allowed by \"subjects=\"", &cred->name);
+                return NGX_HTTP_FORBIDDEN;
+            }
+        }
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->ask.cred = cred;
+    ctx->ask.subject = subject;
+    ctx->ask.pool = r->pool;
+    ctx->ask.log = r->connection->log;
+    ctx->ask.handler = ngx_http_cloudauth_wake;
+    ctx->ask.data = r;
+
+    cln->handler = ngx_http_cloudauth_cleanup;
+    cln->data = &ctx->ask;
+
+    rc = ngx_cloudauth_get(&ctx->ask);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return rc;
+}
+
+
+static void
+ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ask->data;
+    c = r->connection;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_cloudauth_cleanup(void *data)
+{
+    ngx_cloudauth_cancel(data);
+}
+
+
+/*
+ * Rebuilds the header list without any client-sent copy of the header and
+ * with ours: the client never decides what goes upstream.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_inject(ngx_http_request_t *r,
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_str_t *token)
+{
+    u_char           *p;
+    ngx_uint_t        i, n;
+    ngx_list_t        list;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *header;
+
+    n = 1;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        n += part->nelts;
+    }
+
+    if (ngx_list_init(&list, r->pool, n, sizeof(ngx_table_elt_t)) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    part = &r->headers_in.headers.part;
+    header = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            header = part->elts;
+            i = 0;
+        }
+
+        if (header[i].key.len == lcf->header.len
+            && ngx_strncasecmp(header[i].key.data, lcf->header.data,
+                               lcf->header.len)
+               == 0)
+        {
+            continue;
+        }
+
+        h = ngx_list_push(&list);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        *h = header[i];
+    }
+
+    h = ngx_list_push(&list);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = lcf->hash;
+    h->key = lcf->header;
+    h->lowcase_key = lcf->lowcase.data;
+
+    h->value.len = lcf->prefix.len + token->len + lcf->suffix.len;
+    h->value.data = ngx_pnalloc(r->pool, h->value.len);
+    if (h->value.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(h->value.data, lcf->prefix.data, lcf->prefix.len);
+    p = ngx_cpymem(p, token->data, token->len);
+    ngx_memcpy(p, lcf->suffix.data, lcf->suffix.len);
+
+    r->headers_in.headers = list;
+
+    if (lcf->header.len == sizeof("Authorization") - 1
+        && ngx_strcasecmp(lcf->lowcase.data, (u_char *) "authorization") == 0)
+    {
+        r->headers_in.authorization = h;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_fail(ngx_http_request_t *r, ngx_http_cloudauth_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_str_t                  type;
+    ngx_http_complex_value_t   cv;
+
+    if (ctx->ask.reason.len == 0) {
+        ngx_str_set(&ctx->ask.reason, "no token");
+    }
+
+    ngx_str_set(&type, "text/plain");
+    ngx_memzero(&cv, sizeof(ngx_http_complex_value_t));
+
+    cv.value.len = sizeof("cloudauth: credential \"\": \n") - 1
+                   + ctx->ask.cred->name.len + ctx->ask.reason.len;
+    cv.value.data = ngx_pnalloc(r->pool, cv.value.len);
+    if (cv.value.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(cv.value.data, "cloudauth: credential \"%V\": %V\n",
+                    &ctx->ask.cred->name, &ctx->ask.reason);
+    cv.value.len = p - cv.value.data;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
+    rc = ngx_http_send_response(r, NGX_HTTP_BAD_GATEWAY, &type, &cv);
+
+    ngx_http_finalize_request(r, rc);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_cloudauth_ctx_t  *ctx;
+
+    if (r->headers_out.status == NGX_HTTP_UNAUTHORIZED && r->upstream) {
+        ctx = ngx_http_get_module_ctx(r, ngx_http_cloudauth_module);
+
+        if (ctx && ctx->ask.token.len && !ctx->invalidated) {
+            ctx->invalidated = 1;
+            ngx_cloudauth_invalidate(ctx->ask.cred, &ctx->ask.subject,
+                                     &ctx->ask.token, r->connection->log);
+        }
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+/* variables */
+
+static ngx_http_cloudauth_ctx_t *
+ngx_http_cloudauth_get_ctx(ngx_http_request_t *r)
+{
+    return ngx_http_get_module_ctx(r, ngx_http_cloudauth_module);
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_cloudauth_ctx_t  *ctx;
+
+    ctx = ngx_http_cloudauth_get_ctx(r);
+
+    if (ctx == NULL || ctx->ask.token.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ctx->ask.token.len;
+    v->data = ctx->ask.token.data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                 *s;
+    ngx_http_cloudauth_ctx_t  *ctx;
+
+    ctx = ngx_http_cloudauth_get_ctx(r);
+
+    if (ctx == NULL || !ctx->asked) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    s = &ngx_http_cloudauth_cache_statuses[ctx->ask.cache_status];
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    time_t                     ttl;
+    ngx_http_cloudauth_ctx_t  *ctx;
+
+    ctx = ngx_http_cloudauth_get_ctx(r);
+
+    if (ctx == NULL || ctx->ask.token.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (v->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ttl = ctx->ask.expires_at - ngx_time();
+
+    v->len = ngx_sprintf(v->data, "%T", ttl > 0 ? ttl : 0) - v->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* configuration */
+
+static ngx_uint_t
+ngx_cloudauth_isalnum(u_char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+           || (ch >= '0' && ch <= '9');
+}
+
+
+ngx_str_t *
+ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name)
+{
+    size_t         len;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+
+    kv = cred->params->elts;
+    len = ngx_strlen(name);
+
+    for (i = 0; i < cred->params->nelts; i++) {
+        if (kv[i].key.len == len
+            && ngx_strncmp(kv[i].key.data, name, len) == 0)
+        {
+            cred->used[i] = 1;
+            return &kv[i].value;
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_uint_t
+ngx_cloudauth_loopback(ngx_str_t *host)
+{
+    if (host->len == 9 && ngx_strncasecmp(host->data, (u_char *) "localhost",
+                                          9) == 0)
+    {
+        return 1;
+    }
+
+    if (host->len == 5 && ngx_strncmp(host->data, "[::1]", 5) == 0) {
+        return 1;
+    }
+
+    return host->len >= 4 && ngx_strncmp(host->data, "127.", 4) == 0
+           && ngx_inet_addr(host->data, host->len) != INADDR_NONE;
+}
+
+
+char *
+ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    char *param, ngx_str_t *url, ngx_uint_t allow_metadata)
+{
+    u_char     *p, *last;
+    ngx_str_t   host;
+
+    if (url->len > 8 && ngx_strncasecmp(url->data, (u_char *) "https://", 8)
+                        == 0)
+    {
+        return NGX_CONF_OK;
+    }
+
+    if (url->len <= 7
+        || ngx_strncasecmp(url->data, (u_char *) "http://", 7) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": %s \"%V\" is not an "
+                           "https:// URL", &cred->name, param, url);
+        return NGX_CONF_ERROR;
+    }
+
+    host.data = url->data + 7;
+    last = url->data + url->len;
+
+    if (*host.data == '[') {
+        p = ngx_strlchr(host.data, last, ']');
+        p = p ? p + 1 : last;
+
+    } else {
+        for (p = host.data; p < last && *p != ':' && *p != '/'; p++) {
+            /* void */
+        }
+    }
+
+    host.len = p - host.data;
+
+    if (ngx_cloudauth_loopback(&host)) {
+        return NGX_CONF_OK;
+    }
+
+    if (allow_metadata
+        && ((host.len == 15
+             && ngx_strncmp(host.data, "169.254.169.254", 15) == 0)
+            || (host.len == 24
+                && ngx_strncmp(host.data, "metadata.google.internal", 24)
+                   == 0)))
+    {
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "cloudauth_credential \"%V\": %s \"%V\": plain http "
+                       "is allowed only to loopback addresses; use https://",
+                       &cred->name, param, url);
+
+    return NGX_CONF_ERROR;
+}
+
+
+void
+ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
+    ngx_uint_t n)
+{
+    ngx_uint_t   i;
+    EVP_MD_CTX  *md;
+
+    md = EVP_MD_CTX_new();
+    if (md == NULL) {
+        return;
+    }
+
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    EVP_DigestUpdate(md, cred->name.data, cred->name.len + 1);
+    EVP_DigestUpdate(md, cred->kind->name.data, cred->kind->name.len + 1);
+
+    for (i = 0; i < n; i++) {
+        EVP_DigestUpdate(md, parts[i].data, parts[i].len);
+        EVP_DigestUpdate(md, "", 1);
+    }
+
+    EVP_DigestFinal_ex(md, cred->fp, NULL);
+    EVP_MD_CTX_free(md);
+}
+
+
+static char *
+ngx_http_cloudauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_cloudauth_main_conf_t *cmcf = conf;
+
+    u_char                 *p, errstr[NGX_MAX_CONF_ERRSTR];
+    ngx_str_t              *value, *v, re;
+    ngx_uint_t              i;
+    ngx_keyval_t           *kv;
+    ngx_regex_compile_t     rc;
+    ngx_cloudauth_cred_t   *cred, **cp;
+    ngx_cloudauth_kind_t  **kind;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > 64) {
+        return "needs a name of 1 to 64 characters";
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (!(ngx_cloudauth_isalnum(value[1].data[i]) || value[1].data[i] == '_'
+              || value[1].data[i] == '-'))
+        {
+            return "needs a name of letters, digits, \"_\" and \"-\"";
+        }
+    }
+
+    cp = cmcf->creds.elts;
+
+    for (i = 0; i < cmcf->creds.nelts; i++) {
+        if (cp[i]->name.len == value[1].len
+            && ngx_strncmp(cp[i]->name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\" is defined "
+                               "twice", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cred = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_cred_t));
+    if (cred == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cred->name = value[1];
+    cred->index = cmcf->creds.nelts;
+    cred->file = cf->conf_file->file.name.data;
+    cred->line = cf->conf_file->line;
+
+    cred->params = ngx_array_create(cf->pool, cf->args->nelts,
+                                    sizeof(ngx_keyval_t));
+    cred->used = ngx_pcalloc(cf->pool, cf->args->nelts * sizeof(ngx_uint_t));
+    if (cred->params == NULL || cred->used == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        p = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
+
+        if (p == NULL || p == value[i].data) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": \"%V\" is not "
+                               "a name=value parameter", &cred->name,
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        kv = ngx_array_push(cred->params);
+        if (kv == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        kv->key.data = value[i].data;
+        kv->key.len = p - value[i].data;
+        kv->value.data = p + 1;
+        kv->value.len = value[i].data + value[i].len - p - 1;
+    }
+
+    v = ngx_cloudauth_param(cred, "type");
+    if (v == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": \"type=\" is "
+                           "required, e.g. type=google_service_account",
+                           &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    for (kind = ngx_cloudauth_kinds; *kind; kind++) {
+        if ((*kind)->name.len == v->len
+            && ngx_strncmp((*kind)->name.data, v->data, v->len) == 0)
+        {
+            cred->kind = *kind;
+            break;
+        }
+    }
+
+    if (cred->kind == NULL) {
+        p = errstr;
+
+        for (kind = ngx_cloudauth_kinds; *kind; kind++) {
+            p = ngx_slprintf(p, errstr + NGX_MAX_CONF_ERRSTR, "%s%V",
+                             p == errstr ? "" : ", ", &(*kind)->name);
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": unknown type "
+                           "\"%V\"; known types: %*s", &cred->name, v,
+                           p - errstr, errstr);
+        return NGX_CONF_ERROR;
+    }
+
+    v = ngx_cloudauth_param(cred, "subject");
+    if (v) {
+        cred->subject = *v;
+    }
+
+    v = ngx_cloudauth_param(cred, "subjects");
+    if (v) {
+        re.len = v->len + sizeof("^(?:)$") - 1;
+        re.data = ngx_pnalloc(cf->pool, re.len);
+        if (re.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_sprintf(re.data, "^(?:%V)$", v);
+
+        ngx_memzero(&rc, sizeof(ngx_regex_compile_t));
+        rc.pattern = re;
+        rc.pool = cf->pool;
+        rc.err.len = NGX_MAX_CONF_ERRSTR;
+        rc.err.data = errstr;
+
+        if (ngx_regex_compile(&rc) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": subjects=: %V",
+                               &cred->name, &rc.err);
+            return NGX_CONF_ERROR;
+        }
+
+        cred->subjects = rc.regex;
+    }
+
+    if ((cred->subject.len || cred->subjects) && !cred->kind->subject) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": type=%V takes no "
+                           "subject", &cred->name, &cred->kind->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->subject.len > NGX_CLOUDAUTH_MAX_SUBJECT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": subject= is longer "
+                           "than %d bytes", &cred->name,
+                           NGX_CLOUDAUTH_MAX_SUBJECT);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->kind->init(cf, cred) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    kv = cred->params->elts;
+
+    for (i = 0; i < cred->params->nelts; i++) {
+        if (!cred->used[i]) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": unknown "
+                               "parameter \"%V\" for type=%V", &cred->name,
+                               &kv[i].key, &cred->kind->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cp = ngx_array_push(&cmcf->creds);
+    if (cp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *cp = cred;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cloudauth_loc_conf_t *lcf = conf;
+
+    u_char      *p;
+    ngx_str_t   *value, format;
+    ngx_uint_t   i;
+
+    if (lcf->name.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    lcf->name = value[1];
+    lcf->file = cf->conf_file->file.name.data;
+    lcf->line = cf->conf_file->line;
+
+    ngx_str_set(&format, "Bearer %s");
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "header=", 7) == 0) {
+            lcf->header.data = value[i].data + 7;
+            lcf->header.len = value[i].len - 7;
+
+            for (p = lcf->header.data;
+                 p < lcf->header.data + lcf->header.len;
+                 p++)
+            {
+                if (!(ngx_cloudauth_isalnum(*p) || *p == '-' || *p == '_')) {
+                    break;
+                }
+            }
+
+            if (lcf->header.len == 0
+                || p < lcf->header.data + lcf->header.len)
+            {
+                return "has an invalid \"header=\": use a header name such "
+                       "as header=X-Api-Token";
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "format=", 7) == 0) {
+            format.data = value[i].data + 7;
+            format.len = value[i].len - 7;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth: unknown parameter \"%V\"; expected "
+                           "header= or format=", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_strnstr(format.data, "%s", format.len);
+    if (p == NULL) {
+        return "has a \"format=\" without \"%s\" where the token goes";
+    }
+
+    lcf->prefix.data = format.data;
+    lcf->prefix.len = p - format.data;
+    lcf->suffix.data = p + 2;
+    lcf->suffix.len = format.data + format.len - p - 2;
+
+    if (lcf->header.len == 0) {
+        ngx_str_set(&lcf->header, "Authorization");
+    }
+
+    lcf->lowcase.len = lcf->header.len;
+    lcf->lowcase.data = ngx_pnalloc(cf->pool, lcf->header.len + 1);
+    if (lcf->lowcase.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->hash = ngx_hash_strlow(lcf->lowcase.data, lcf->header.data,
+                                lcf->header.len);
+    lcf->lowcase.data[lcf->lowcase.len] = '\0';
+
+    if (ngx_cloudauth_log_mask_header(cf, &lcf->lowcase) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_cloudauth_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    cmcf = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_main_conf_t));
+    if (cmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&cmcf->creds, cf->pool, 4,
+                       sizeof(ngx_cloudauth_cred_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    cmcf->zone_size = NGX_CONF_UNSET_SIZE;
+    cmcf->timeout = NGX_CONF_UNSET_MSEC;
+
+    return cmcf;
+}
+
+
+static char *
+ngx_http_cloudauth_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_cloudauth_main_conf_t *cmcf = conf;
+
+    ngx_str_t   name;
+
+    ngx_conf_init_size_value(cmcf->zone_size, 1024 * 1024);
+    ngx_conf_init_msec_value(cmcf->timeout, 10000);
+
+    if (cmcf->zone_size < 64 * 1024) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"cloudauth_zone\" of %uz bytes is too small; "
+                      "use at least 64k", cmcf->zone_size);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cmcf->trusted_certificate.len) {
+        if (ngx_conf_full_name(cf->cycle, &cmcf->trusted_certificate, 1)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        if (access((char *) cmcf->trusted_certificate.data, R_OK) != 0) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, ngx_errno,
+                          "cloudauth_trusted_certificate \"%V\" cannot be "
+                          "read", &cmcf->trusted_certificate);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (cmcf->creds.nelts == 0) {
+        return NGX_CONF_OK;
+    }
+
+    ngx_str_set(&name, "cloudauth");
+
+    cmcf->shm_zone = ngx_shared_memory_add(cf, &name, cmcf->zone_size,
+                                           &ngx_http_cloudauth_module);
+    if (cmcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cmcf->shm_zone->init = ngx_cloudauth_cache_init_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_cloudauth_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_cloudauth_loc_conf_t  *lcf;
+
+    lcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_cloudauth_loc_conf_t));
+    if (lcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     lcf->name = { 0, NULL };
+     *     lcf->cred = NULL;
+     */
+
+    lcf->subject = NGX_CONF_UNSET_PTR;
+
+    return lcf;
+}
+
+
+static char *
+ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_cloudauth_loc_conf_t *prev = parent;
+    ngx_http_cloudauth_loc_conf_t *conf = child;
+
+    ngx_uint_t                  i;
+    ngx_cloudauth_cred_t      **cp;
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    ngx_conf_merge_ptr_value(conf->subject, prev->subject, NULL);
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+
+    if (cmcf->creds.nelts) {
+        /* nginx's own debug lines would show the tokens */
+        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+        if (ngx_cloudauth_log_wrap(cf, clcf->error_log) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (conf->name.data == NULL) {
+        conf->name = prev->name;
+        conf->cred = prev->cred;
+        conf->header = prev->header;
+        conf->lowcase = prev->lowcase;
+        conf->hash = prev->hash;
+        conf->prefix = prev->prefix;
+        conf->suffix = prev->suffix;
+        conf->file = prev->file;
+        conf->line = prev->line;
+    }
+
+    if (conf->name.data == NULL || conf->cred
+        || (conf->name.len == 3 && ngx_strncmp(conf->name.data, "off", 3) == 0))
+    {
+        return NGX_CONF_OK;
+    }
+
+    cp = cmcf->creds.elts;
+
+    for (i = 0; i < cmcf->creds.nelts; i++) {
+        if (cp[i]->name.len == conf->name.len
+            && ngx_strncmp(cp[i]->name.data, conf->name.data, conf->name.len)
+               == 0)
+        {
+            conf->cred = cp[i];
+            break;
+        }
+    }
+
+    if (conf->cred == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "cloudauth \"%V\": no such cloudauth_credential; "
+                      "define it at http level in %s:%ui",
+                      &conf->name, conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->subject && !conf->cred->kind->subject) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "cloudauth_subject: credential \"%V\" (type=%V) takes "
+                      "no subject, in %s:%ui", &conf->name,
+                      &conf->cred->kind->name, conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->subject && conf->subject->lengths
+        && conf->cred->subjects == NULL)
+    {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "cloudauth_subject with variables and credential "
+                      "\"%V\" without \"subjects=\": a client may obtain a "
+                      "token for any subject, in %s:%ui", &conf->name,
+                      conf->file, conf->line);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_cloudauth_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_cloudauth_main_conf_t  *cmcf;
+    ngx_http_core_main_conf_t  *hmcf;
+
+    hmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&hmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_cloudauth_handler;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_cloudauth_header_filter;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+
+    if (cmcf->creds.nelts) {
+        return ngx_cloudauth_log_wrap(cf, &cf->cycle->new_log);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_init_process(ngx_cycle_t *cycle)
+{
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    if (cycle->conf_ctx[ngx_http_module.index] == NULL) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_cloudauth_module);
+
+    if (cmcf == NULL || cmcf->creds.nelts == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_cloudauth_fetch_init(cycle);
+}
+
+
+static void
+ngx_http_cloudauth_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_cloudauth_engine_exit();
+    ngx_cloudauth_fetch_exit(cycle);
+}
