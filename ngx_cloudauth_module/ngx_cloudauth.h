@@ -36,6 +36,7 @@ typedef struct {
     ngx_str_t                  body;
     ngx_array_t               *headers;     /* of ngx_str_t "Name: value" */
     ngx_str_t                  userpwd;     /* HTTP Basic "user:password" */
+    ngx_str_t                  source_token; /* the source credential's */
 } ngx_cloudauth_request_t;
 
 
@@ -114,6 +115,9 @@ struct ngx_cloudauth_cred_s {
 
     ngx_str_t                  subject;     /* default subject */
     ngx_regex_t               *subjects;    /* allowed request subjects */
+
+    /* a credential whose token authorises this one's token request */
+    ngx_cloudauth_cred_t      *source;
 
     /* identity of the credential: name, kind, key, scopes, endpoint */
     u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
@@ -211,6 +215,7 @@ typedef struct {
 /* ngx_cloudauth_module.c */
 extern ngx_module_t  ngx_http_cloudauth_module;
 ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
+ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name);
 char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char *param, ngx_str_t *url, ngx_uint_t allow_metadata);
 void ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
@@ -270,6 +275,7 @@ char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);
 
 /* credential kinds */
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_impersonate;
 
 
 #endif /* _NGX_CLOUDAUTH_H_INCLUDED_ */

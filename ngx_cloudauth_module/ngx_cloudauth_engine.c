@@ -39,6 +39,7 @@ typedef struct {
     ngx_str_t                subject;
     ngx_pool_t              *pool;
     ngx_cloudauth_fetch_t   *fetch;
+    ngx_cloudauth_ask_t      source;     /* the source credential's token */
 } ngx_cloudauth_job_t;
 
 
@@ -51,6 +52,9 @@ typedef enum {
 
 static ngx_int_t ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_log_t *log);
+static void ngx_cloudauth_job_source(ngx_cloudauth_ask_t *ask);
+static void ngx_cloudauth_job_fetch(ngx_cloudauth_job_t *job);
+static void ngx_cloudauth_job_fail(ngx_cloudauth_job_t *job, char *error);
 static void ngx_cloudauth_job_done(ngx_cloudauth_fetch_t *f);
 static void ngx_cloudauth_job_free(ngx_cloudauth_job_t *job);
 static void ngx_cloudauth_store(ngx_cloudauth_cred_t *cred,
@@ -318,7 +322,6 @@ ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     ngx_int_t                 rc;
     ngx_cloudauth_job_t      *job;
     ngx_cloudauth_result_t    res;
-    ngx_cloudauth_request_t   req;
 
     job = ngx_calloc(sizeof(ngx_cloudauth_job_t) + subject->len, log);
     if (job == NULL) {
@@ -348,12 +351,72 @@ ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         return NGX_OK;
     }
 
+    if (cred->source == NULL) {
+        ngx_cloudauth_job_fetch(job);
+        return NGX_OK;
+    }
+
+    /* first the token of the source credential, through the engine too */
+
+    job->source.cred = cred->source;
+    job->source.subject = cred->source->subject;
+    job->source.pool = job->pool;
+    job->source.log = ngx_cycle->log;
+    job->source.handler = ngx_cloudauth_job_source;
+    job->source.data = job;
+
+    switch (ngx_cloudauth_get(&job->source)) {
+
+    case NGX_OK:
+        ngx_cloudauth_job_fetch(job);
+        break;
+
+    case NGX_AGAIN:
+        break;
+
+    default:
+        ngx_cloudauth_job_source(&job->source);
+    }
+
+    return NGX_OK;
+
+failed:
+
+    ngx_cloudauth_job_free(job);
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_cloudauth_job_source(ngx_cloudauth_ask_t *ask)
+{
+    ngx_cloudauth_job_t *job = ask->data;
+
+    if (ask->token.len == 0) {
+        ngx_cloudauth_job_fail(job, "the source credential has no token");
+        return;
+    }
+
+    ngx_cloudauth_job_fetch(job);
+}
+
+
+static void
+ngx_cloudauth_job_fetch(ngx_cloudauth_job_t *job)
+{
+    ngx_cloudauth_request_t  req;
+
     ngx_memzero(&req, sizeof(ngx_cloudauth_request_t));
 
-    if (cred->kind->build(cred, &job->subject, job->pool, &req, log)
+    req.source_token = job->source.token;
+
+    if (job->cred->kind->build(job->cred, &job->subject, job->pool, &req,
+                               ngx_cycle->log)
         != NGX_OK)
     {
-        goto failed;
+        ngx_cloudauth_job_fail(job, "cannot build the token request");
+        return;
     }
 
     job->fetch = ngx_cloudauth_fetch_start(&req, ngx_cloudauth_job_done, job,
@@ -365,16 +428,30 @@ ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     }
 
     if (job->fetch == NULL) {
-        goto failed;
+        ngx_cloudauth_job_fail(job, "cannot start the token request");
     }
+}
 
-    return NGX_OK;
 
-failed:
+static void
+ngx_cloudauth_job_fail(ngx_cloudauth_job_t *job, char *error)
+{
+    ngx_cloudauth_group_t   *g;
+    ngx_cloudauth_result_t   res;
+
+    ngx_memzero(&res, sizeof(ngx_cloudauth_result_t));
+    res.error.data = (u_char *) error;
+    res.error.len = ngx_strlen(error);
+
+    ngx_cloudauth_store(job->cred, &job->subject, NGX_ERROR, &res, NULL);
+
+    g = ngx_cloudauth_group(job->cred, &job->subject, 0);
 
     ngx_cloudauth_job_free(job);
 
-    return NGX_ERROR;
+    if (g) {
+        ngx_cloudauth_group_check(g);
+    }
 }
 
 
@@ -407,6 +484,8 @@ static void
 ngx_cloudauth_job_free(ngx_cloudauth_job_t *job)
 {
     ngx_queue_remove(&job->queue);
+
+    ngx_cloudauth_cancel(&job->source);
 
     if (job->fetch) {
         ngx_cloudauth_fetch_free(job->fetch);

@@ -17,6 +17,7 @@
 
 ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_google_sa,
+    &ngx_cloudauth_kind_google_impersonate,
     NULL
 };
 

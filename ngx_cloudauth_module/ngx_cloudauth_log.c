@@ -18,6 +18,7 @@
 
 
 typedef struct {
+    ngx_log_t         *log;
     ngx_log_writer_pt  writer;
     void              *wdata;
 } ngx_cloudauth_log_ctx_t;
@@ -25,6 +26,7 @@ typedef struct {
 
 static void ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
+static void ngx_cloudauth_log_unwrap(void *data);
 static size_t ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len);
 
 
@@ -76,6 +78,7 @@ ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
 ngx_int_t
 ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log)
 {
+    ngx_pool_cleanup_t       *cln;
     ngx_cloudauth_log_ctx_t  *ctx;
 
     for ( /* void */ ; log; log = log->next) {
@@ -84,19 +87,38 @@ ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log)
             continue;
         }
 
-        ctx = ngx_palloc(cf->pool, sizeof(ngx_cloudauth_log_ctx_t));
-        if (ctx == NULL) {
+        /*
+         * the writer is undone with the cycle's pool, before the module
+         * is unloaded (its cleanup was registered earlier, so runs later)
+         */
+
+        cln = ngx_pool_cleanup_add(cf->pool, sizeof(ngx_cloudauth_log_ctx_t));
+        if (cln == NULL) {
             return NGX_ERROR;
         }
 
+        ctx = cln->data;
+        ctx->log = log;
         ctx->writer = log->writer;
         ctx->wdata = log->wdata;
+
+        cln->handler = ngx_cloudauth_log_unwrap;
 
         log->writer = ngx_cloudauth_log_writer;
         log->wdata = ctx;
     }
 
     return NGX_OK;
+}
+
+
+static void
+ngx_cloudauth_log_unwrap(void *data)
+{
+    ngx_cloudauth_log_ctx_t  *ctx = data;
+
+    ctx->log->writer = ctx->writer;
+    ctx->log->wdata = ctx->wdata;
 }
 
 

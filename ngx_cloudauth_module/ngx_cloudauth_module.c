@@ -565,6 +565,28 @@ ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
 
 /* configuration */
 
+ngx_cloudauth_cred_t *
+ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name)
+{
+    ngx_uint_t                  i;
+    ngx_cloudauth_cred_t      **cp;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+    cp = cmcf->creds.elts;
+
+    for (i = 0; i < cmcf->creds.nelts; i++) {
+        if (cp[i]->name.len == name->len
+            && ngx_strncmp(cp[i]->name.data, name->data, name->len) == 0)
+        {
+            return cp[i];
+        }
+    }
+
+    return NULL;
+}
+
+
 static ngx_uint_t
 ngx_cloudauth_isalnum(u_char ch)
 {
@@ -727,18 +749,11 @@ ngx_http_cloudauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    cp = cmcf->creds.elts;
-
-    for (i = 0; i < cmcf->creds.nelts; i++) {
-        if (cp[i]->name.len == value[1].len
-            && ngx_strncmp(cp[i]->name.data, value[1].data, value[1].len)
-               == 0)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "cloudauth_credential \"%V\" is defined "
-                               "twice", &value[1]);
-            return NGX_CONF_ERROR;
-        }
+    if (ngx_cloudauth_find_cred(cf, &value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\" is defined twice",
+                           &value[1]);
+        return NGX_CONF_ERROR;
     }
 
     cred = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_cred_t));
@@ -1079,8 +1094,6 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_cloudauth_loc_conf_t *prev = parent;
     ngx_http_cloudauth_loc_conf_t *conf = child;
 
-    ngx_uint_t                  i;
-    ngx_cloudauth_cred_t      **cp;
     ngx_http_core_loc_conf_t   *clcf;
     ngx_cloudauth_main_conf_t  *cmcf;
 
@@ -1115,17 +1128,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
-    cp = cmcf->creds.elts;
-
-    for (i = 0; i < cmcf->creds.nelts; i++) {
-        if (cp[i]->name.len == conf->name.len
-            && ngx_strncmp(cp[i]->name.data, conf->name.data, conf->name.len)
-               == 0)
-        {
-            conf->cred = cp[i];
-            break;
-        }
-    }
+    conf->cred = ngx_cloudauth_find_cred(cf, &conf->name);
 
     if (conf->cred == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
