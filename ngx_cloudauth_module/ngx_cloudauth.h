@@ -174,6 +174,16 @@ struct ngx_cloudauth_ask_s {
 };
 
 
+/* counters of the whole zone, shared by the workers (atomic updates) */
+
+typedef struct {
+    ngx_atomic_t               uploads_active;
+    ngx_atomic_t               uploads_completed;
+    ngx_atomic_t               uploads_failed;
+    ngx_atomic_t               upload_bytes;
+} ngx_cloudauth_stats_t;
+
+
 /* a cache entry in shared memory; times are milliseconds since the epoch */
 
 typedef struct {
@@ -235,6 +245,7 @@ void ngx_cloudauth_cache_drop_token(ngx_cloudauth_node_t *node);
 void ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node,
     ngx_str_t *error);
 ngx_queue_t *ngx_cloudauth_cache_entries(void);
+ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(void);
 uint64_t ngx_cloudauth_now(void);
 
 /* ngx_cloudauth_engine.c */
@@ -250,6 +261,9 @@ void ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle);
 ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
 void ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f);
+
+/* ngx_cloudauth_status.c */
+char *ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* ngx_cloudauth_log.c */
 ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase);

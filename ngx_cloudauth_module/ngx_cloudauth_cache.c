@@ -16,6 +16,7 @@ typedef struct {
     ngx_rbtree_t           rbtree;
     ngx_rbtree_node_t      sentinel;
     ngx_queue_t            lru;
+    ngx_cloudauth_stats_t  stats;
 } ngx_cloudauth_shctx_t;
 
 
@@ -52,7 +53,7 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_OK;
     }
 
-    sh = ngx_slab_alloc(shpool, sizeof(ngx_cloudauth_shctx_t));
+    sh = ngx_slab_calloc(shpool, sizeof(ngx_cloudauth_shctx_t));
     if (sh == NULL) {
         return NGX_ERROR;
     }
@@ -290,6 +291,13 @@ ngx_queue_t *
 ngx_cloudauth_cache_entries(void)
 {
     return &ngx_cloudauth_sh->lru;
+}
+
+
+ngx_cloudauth_stats_t *
+ngx_cloudauth_cache_stats(void)
+{
+    return ngx_cloudauth_sh ? &ngx_cloudauth_sh->stats : NULL;
 }
 
 

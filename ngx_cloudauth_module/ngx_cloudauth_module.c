@@ -102,6 +102,13 @@ static ngx_command_t  ngx_http_cloudauth_commands[] = {
       0,
       NULL },
 
+    { ngx_string("cloudauth_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_cloudauth_status,
+      0,
+      0,
+      NULL },
+
     { ngx_string("cloudauth_subject"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_set_complex_value_slot,
