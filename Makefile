@@ -10,6 +10,7 @@ BUILD       = $(CURDIR)/build
 MODULE      = $(BUILD)/ngx_http_cloudauth_module.so
 DEBIAN_SRC  = /usr/share/nginx/src
 CC_OPT      = -Wall -Wextra -Wno-unused-parameter -Werror
+LD_OPT      =
 
 ifdef NGINX_SRC
 NGX_TREE    = $(NGINX_SRC)
@@ -23,7 +24,7 @@ SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
 
 SHELL       = /bin/bash
 
-.PHONY: all deps test-deps run test bench clean
+.PHONY: all deps test-deps run test test-asan test-valgrind bench clean
 
 all: deps $(MODULE)
 
@@ -39,7 +40,8 @@ $(NGX_TREE)/objs/Makefile: config
 	    cp -r $(DEBIAN_SRC) $(NGX_TREE); \
 	fi
 	cd $(NGX_TREE) && ./configure $(NGX_FLAGS) \
-	    --with-cc-opt="$(CC_OPT)" --add-dynamic-module=$(CURDIR) \
+	    --with-cc-opt="$(CC_OPT)" --with-ld-opt="$(LD_OPT)" \
+	    --add-dynamic-module=$(CURDIR) \
 	    > $(BUILD)/configure.log 2>&1 \
 	    || { tail -30 $(BUILD)/configure.log; exit 1; }
 
@@ -54,5 +56,24 @@ run: all
 test: test-deps all
 	prove -r t/
 
+# the module built with AddressSanitizer, loaded into Debian's nginx with the
+# ASan runtime preloaded (nginx itself is not instrumented)
+ASAN_BUILD  = $(CURDIR)/build-asan
+ASAN_LIB    = $$(gcc -print-file-name=libasan.so)
+
+test-asan: test-deps
+	$(MAKE) BUILD=$(ASAN_BUILD) \
+	    CC_OPT="$(CC_OPT) -fsanitize=address -fno-omit-frame-pointer" \
+	    LD_OPT="-fsanitize=address" $(ASAN_BUILD)/ngx_http_cloudauth_module.so
+	TEST_NGINX_MODULE=$(ASAN_BUILD)/ngx_http_cloudauth_module.so \
+	TEST_NGINX_PRELOAD=$(ASAN_LIB) \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:log_path=$(ASAN_BUILD)/asan \
+	    prove -r t/
+	@! ls $(ASAN_BUILD)/asan.* 2>/dev/null || \
+	    { cat $(ASAN_BUILD)/asan.*; exit 1; }
+
+test-valgrind: test-deps all
+	TEST_NGINX_VALGRIND=1 prove -r t/
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD)
