@@ -413,7 +413,9 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     p = ngx_cpymem(p, token->data, token->len);
     ngx_memcpy(p, lcf->suffix.data, lcf->suffix.len);
 
+    /* one part holds them all: "last" must point into the request */
     r->headers_in.headers = list;
+    r->headers_in.headers.last = &r->headers_in.headers.part;
 
     if (lcf->header.len == sizeof("Authorization") - 1
         && ngx_strcasecmp(lcf->lowcase.data, (u_char *) "authorization") == 0)
