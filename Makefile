@@ -56,6 +56,10 @@ run: all
 test: test-deps all
 	prove -r t/
 
+bench: all
+	@tools/deps.sh bench
+	bench/run.sh
+
 # the module built with AddressSanitizer, loaded into Debian's nginx with the
 # ASan runtime preloaded (nginx itself is not instrumented)
 ASAN_BUILD  = $(CURDIR)/build-asan

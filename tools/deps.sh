@@ -16,7 +16,7 @@ esac
 
 case "${1:-build}" in
 bench)
-    pkgs="$pkgs wrk gnuplot-nox libnginx-mod-http-lua"
+    pkgs="$pkgs wrk gnuplot-nox libnginx-mod-http-lua apache2-utils"
     ;;
 esac
 
