@@ -1,0 +1,769 @@
+package CloudAuth::Test;
+
+# Test harness for ngx_cloudauth, in the spirit of nginx-tests' Test::Nginx:
+# a temporary directory, free loopback ports held until their server starts,
+# a CA and a server certificate, a Google service-account key, the fake
+# token endpoint and echo upstream (CloudAuth::FakeGoogle), and nginx
+# (master + 2 workers, daemon off) started and stopped around the test.
+#
+#   my $t = CloudAuth::Test->new;          # dir, PKI, sa.json, fakes up
+#   $t->run(<<'EOF');                      # http{} body; nginx started
+#       cloudauth_credential google type=google_service_account
+#           key_file=%%KEY_FILE%% scopes=%%SCOPES%%;
+#       server { listen 127.0.0.1:%%PORT%%; ... }
+#   EOF
+#   my $r = $t->http_get('/api/x');        # {status, headers, body, latency}
+#   $t->check_log_ok;                      # stops nginx, no alert/crit/emerg
+#
+# Environment:
+#   TEST_NGINX_BINARY    nginx to run (default /usr/sbin/nginx)
+#   TEST_NGINX_MODULE    module to load
+#                        (default build/ngx_http_cloudauth_module.so)
+#   TEST_NGINX_LEAVE=1   keep the temporary directory and print its path
+#   TEST_NGINX_PRELOAD   put into nginx's LD_PRELOAD (the ASan runtime)
+#   TEST_NGINX_VALGRIND=1
+#       run nginx under "valgrind --leak-check=full --error-exitcode=99",
+#       master_process still on (valgrind follows the forked workers), one
+#       log per process in valgrind.PID.log; check_log() reports errors and
+#       definite leaks from them, and time bounds are multiplied by tf().
+#
+# Placeholders in configurations: %%PORT%% (nginx), %%TOKEN_PORT%%,
+# %%UPSTREAM_PORT%%, %%PORT_<NAME>%% (any other port, allocated on first
+# use), %%TESTDIR%%, %%MODULE%%, %%CA%%, %%KEY_FILE%%, %%TOKEN_URL%%,
+# %%SCOPES%% (the default scopes, comma-separated).
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use IO::Select;
+use IO::Socket::INET;
+use JSON::PP ();
+use POSIX qw(WNOHANG);
+use Test::More ();
+use Time::HiRes qw(time sleep);
+
+use CloudAuth::FakeGoogle;
+
+our $ROOT = abs_path(dirname(abs_path(__FILE__)) . '/../../..');
+our @SCOPES = @CloudAuth::FakeGoogle::SCOPES;
+
+my %live;
+
+sub new {
+    my ($class, %o) = @_;
+
+    my $dir = tempdir('cloudauth-XXXXXX', TMPDIR => 1,
+                      CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+
+    # nginx started as root runs its workers as nobody, which must be able
+    # to read the CA certificate
+    chmod 0755, $dir;
+
+    my $self = bless {
+        dir => $dir,
+        binary => $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx',
+        module => $ENV{TEST_NGINX_MODULE}
+                  || "$ROOT/build/ngx_http_cloudauth_module.so",
+        ports => {}, held => {}, fakes => [], keys => {}, owner => $$,
+    }, $class;
+
+    $live{$self} = $self;
+
+    $self->port($_) for qw(nginx token upstream);
+    $self->make_pki;
+    $self->{key} = $self->make_key(file => 'sa.json');
+    $self->token_set;
+    $self->start_fakes unless defined $o{fakes} && !$o{fakes};
+
+    return $self;
+}
+
+sub dir { $_[0]{dir} }
+sub key { $_[0]{key} }
+sub token_url { 'https://127.0.0.1:' . $_[0]->port('token') . '/token' }
+
+# time factor: bounds are multiplied by it (10 under valgrind)
+sub tf { $ENV{TEST_NGINX_VALGRIND} ? 10 : 1 }
+
+# ports -----------------------------------------------------------------
+
+# a free loopback port, kept bound and listening until its server starts
+sub port {
+    my ($self, $name) = @_;
+
+    return $self->{ports}{$name} if $self->{ports}{$name};
+
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Listen => 1024, ReuseAddr => 1,
+                                  Proto => 'tcp')
+        or die "cannot get a free port: $!";
+
+    $self->{held}{$name} = $s;
+    return $self->{ports}{$name} = $s->sockport;
+}
+
+# closes the held socket: nothing listens on the port any more
+sub release_port {
+    my ($self, $name) = @_;
+    $self->port($name);
+    my $s = delete $self->{held}{$name};
+    close $s if $s;
+    return $self->{ports}{$name};
+}
+
+# files -----------------------------------------------------------------
+
+sub write_file {
+    my ($self, $name, $content, $mode) = @_;
+    my $path = $name =~ m{^/} ? $name : "$self->{dir}/$name";
+    open my $fh, '>', $path or die "$path: $!";
+    print $fh $content;
+    close $fh;
+    chmod $mode, $path if defined $mode;
+    return $path;
+}
+
+sub read_file {
+    my ($self, $name) = @_;
+    my $path = $name =~ m{^/} ? $name : "$self->{dir}/$name";
+    open my $fh, '<', $path or return '';
+    local $/;
+    return <$fh>;
+}
+
+sub openssl {
+    my ($self, $args) = @_;
+    my $out = `cd $self->{dir} && openssl $args 2>&1`;
+    die "openssl $args: $out" if $?;
+}
+
+# a CA, and a certificate it signs for 127.0.0.1 and localhost
+sub make_pki {
+    my ($self) = @_;
+
+    $self->write_file('ca.cnf', <<'EOF');
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+EOF
+
+    $self->openssl('req -x509 -config ca.cnf -extensions ca -newkey rsa:2048'
+                   . ' -nodes -days 3 -subj "/CN=cloudauth test CA"'
+                   . ' -keyout ca.key -out ca.crt');
+    $self->openssl('req -new -config ca.cnf -newkey rsa:2048 -nodes'
+                   . ' -subj /CN=localhost -keyout server.key'
+                   . ' -out server.csr');
+    $self->openssl('x509 -req -in server.csr -CA ca.crt -CAkey ca.key'
+                   . ' -CAcreateserial -days 3 -extfile ca.cnf'
+                   . ' -extensions server -out server.crt');
+    chmod 0644, "$self->{dir}/ca.crt";
+}
+
+# make_key(file => NAME, mode => 0600, FIELD => VALUE...): a fresh RSA-2048
+# key written as a Google service-account JSON key and made known to the
+# fake token endpoint; FIELDs override (undef deletes) fields of the key.
+# Returns the key as a hash, with public_key and path added.
+sub make_key {
+    my ($self, %o) = @_;
+
+    my $file = delete $o{file} // 'sa.json';
+    my $mode = delete $o{mode} // 0600;
+    (my $base = $file) =~ s/\.json$//;
+
+    $self->openssl("genrsa -out $base.pem 2048");
+    $self->openssl("rsa -in $base.pem -pubout -out $base.pub");
+
+    my $kid = CloudAuth::FakeGoogle::random_hex(20);
+    my $email = "$base-test\@cloudauth-test.iam.gserviceaccount.com";
+
+    my %key = (
+        type => 'service_account',
+        project_id => 'cloudauth-test',
+        private_key_id => $kid,
+        private_key => $self->read_file("$base.pem"),
+        client_email => $email,
+        client_id => '1' . join('', map { int rand 10 } 1 .. 20),
+        auth_uri => 'https://accounts.google.com/o/oauth2/auth',
+        token_uri => $self->token_url,
+        auth_provider_x509_cert_url =>
+            'https://www.googleapis.com/oauth2/v1/certs',
+        client_x509_cert_url =>
+            "https://www.googleapis.com/robot/v1/metadata/x509/$email",
+        universe_domain => 'googleapis.com',
+    );
+
+    for my $k (keys %o) {
+        defined $o{$k} ? ($key{$k} = $o{$k}) : delete $key{$k};
+    }
+
+    my $path = $self->write_file($file,
+        JSON::PP->new->canonical->pretty->encode(\%key), $mode);
+
+    my $pub = $self->read_file("$base.pub");
+
+    if ($key{private_key_id} && $key{client_email}) {
+        my $file = "$self->{dir}/fake_keys.json";
+        my $known = CloudAuth::FakeGoogle::read_json($file) || {};
+        $known->{ $key{private_key_id} } = {
+            client_email => $key{client_email}, public_key => $pub };
+        CloudAuth::FakeGoogle::write_json($file, $known);
+    }
+
+    $self->{keys}{$file} = { %key, public_key => $pub, path => $path };
+    return $self->{keys}{$file};
+}
+
+# fakes -----------------------------------------------------------------
+
+sub start_fakes {
+    my ($self) = @_;
+
+    $self->start_fake(token => tls => { cert => "$self->{dir}/server.crt",
+                                        key => "$self->{dir}/server.key" },
+        handler => CloudAuth::FakeGoogle::token_handler(
+            dir => $self->{dir}, url => $self->token_url));
+
+    $self->start_fake(upstream => handler =>
+        CloudAuth::FakeGoogle::upstream_handler(dir => $self->{dir}));
+}
+
+# start_fake(PORTNAME, handler => SUB, tls => {...}): a forking server on
+# port PORTNAME using the held socket itself, so there is no race for it
+sub start_fake {
+    my ($self, $name, %o) = @_;
+
+    $self->port($name);
+    my $listen = delete $self->{held}{$name};
+
+    my $pid = CloudAuth::FakeGoogle->start(%o, name => $name,
+        listen => $listen, dir => $self->{dir},
+        close => [ values %{ $self->{held} } ]);
+
+    close $listen;
+    push @{ $self->{fakes} }, $pid;
+    return $pid;
+}
+
+sub stop_fakes {
+    my ($self) = @_;
+    local $?;
+
+    for my $pid (@{ $self->{fakes} }) {
+        kill 'TERM', $pid, -$pid;
+        waitpid $pid, 0;
+        kill 'KILL', -$pid;
+    }
+
+    $self->{fakes} = [];
+}
+
+# token_set(%behaviour): how the token endpoint answers from now on
+#   status => N, error => 'invalid_grant', error_description => '...',
+#   body => 'raw', delay => SECONDS, expires_in => N, retry_after => N,
+#   date_offset => SECONDS, drop => 1, expect_scope => 'a b'
+# token_set() restores the default: verified grants get fresh tokens
+sub token_set {
+    my ($self, %b) = @_;
+    CloudAuth::FakeGoogle::write_json("$self->{dir}/fake_token.json", \%b);
+}
+
+sub token_requests {
+    my ($self) = @_;
+    my $log = "$self->{dir}/fake_token.log";
+    return CloudAuth::FakeGoogle::read_json_lines($log);
+}
+
+sub token_count { scalar(my @r = $_[0]->token_requests) }
+
+sub issued_tokens {
+    my ($self) = @_;
+    return map { $_->{token} // () } $self->token_requests;
+}
+
+# failure reasons of the token requests that did not pass verification
+sub token_unverified {
+    my ($self) = @_;
+    return map { $_->{reason} // 'not verified' } grep { !$_->{verified} }
+           $self->token_requests;
+}
+
+sub token_verified_ok {
+    my ($self, $name) = @_;
+    my @bad = $self->token_unverified;
+    Test::More::is(join("\n", @bad), '',
+                   $name // 'every token request passed verification');
+}
+
+sub upstream_requests {
+    my ($self) = @_;
+    return CloudAuth::FakeGoogle::read_json_lines("$self->{dir}/upstream.log");
+}
+
+# the upstream answers 401 to this token from now on
+sub revoke {
+    my ($self, $token) = @_;
+    open my $fh, '>>', "$self->{dir}/revoked.txt" or die "revoked.txt: $!";
+    print $fh "$token\n";
+    close $fh;
+}
+
+# nginx -----------------------------------------------------------------
+
+sub expand {
+    my ($self, $text) = @_;
+
+    my %v = (
+        PORT => sub { $self->port('nginx') },
+        TOKEN_PORT => sub { $self->port('token') },
+        UPSTREAM_PORT => sub { $self->port('upstream') },
+        TESTDIR => sub { $self->{dir} },
+        MODULE => sub { $self->{module} },
+        CA => sub { "$self->{dir}/ca.crt" },
+        KEY_FILE => sub { "$self->{dir}/sa.json" },
+        TOKEN_URL => sub { $self->token_url },
+        SCOPES => sub { join ',', @SCOPES },
+    );
+
+    $text =~ s{%%(\w+)%%}{
+        $v{$1} ? $v{$1}->()
+        : $1 =~ /^PORT_(\w+)$/ ? $self->port(lc $1)
+        : die "unknown placeholder %%$1%%\n"
+    }ge;
+
+    return $text;
+}
+
+# the whole configuration around an http{} body
+sub conf {
+    my ($self, $http, %o) = @_;
+
+    my $log = $o{error_log} // '%%TESTDIR%%/error.log';
+
+    return $self->expand(<<"EOF");
+load_module %%MODULE%%;
+
+worker_processes 2;
+master_process on;
+daemon off;
+error_log $log debug;
+pid %%TESTDIR%%/nginx.pid;
+
+events {
+    worker_connections 1024;
+}
+
+http {
+    access_log %%TESTDIR%%/access.log;
+
+    client_body_temp_path %%TESTDIR%%/body;
+    proxy_temp_path %%TESTDIR%%/proxy;
+    fastcgi_temp_path %%TESTDIR%%/fastcgi;
+    uwsgi_temp_path %%TESTDIR%%/uwsgi;
+    scgi_temp_path %%TESTDIR%%/scgi;
+
+$http
+}
+EOF
+}
+
+# write_conf(HTTP_BODY) or write_conf(FULL, raw => 1): nginx.conf
+sub write_conf {
+    my ($self, $text, %o) = @_;
+    $text = $o{raw} ? $self->expand($text) : $self->conf($text);
+    ($self->{workers}) = $text =~ /^\s*worker_processes\s+(\d+)/m;
+    $self->write_file('nginx.conf', $text);
+}
+
+sub nginx_cmd {
+    my ($self, @args) = @_;
+
+    my @cmd = ($self->{binary}, '-e', 'stderr', '-p', "$self->{dir}/", @args);
+
+    # not "nginx -t": it exits on purpose with what it allocated
+    unshift @cmd, 'valgrind', '--quiet', '--leak-check=full',
+        '--show-leak-kinds=definite', '--errors-for-leak-kinds=definite',
+        '--error-exitcode=99', "--suppressions=$ROOT/t/valgrind.supp",
+        "--log-file=$self->{dir}/valgrind.%p.log"
+        if $ENV{TEST_NGINX_VALGRIND} && !grep { $_ eq '-t' } @args;
+
+    return @cmd;
+}
+
+# run(HTTP_BODY, %o) or run(): writes nginx.conf (unless no text) and starts
+# nginx; dies with nginx's stderr if it does not come up
+sub run {
+    my ($self, $text, %o) = @_;
+
+    $self->write_conf($text, %o) if defined $text;
+    die "nginx already running\n" if $self->{pid};
+
+    $self->release_port($_) for keys %{ $self->{held} };
+
+    my $pid = fork // die "fork: $!";
+
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$self->{dir}/stderr.log";
+        open STDERR, '>&', \*STDOUT;
+        $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD}
+            if $ENV{TEST_NGINX_PRELOAD};
+        no warnings "exec";
+        exec $self->nginx_cmd('-c', "$self->{dir}/nginx.conf");
+        POSIX::_exit(127);
+    }
+
+    $self->{pid} = $pid;
+
+    my $end = time + 10 * tf();
+
+    while (time < $end) {
+        if (waitpid($pid, WNOHANG) == $pid) {
+            delete $self->{pid};
+            die "nginx exited ($?):\n" . $self->read_file('stderr.log')
+                . $self->tail_error_log;
+        }
+
+        my @w = $self->worker_pids;
+        return $self if @w == ($self->{workers} // 1) && $self->probe;
+        sleep 0.05;
+    }
+
+    die "nginx did not come up:\n" . $self->read_file('stderr.log');
+}
+
+sub tail_error_log {
+    my ($self) = @_;
+    my @l = grep { !/\[debug\]/ } split /\n/, $self->error_log;
+    splice @l, 0, @l - 20 if @l > 20;
+    return join '', map { "$_\n" } @l;
+}
+
+sub probe {
+    my ($self) = @_;
+    return IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                 PeerPort => $self->port('nginx')) ? 1 : 0;
+}
+
+# the master's pid, and the pids of its live children
+sub master_pid { $_[0]{pid} }
+
+sub worker_pids {
+    my ($self) = @_;
+    my $master = $self->{pid} or return ();
+    my @pids;
+
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $fh, '<', $stat or next;
+        my $s = <$fh> // next;
+        my ($pid, $state, $ppid) = $s =~ /^(\d+) \(.*\) (\S) (\d+)/s
+            or next;
+        push @pids, $pid if $ppid == $master && $state ne 'Z';
+    }
+
+    @pids = sort { $a <=> $b } @pids;
+    return @pids;
+}
+
+# reload(HTTP_BODY?, %o): HUP, then waits until the new workers serve and
+# the old ones are gone; returns 1, or 0 if that did not happen in time
+sub reload {
+    my ($self, $text, %o) = @_;
+
+    $self->write_conf($text, %o) if defined $text;
+
+    my %old = map { $_ => 1 } $self->worker_pids;
+    kill 'HUP', $self->{pid} or die "no nginx to reload\n";
+
+    my $end = time + 10 * tf();
+
+    while (time < $end) {
+        my @now = $self->worker_pids;
+        my @new = grep { !$old{$_} } @now;
+        my $n = $self->{workers} // 1;
+        return 1 if @new == $n && @now == $n && $self->probe;
+        sleep 0.05;
+    }
+
+    return 0;
+}
+
+# stop(): QUIT, then TERM, then KILL; nginx's exit status in {exit}, the
+# signal that stopped it in {stopped_by}
+sub stop {
+    my ($self) = @_;
+    local $?;
+
+    my $pid = delete $self->{pid} or return;
+
+    for my $sig (qw(QUIT TERM KILL)) {
+        kill $sig, $pid;
+        my $end = time + ($sig eq 'QUIT' ? 10 * tf() : 5);
+        while (time < $end) {
+            if (waitpid($pid, WNOHANG) == $pid) {
+                $self->{exit} = $?;
+                $self->{stopped_by} = $sig;
+                return;
+            }
+            sleep 0.02;
+        }
+    }
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    return if $self->{owner} != $$ || $self->{destroyed}++;
+    $self->stop;
+    $self->stop_fakes;
+    print STDERR "# kept $self->{dir}\n" if $ENV{TEST_NGINX_LEAVE};
+}
+
+END {
+    $_->DESTROY for values %live;
+    %live = ();
+}
+
+# nginx_t(HTTP_BODY) or nginx_t(FULL, raw => 1): "nginx -t" on it, with the
+# error log in error-t.log; returns (exit code, stdout + stderr)
+sub nginx_t {
+    my ($self, $text, %o) = @_;
+
+    $text = $o{raw} ? $self->expand($text)
+          : $self->conf($text, error_log => '%%TESTDIR%%/error-t.log');
+    my $conf = $self->write_file('test.conf', $text);
+
+    my @cmd = $self->nginx_cmd('-t', '-c', $conf);
+    local $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD}
+        if $ENV{TEST_NGINX_PRELOAD};
+
+    my $out = `@cmd 2>&1`;
+    return ($? >> 8, $out);
+}
+
+# HTTP client -------------------------------------------------------------
+
+# request(path => P, method => GET, headers => {name => value | [values]},
+#         body => B, port => N): the raw HTTP/1.0 request
+sub request_text {
+    my (%o) = @_;
+
+    my $r = ($o{method} // 'GET') . " $o{path} HTTP/1.0\r\n";
+    my %h = (Host => 'localhost', %{ $o{headers} || {} });
+    $h{'Content-Length'} = length $o{body} if defined $o{body};
+
+    for my $k (sort keys %h) {
+        $r .= "$k: $_\r\n" for ref $h{$k} ? @{ $h{$k} } : $h{$k};
+    }
+
+    return $r . "\r\n" . ($o{body} // '');
+}
+
+sub parse_response {
+    my ($raw) = @_;
+
+    my ($head, $body) = split /\r?\n\r?\n/, $raw // '', 2;
+    my ($line, @lines) = split /\r?\n/, $head // '';
+    my ($status) = ($line // '') =~ m{^HTTP/\d\.\d (\d{3})};
+
+    my %h;
+    for (@lines) {
+        my ($k, $v) = /^([^:]+):\s*(.*)$/ or next;
+        $h{ lc $k } = exists $h{ lc $k } ? "$h{lc $k}, $v" : $v;
+    }
+
+    return { status => $status // 0, headers => \%h, body => $body // '',
+             raw => $raw // '' };
+}
+
+# http_start(PATH, %headers): connects and sends, returns a handle;
+# http_end(HANDLE): reads the answer (HTTP/1.0: up to the close).
+# Header names starting with "-" are options: -method, -body, -port.
+sub http_start {
+    my ($self, $path, %h) = @_;
+
+    my %o = (path => $path);
+    $o{ substr $_, 1 } = delete $h{$_} for grep { /^-/ } keys %h;
+
+    my $start = time;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $o{port} // $self->port('nginx'))
+        or return { start => $start, error => "connect: $!" };
+
+    $s->blocking(0);
+    my $req = request_text(%o, headers => \%h);
+
+    while (length $req) {
+        my $n = syswrite $s, $req;
+        if (!defined $n) {
+            IO::Select->new($s)->can_write(1) and next;
+            return { start => $start, error => "write: $!" };
+        }
+        substr $req, 0, $n, '';
+    }
+
+    return { sock => $s, start => $start, buf => '' };
+}
+
+sub http_end {
+    my ($self, $h, $timeout) = @_;
+    my @r = $self->collect([$h], $timeout);
+    return $r[0];
+}
+
+# reads the answers on all handles at once; each gets latency in seconds
+sub collect {
+    my ($self, $handles, $timeout) = @_;
+
+    my $end = time + ($timeout // 30 * tf());
+    my %open = map { ($_->{sock} ? ("$_->{sock}" => $_) : ()) } @$handles;
+    my $sel = IO::Select->new(map { $_->{sock} } values %open);
+
+    while ($sel->count && time < $end) {
+        for my $s ($sel->can_read($end - time)) {
+            my $h = $open{"$s"};
+            my $n = sysread $s, my $buf, 65536;
+            next if !defined $n && $!{EAGAIN};
+
+            if ($n) {
+                $h->{buf} .= $buf;
+                next;
+            }
+
+            $h->{latency} = time - $h->{start};
+            $sel->remove($s);
+            close $s;
+        }
+    }
+
+    my @r;
+
+    for my $h (@$handles) {
+        my $r = parse_response($h->{buf});
+        $r->{latency} = $h->{latency} // time - $h->{start};
+        $r->{error} = $h->{error} // (defined $h->{latency} ? undef
+                                                             : 'timed out');
+        if ($h->{sock} && !defined $h->{latency}) {
+            close $h->{sock};
+        }
+        push @r, $r;
+    }
+
+    return @r;
+}
+
+# http_get(PATH, %headers): {status, headers (lowercase names), body, raw,
+# latency, error}; status 0 when there was no answer
+sub http_get {
+    my ($self, $path, %h) = @_;
+    return $self->http_end($self->http_start($path, %h));
+}
+
+# burst(PATH, N, %headers): N connections made and requests sent before any
+# answer is read; returns the N answers in order, each with its latency
+sub burst {
+    my ($self, $path, $n, %h) = @_;
+    my @handles = map { $self->http_start($path, %h) } 1 .. $n;
+    return $self->collect(\@handles);
+}
+
+# logs and secrets --------------------------------------------------------
+
+sub error_log { $_[0]->read_file('error.log') }
+sub access_log { $_[0]->read_file('access.log') }
+
+# lines with [alert], [crit], [emerg], sanitizer or valgrind reports, and
+# whether nginx, once stopped, exited 0 on QUIT
+sub check_log {
+    my ($self, @files) = @_;
+
+    my @bad;
+
+    for my $f ('error.log', 'stderr.log', @files) {
+        push @bad, map { "$f: $_" }
+                   grep { /\[(alert|crit|emerg)\]|Sanitizer|runtime error:/ }
+                   split /\n/, $self->read_file($f);
+    }
+
+    # valgrind --quiet writes errors only: a log with anything is a report
+    for my $f (glob "$self->{dir}/valgrind.*.log") {
+        my @l = grep { /\S/ } split /\n/, $self->read_file($f);
+        push @bad, map { "$f: $_" } @l[0 .. ($#l < 5 ? $#l : 5)] if @l;
+    }
+
+    push @bad, "nginx did not exit on QUIT in time ($self->{stopped_by})"
+        if ($self->{stopped_by} // 'QUIT') ne 'QUIT';
+    push @bad, "nginx exited with status $self->{exit}"
+        if $self->{exit};
+
+    return @bad;
+}
+
+# stops nginx (so shutdown is checked too) and asserts check_log is empty
+sub check_log_ok {
+    my ($self, $name) = @_;
+    $self->stop;
+    Test::More::is(join("\n", $self->check_log), '',
+                   $name // 'no alert, crit, emerg or sanitizer report');
+}
+
+# what must never be logged: issued tokens, body lines of every private
+# key made, assertions and their signatures
+sub secrets {
+    my ($self) = @_;
+
+    my @s;
+
+    for my $r ($self->token_requests) {
+        push @s, $r->{token} if $r->{token};
+        push @s, $r->{assertion}, (split /\./, $r->{assertion})[2]
+            if $r->{assertion};
+    }
+
+    for my $k (values %{ $self->{keys} }) {
+        push @s, grep { length > 20 && !/-----/ }
+                 split /\n/, $k->{private_key} // '';
+    }
+
+    my %seen;
+    return grep { defined && length && !$seen{$_}++ } @s;
+}
+
+# the secrets found in error.log, access.log, stderr.log and TEXTS
+sub leaks {
+    my ($self, @texts) = @_;
+    return $self->leaks_in(
+        (map { $self->read_file($_) } qw(error.log access.log stderr.log)),
+        @texts);
+}
+
+# the secrets found in TEXTS only
+sub leaks_in {
+    my ($self, @texts) = @_;
+    my $all = join "\n", @texts;
+    return grep { index($all, $_) >= 0 } $self->secrets;
+}
+
+# polls COND every 50 ms for up to TIMEOUT seconds; true if it became true
+sub wait_for {
+    my ($self, $cond, $timeout) = @_;
+    my $end = time + ($timeout // 10) * tf();
+    while (time < $end) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return $cond->() ? 1 : 0;
+}
+
+1;
