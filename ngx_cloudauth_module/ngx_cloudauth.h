@@ -52,6 +52,13 @@ typedef struct {
 
 typedef void (*ngx_cloudauth_fetch_handler_pt)(ngx_cloudauth_fetch_t *f);
 
+/* streaming fetches: the request body, and each response header line */
+typedef ssize_t (*ngx_cloudauth_fetch_read_pt)(ngx_cloudauth_fetch_t *f,
+    u_char *buf, size_t size);     /* bytes, NGX_AGAIN (pause), NGX_ERROR */
+typedef ngx_int_t (*ngx_cloudauth_fetch_rewind_pt)(ngx_cloudauth_fetch_t *f);
+typedef void (*ngx_cloudauth_fetch_header_pt)(ngx_cloudauth_fetch_t *f,
+    u_char *line, size_t len);     /* without CRLF; status lines too */
+
 struct ngx_cloudauth_fetch_s {
     CURL                          *easy;
     struct curl_slist             *headers;
@@ -73,6 +80,10 @@ struct ngx_cloudauth_fetch_s {
     time_t                         retry_after; /* seconds, or 0 */
     ngx_msec_t                     start;
     ngx_msec_t                     duration;
+
+    ngx_cloudauth_fetch_read_pt    read;        /* streaming only */
+    ngx_cloudauth_fetch_rewind_pt  rewind;
+    ngx_cloudauth_fetch_header_pt  header;
 
     unsigned                       truncated:1;
     unsigned                       active:1;
@@ -261,6 +272,62 @@ void ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle);
 ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
 void ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f);
+ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
+    ngx_cloudauth_request_t *req, off_t length,
+    ngx_cloudauth_fetch_read_pt read, ngx_cloudauth_fetch_rewind_pt rewind,
+    ngx_cloudauth_fetch_header_pt header,
+    ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
+void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
+
+/* ngx_cloudauth_crc32c.c */
+uint32_t ngx_cloudauth_crc32c(uint32_t crc, u_char *p, size_t len);
+ngx_uint_t ngx_cloudauth_crc32c_hardware(void);
+void ngx_cloudauth_crc32c_force_software(void);
+
+/* ngx_cloudauth_multipart.c: a streaming multipart/form-data parser */
+
+#define NGX_CLOUDAUTH_MP_MAX_BOUNDARY  70
+#define NGX_CLOUDAUTH_MP_MAX_HEADERS   8192
+
+typedef enum {
+    NGX_CLOUDAUTH_MP_NEED_MORE = 0,  /* the input is all taken */
+    NGX_CLOUDAUTH_MP_PART,           /* a part begins: mp->part */
+    NGX_CLOUDAUTH_MP_DATA,           /* mp->data, mp->len: the part's bytes */
+    NGX_CLOUDAUTH_MP_PART_END,
+    NGX_CLOUDAUTH_MP_END,            /* the closing delimiter */
+    NGX_CLOUDAUTH_MP_ERROR           /* mp->error says why */
+} ngx_cloudauth_mp_event_e;
+
+typedef struct {
+    ngx_str_t                  name;
+    ngx_str_t                  filename;
+    ngx_str_t                  content_type;
+    ngx_str_t                  content_md5;
+    unsigned                   file:1;      /* has a filename parameter */
+} ngx_cloudauth_mp_part_t;
+
+typedef struct {
+    ngx_uint_t                 state;
+    size_t                     match;       /* delimiter bytes matched */
+    size_t                     held;        /* refuted ones still to give */
+    size_t                     held_pos;
+    size_t                     delim_len;
+    u_char                     delim[4 + NGX_CLOUDAUTH_MP_MAX_BOUNDARY];
+
+    ngx_cloudauth_mp_part_t    part;        /* points into hdr */
+    u_char                    *data;
+    size_t                     len;
+    const char                *error;
+
+    size_t                     hdr_len;
+    u_char                     hdr[NGX_CLOUDAUTH_MP_MAX_HEADERS];
+} ngx_cloudauth_mp_t;
+
+ngx_int_t ngx_cloudauth_mp_init(ngx_cloudauth_mp_t *mp,
+    ngx_str_t *content_type);
+ngx_cloudauth_mp_event_e ngx_cloudauth_mp_parse(ngx_cloudauth_mp_t *mp,
+    u_char **pos, u_char *last, size_t room);
+ngx_int_t ngx_cloudauth_mp_finish(ngx_cloudauth_mp_t *mp);
 
 /* ngx_cloudauth_status.c */
 char *ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -30,6 +30,14 @@ static size_t ngx_cloudauth_fetch_body_cb(char *ptr, size_t size,
     size_t nmemb, void *userdata);
 static size_t ngx_cloudauth_fetch_header_cb(char *ptr, size_t size,
     size_t nmemb, void *userdata);
+static ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_create(
+    ngx_cloudauth_request_t *req, ngx_cloudauth_fetch_handler_pt handler,
+    void *data, ngx_log_t *log);
+static ngx_int_t ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f);
+static size_t ngx_cloudauth_fetch_read_cb(char *buf, size_t size,
+    size_t nitems, void *userdata);
+static int ngx_cloudauth_fetch_seek_cb(void *userdata, curl_off_t offset,
+    int origin);
 
 
 static CURLM             *ngx_cloudauth_multi;
@@ -126,10 +134,154 @@ ngx_cloudauth_fetch_t *
 ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log)
 {
+    ngx_cloudauth_fetch_t  *f;
+
+    f = ngx_cloudauth_fetch_create(req, handler, data, log);
+    if (f == NULL) {
+        return NULL;
+    }
+
+    if (ngx_cloudauth_fetch_add(f) != NGX_OK) {
+        ngx_cloudauth_fetch_free(f);
+        return NULL;
+    }
+
+    return f;
+}
+
+
+/*
+ * A request whose body (length bytes, or none if length is -1) is pulled
+ * through read() as curl sends it, with a custom method (PUT, DELETE), and
+ * whose response header lines go to header().  A read() that returns
+ * NGX_AGAIN pauses the transfer until ngx_cloudauth_fetch_unpause().
+ * The transfer ends when it stalls (no byte moved) for cloudauth_timeout,
+ * not after a fixed time: a chunk of many megabytes may take long.
+ */
+
+ngx_cloudauth_fetch_t *
+ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
+    ngx_cloudauth_fetch_read_pt read, ngx_cloudauth_fetch_rewind_pt rewind,
+    ngx_cloudauth_fetch_header_pt header,
+    ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log)
+{
+    char                       *s;
+    long                        stall;
+    ngx_cloudauth_fetch_t      *f;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    f = ngx_cloudauth_fetch_create(req, handler, data, log);
+    if (f == NULL) {
+        return NULL;
+    }
+
+    f->read = read;
+    f->rewind = rewind;
+    f->header = header;
+
+    if (req->method.len
+        && !(req->method.len == 4
+             && ngx_strncmp(req->method.data, "POST", 4) == 0)
+        && !(req->method.len == 3
+             && ngx_strncmp(req->method.data, "GET", 3) == 0))
+    {
+        s = ngx_alloc(req->method.len + 1, log);
+        if (s == NULL) {
+            goto failed;
+        }
+
+        ngx_cpystrn((u_char *) s, req->method.data, req->method.len + 1);
+        curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, s);
+        ngx_free(s);
+    }
+
+    if (length >= 0) {
+        /* CURLOPT_UPLOAD makes it a PUT unless a custom method is set */
+        curl_easy_setopt(f->easy, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(f->easy, CURLOPT_INFILESIZE_LARGE,
+                         (curl_off_t) length);
+        curl_easy_setopt(f->easy, CURLOPT_READFUNCTION,
+                         ngx_cloudauth_fetch_read_cb);
+        curl_easy_setopt(f->easy, CURLOPT_READDATA, f);
+        curl_easy_setopt(f->easy, CURLOPT_SEEKFUNCTION,
+                         ngx_cloudauth_fetch_seek_cb);
+        curl_easy_setopt(f->easy, CURLOPT_SEEKDATA, f);
+
+        cmcf = ngx_cloudauth_main_conf();
+        stall = (long) (cmcf->timeout + 999) / 1000;
+
+        curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, 0L);
+        curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_TIME, stall);
+    }
+
+    if (ngx_cloudauth_fetch_add(f) != NGX_OK) {
+        goto failed;
+    }
+
+    return f;
+
+failed:
+
+    ngx_cloudauth_fetch_free(f);
+
+    return NULL;
+}
+
+
+void
+ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f)
+{
+    if (f->active) {
+        curl_easy_pause(f->easy, CURLPAUSE_CONT);
+    }
+}
+
+
+static size_t
+ngx_cloudauth_fetch_read_cb(char *buf, size_t size, size_t nitems,
+    void *userdata)
+{
+    ngx_cloudauth_fetch_t *f = userdata;
+
+    ssize_t  n;
+
+    n = f->read(f, (u_char *) buf, size * nitems);
+
+    if (n == NGX_AGAIN) {
+        return CURL_READFUNC_PAUSE;
+    }
+
+    if (n < 0) {
+        return CURL_READFUNC_ABORT;
+    }
+
+    return (size_t) n;
+}
+
+
+static int
+ngx_cloudauth_fetch_seek_cb(void *userdata, curl_off_t offset, int origin)
+{
+    ngx_cloudauth_fetch_t *f = userdata;
+
+    /* curl rewinds to resend a body on a fresh connection */
+
+    if (origin != SEEK_SET || offset != 0 || f->rewind == NULL) {
+        return CURL_SEEKFUNC_CANTSEEK;
+    }
+
+    return f->rewind(f) == NGX_OK ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_FAIL;
+}
+
+
+static ngx_cloudauth_fetch_t *
+ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
+    ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log)
+{
     char                       *s;
     ngx_str_t                  *h;
     ngx_uint_t                  i;
-    CURLMcode                   mc;
     struct curl_slist          *l;
     ngx_cloudauth_fetch_t      *f;
     ngx_cloudauth_main_conf_t  *cmcf;
@@ -257,19 +409,6 @@ ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
 
     curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->headers);
 
-    f->start = ngx_current_msec;
-
-    mc = curl_multi_add_handle(ngx_cloudauth_multi, f->easy);
-    if (mc != CURLM_OK) {
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "cloudauth: curl_multi_add_handle() failed: %s",
-                      curl_multi_strerror(mc));
-        goto failed;
-    }
-
-    f->active = 1;
-    ngx_queue_insert_tail(&ngx_cloudauth_fetches, &f->queue);
-
     return f;
 
 failed:
@@ -277,6 +416,28 @@ failed:
     ngx_cloudauth_fetch_free(f);
 
     return NULL;
+}
+
+
+static ngx_int_t
+ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f)
+{
+    CURLMcode  mc;
+
+    f->start = ngx_current_msec;
+
+    mc = curl_multi_add_handle(ngx_cloudauth_multi, f->easy);
+    if (mc != CURLM_OK) {
+        ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                      "cloudauth: curl_multi_add_handle() failed: %s",
+                      curl_multi_strerror(mc));
+        return NGX_ERROR;
+    }
+
+    f->active = 1;
+    ngx_queue_insert_tail(&ngx_cloudauth_fetches, &f->queue);
+
+    return NGX_OK;
 }
 
 
@@ -352,6 +513,10 @@ ngx_cloudauth_fetch_header_cb(char *ptr, size_t size, size_t nmemb,
 
     while (last > p && (last[-1] == CR || last[-1] == LF)) {
         last--;
+    }
+
+    if (f->header) {
+        f->header(f, p, last - p);
     }
 
     if (last - p > 5 && ngx_strncasecmp(p, (u_char *) "date:", 5) == 0) {
