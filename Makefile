@@ -50,8 +50,8 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(SOURCES)
 	mkdir -p $(BUILD)
 	cp $(NGX_TREE)/objs/ngx_http_cloudauth_module.so $(MODULE)
 
-run: all
-	@tools/run.sh
+run: test-deps all
+	@tools/run.pl
 
 test: test-deps all
 	prove -r t/

@@ -1,0 +1,116 @@
+#!/usr/bin/perl
+
+# make run: nginx in the foreground with conf.example on 127.0.0.1:8080.
+#
+# With GOOGLE_APPLICATION_CREDENTIALS=/path/key.json the Google credential
+# uses that key against real Google, and the locations proxy to the real
+# APIs.  Without it, the bundled local stand-ins are started first (the
+# test suite's fakes: Google's token endpoint over TLS with a CA made for
+# the run, and an echo upstream that shows the Authorization it got), and
+# the configuration is pointed at them, so that
+#
+#     curl http://127.0.0.1:8080/storage/b
+#
+# shows an injected token at once.  Ctrl-C stops everything.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/../t/lib";
+
+use CloudAuth::Test;
+use POSIX ();
+
+my $root = $CloudAuth::Test::ROOT;
+my $module = "$root/build/ngx_http_cloudauth_module.so";
+my $prefix = "$root/build/run";
+my $port = $ENV{CLOUDAUTH_PORT} || 8080;
+my $key = $ENV{GOOGLE_APPLICATION_CREDENTIALS};
+
+mkdir $prefix;
+mkdir "$prefix/logs";
+
+open my $fh, '<', "$root/conf.example" or die "conf.example: $!\n";
+my $conf = do { local $/; <$fh> };
+close $fh;
+
+my $t;
+my @notes;
+
+if ($key) {
+    -r $key or die "GOOGLE_APPLICATION_CREDENTIALS: cannot read $key\n";
+    $conf =~ s{key_file=\S+}{key_file=$key}g;
+    push @notes, "Google credential: $key, against real Google";
+
+} else {
+    $t = CloudAuth::Test->new;
+    my $up = $t->port('upstream');
+    my $dir = $t->dir;
+
+    $conf =~ s{key_file=\S+}{key_file=$dir/sa.json}g;
+    $conf =~ s{(cloudauth_timeout[^;]*;)}
+              {$1\n    cloudauth_trusted_certificate $dir/ca.crt;};
+    $conf =~ s{proxy_pass\s+https://[^;]+;}{proxy_pass http://127.0.0.1:$up;}g;
+
+    push @notes,
+        'no GOOGLE_APPLICATION_CREDENTIALS: using the local stand-ins',
+        '  token endpoint ' . $t->token_url . " (CA $dir/ca.crt)",
+        "  echo upstream  http://127.0.0.1:$up (shows what it received)";
+}
+
+$conf =~ s{listen\s+127\.0\.0\.1:8080}{listen 127.0.0.1:$port}g;
+$conf =~ s{root\s+html;}{root $root/html;}g;
+
+$conf = <<"EOF2" . $conf;
+load_module $module;
+daemon off;
+master_process on;
+pid $prefix/nginx.pid;
+error_log stderr info;
+
+EOF2
+
+$conf =~ s{(http\s*\{)}{$1
+    client_body_temp_path $prefix/body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+};
+
+open $fh, '>', "$prefix/nginx.conf" or die "$prefix/nginx.conf: $!\n";
+print $fh $conf;
+close $fh;
+
+print "$_\n" for @notes;
+print <<"EOF2";
+nginx: $prefix/nginx.conf on http://127.0.0.1:$port/  (Ctrl-C stops)
+  curl http://127.0.0.1:$port/storage/b
+  curl -H 'X-User-Email: alice\@example.com' http://127.0.0.1:$port/drive/files
+  curl http://127.0.0.1:$port/cloudauth/status
+
+EOF2
+
+my @cmd = ('/usr/sbin/nginx', '-e', 'stderr', '-p', "$prefix/",
+           '-c', "$prefix/nginx.conf");
+
+system(@cmd, '-t', '-q') == 0 or do {
+    $t->stop_fakes if $t;
+    exit 1;
+};
+
+my $pid = fork // die "fork: $!\n";
+
+if (!$pid) {
+    exec @cmd;
+    POSIX::_exit(127);
+}
+
+$SIG{INT} = $SIG{TERM} = sub { kill 'QUIT', $pid };
+
+waitpid $pid, 0;
+my $rc = $? >> 8;
+
+$t->stop_fakes if $t;
+exit $rc;
