@@ -335,6 +335,7 @@ char *ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 /* ngx_cloudauth_log.c */
 ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase);
 ngx_int_t ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log);
+void ngx_cloudauth_log_mask_token(ngx_str_t *token);
 
 /* ngx_cloudauth_jwt.c */
 ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,

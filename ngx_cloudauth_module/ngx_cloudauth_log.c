@@ -7,7 +7,10 @@
  * it sends upstream, the core every request header.  Each error log that
  * requests of a cloudauth configuration can write to gets a writer that
  * masks the value of every header the module injects ("Authorization" and
- * those named by "header=") and anything after "Bearer ".
+ * those named by "header=") and anything after "Bearer ".  Tokens read
+ * through $cloudauth_token can end up anywhere (nginx logs variable values
+ * and the headers it proxies), so the worker also remembers the last few
+ * of them and masks them wherever they appear.
  */
 
 
@@ -15,6 +18,8 @@
 
 
 #define NGX_CLOUDAUTH_MAX_MASKED  16
+#define NGX_CLOUDAUTH_RECENT      16
+#define NGX_CLOUDAUTH_PREFIX      24
 
 
 typedef struct {
@@ -35,6 +40,53 @@ static ngx_str_t   ngx_cloudauth_masked[NGX_CLOUDAUTH_MAX_MASKED] = {
     ngx_string("bearer ")
 };
 static ngx_uint_t  ngx_cloudauth_nmasked = 2;
+
+
+/* tokens handed out through $cloudauth_token: a prefix and the length */
+
+typedef struct {
+    size_t             len;
+    u_char             prefix[NGX_CLOUDAUTH_PREFIX];
+} ngx_cloudauth_recent_t;
+
+static ngx_cloudauth_recent_t  ngx_cloudauth_recent[NGX_CLOUDAUTH_RECENT];
+static ngx_uint_t              ngx_cloudauth_nrecent;
+static ngx_uint_t              ngx_cloudauth_recent_next;
+
+
+void
+ngx_cloudauth_log_mask_token(ngx_str_t *token)
+{
+    ngx_uint_t               i;
+    ngx_cloudauth_recent_t  *t;
+
+    /* shorter values are not worth hiding, nor safe to look for */
+
+    if (token->len < NGX_CLOUDAUTH_PREFIX) {
+        return;
+    }
+
+    for (i = 0; i < ngx_cloudauth_nrecent; i++) {
+        t = &ngx_cloudauth_recent[i];
+
+        if (t->len == token->len
+            && ngx_memcmp(t->prefix, token->data, NGX_CLOUDAUTH_PREFIX) == 0)
+        {
+            return;
+        }
+    }
+
+    t = &ngx_cloudauth_recent[ngx_cloudauth_recent_next];
+    t->len = token->len;
+    ngx_memcpy(t->prefix, token->data, NGX_CLOUDAUTH_PREFIX);
+
+    ngx_cloudauth_recent_next = (ngx_cloudauth_recent_next + 1)
+                                % NGX_CLOUDAUTH_RECENT;
+
+    if (ngx_cloudauth_nrecent < NGX_CLOUDAUTH_RECENT) {
+        ngx_cloudauth_nrecent++;
+    }
+}
 
 
 ngx_int_t
@@ -162,9 +214,10 @@ ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
 static size_t
 ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len)
 {
-    u_char      *s, *d, *end, ch;
-    ngx_str_t   *m;
-    ngx_uint_t   i, header;
+    u_char                  *s, *d, *end, ch;
+    ngx_str_t               *m;
+    ngx_uint_t               i, header;
+    ngx_cloudauth_recent_t  *t;
 
     /*
      * dst has room for 4 * len: "[hidden]" replaces at least one byte
@@ -176,6 +229,23 @@ ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len)
     end = src + len;
 
     while (s < end) {
+
+        for (i = 0; i < ngx_cloudauth_nrecent; i++) {
+            t = &ngx_cloudauth_recent[i];
+
+            if ((size_t) (end - s) >= NGX_CLOUDAUTH_PREFIX
+                && *s == t->prefix[0]
+                && ngx_memcmp(s, t->prefix, NGX_CLOUDAUTH_PREFIX) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i < ngx_cloudauth_nrecent) {
+            d = ngx_cpymem(d, "[hidden]", 8);
+            s += ngx_min(t->len, (size_t) (end - s));
+            continue;
+        }
 
         for (i = 0; i < ngx_cloudauth_nmasked; i++) {
             m = &ngx_cloudauth_masked[i];

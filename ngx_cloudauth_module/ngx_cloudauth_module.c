@@ -506,6 +506,9 @@ ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
+    /* from here on the token may show in nginx's own debug lines */
+    ngx_cloudauth_log_mask_token(&ctx->ask.token);
+
     v->len = ctx->ask.token.len;
     v->data = ctx->ask.token.data;
     v->valid = 1;
