@@ -132,7 +132,8 @@ typedef struct {
     ngx_uint_t                         objects;
     off_t                              bytes;       /* object bytes taken */
     ngx_str_t                          names;       /* stored, for the log */
-    ngx_str_t                          status;
+    ngx_str_t                          status;      /* for the log */
+    ngx_str_t                          reason;      /* of a 4xx */
 
     unsigned                           multipart:1;
     unsigned                           pending:1;   /* a file part waits */
@@ -299,7 +300,8 @@ static ngx_http_variable_t  ngx_http_cloudauth_upload_vars[] = {
 };
 
 
-static ngx_str_t  ngx_http_cloudauth_upload_json = ngx_string("application/json");
+static ngx_str_t  ngx_http_cloudauth_upload_json =
+    ngx_string("application/json");
 
 
 /* the request */
@@ -333,8 +335,9 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
     }
 
     if (!(r->method & (NGX_HTTP_PUT|NGX_HTTP_POST))) {
-        return ngx_http_cloudauth_upload_reject(r, origin, NGX_HTTP_NOT_ALLOWED,
-                                 "use PUT or POST", sizeof("use PUT or POST") - 1);
+        return ngx_http_cloudauth_upload_reject(r, origin,
+                                 NGX_HTTP_NOT_ALLOWED, "use PUT or POST",
+                                 sizeof("use PUT or POST") - 1);
     }
 
     max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
@@ -344,7 +347,8 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
         return ngx_http_cloudauth_upload_reject(r, origin,
                                  NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                  "the body is larger than max_size",
-                                 sizeof("the body is larger than max_size") - 1);
+                                 sizeof("the body is larger than max_size")
+                                 - 1);
     }
 
     u = ngx_pcalloc(r->pool, sizeof(ngx_http_cloudauth_upload_t));
@@ -451,8 +455,8 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
             }
 
             return ngx_http_cloudauth_upload_reject(r, origin, rc,
-                                                    (char *) u->status.data,
-                                                    u->status.len);
+                                                    (char *) u->reason.data,
+                                                    u->reason.len);
         }
     }
 
@@ -642,9 +646,9 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
                                   NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
 
             } else {
-                /* u->status holds the reason */
-                ngx_http_cloudauth_upload_fail(u, rc, (char *) u->status.data,
-                                               u->status.len);
+                /* u->reason holds the reason */
+                ngx_http_cloudauth_upload_fail(u, rc, (char *) u->reason.data,
+                                               u->reason.len);
             }
 
             return;
@@ -790,7 +794,7 @@ ngx_http_cloudauth_upload_take(ngx_http_cloudauth_upload_t *u, u_char *p,
     n = ngx_min((size_t) (last - p), u->conf->chunk_size - u->len);
 
     if (u->obj.total >= 0 && u->obj.received + (off_t) n > u->obj.total) {
-        ngx_str_set(&u->status, "the body is longer than Content-Length");
+        ngx_str_set(&u->reason, "the body is longer than Content-Length");
         return NGX_HTTP_BAD_REQUEST;
     }
 
@@ -844,7 +848,7 @@ ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u, u_char *p,
             room = NGX_HTTP_CLOUDAUTH_FIELDS_MAX - u->arena_len;
 
             if (room == 0) {
-                ngx_str_set(&u->status, "form fields are too large");
+                ngx_str_set(&u->reason, "form fields are too large");
                 *taken = p - start;
                 return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
             }
@@ -868,8 +872,8 @@ ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u, u_char *p,
             return NGX_OK;
 
         case NGX_CLOUDAUTH_MP_ERROR:
-            u->status.data = (u_char *) mp->error;
-            u->status.len = ngx_strlen(mp->error);
+            u->reason.data = (u_char *) mp->error;
+            u->reason.len = ngx_strlen(mp->error);
             *taken = p - start;
             return NGX_HTTP_BAD_REQUEST;
 
@@ -935,7 +939,7 @@ ngx_http_cloudauth_upload_part(ngx_http_cloudauth_upload_t *u)
         if (part->name.len + u->arena_len > NGX_HTTP_CLOUDAUTH_FIELDS_MAX
             || u->fields->nelts >= 64)
         {
-            ngx_str_set(&u->status, "form fields are too large");
+            ngx_str_set(&u->reason, "form fields are too large");
             return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         }
 
@@ -1016,7 +1020,7 @@ ngx_http_cloudauth_upload_field(ngx_http_cloudauth_upload_t *u, u_char *data,
     ngx_keyval_t  *kv;
 
     if (u->arena_len + len > NGX_HTTP_CLOUDAUTH_FIELDS_MAX) {
-        ngx_str_set(&u->status, "form fields are too large");
+        ngx_str_set(&u->reason, "form fields are too large");
         return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
 
@@ -1036,7 +1040,7 @@ ngx_http_cloudauth_upload_input_end(ngx_http_cloudauth_upload_t *u)
 {
     if (!u->multipart) {
         if (u->obj.total >= 0 && u->obj.received != u->obj.total) {
-            ngx_str_set(&u->status, "the body is shorter than Content-Length");
+            ngx_str_set(&u->reason, "the body is shorter than Content-Length");
             return NGX_HTTP_BAD_REQUEST;
         }
 
@@ -1046,8 +1050,8 @@ ngx_http_cloudauth_upload_input_end(ngx_http_cloudauth_upload_t *u)
     }
 
     if (ngx_cloudauth_mp_finish(u->mp) != NGX_OK) {
-        u->status.data = (u_char *) u->mp->error;
-        u->status.len = ngx_strlen(u->mp->error);
+        u->reason.data = (u_char *) u->mp->error;
+        u->reason.len = ngx_strlen(u->mp->error);
         return NGX_HTTP_BAD_REQUEST;
     }
 
@@ -1135,8 +1139,8 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: bad object name \"%V\": %s",
                       &name, err);
-        u->status.data = (u_char *) err;
-        u->status.len = ngx_strlen(err);
+        u->reason.data = (u_char *) err;
+        u->reason.len = ngx_strlen(err);
         return NGX_HTTP_BAD_REQUEST;
     }
 
@@ -1147,7 +1151,7 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
             || ngx_decode_base64(&md5, content_md5) != NGX_OK
             || md5.len != 16)
         {
-            ngx_str_set(&u->status, "Content-MD5 is not a base64 MD5");
+            ngx_str_set(&u->reason, "Content-MD5 is not a base64 MD5");
             return NGX_HTTP_BAD_REQUEST;
         }
 
@@ -1217,8 +1221,8 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
                 ngx_http_cloudauth_upload_fail(u,
                                        rc == NGX_ERROR
                                        ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc,
-                                       (char *) u->status.data,
-                                       u->status.len);
+                                       (char *) u->reason.data,
+                                       u->reason.len);
                 return NGX_ERROR;
             }
 
@@ -1758,7 +1762,8 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
 
         if (f->status == 401) {
             ngx_cloudauth_invalidate(u->ask.cred, &u->ask.subject,
-                                     &u->ask.token, u->request->connection->log);
+                                     &u->ask.token,
+                                     u->request->connection->log);
         }
 
         ngx_http_cloudauth_upload_gcs_error(u, f, NGX_HTTP_BAD_GATEWAY,
@@ -2748,15 +2753,37 @@ static ngx_int_t
 ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char                       *p;
-    ngx_str_t                    *s;
-    ngx_http_cloudauth_upload_t  *u;
+    u_char                            *p;
+    ngx_str_t                         *s;
+    ngx_http_cloudauth_upload_t       *u;
+    ngx_http_cloudauth_upload_conf_t  *conf;
 
     u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
 
     if (u == NULL) {
-        v->not_found = 1;
-        return NGX_OK;
+        conf = ngx_http_get_module_loc_conf(r,
+                                            ngx_http_cloudauth_upload_module);
+
+        if (conf->cred == NULL || r->method == NGX_HTTP_OPTIONS
+            || (data != NGX_HTTP_CLOUDAUTH_VAR_STATUS
+                && data != NGX_HTTP_CLOUDAUTH_VAR_BYTES))
+        {
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
+        /* refused before the upload began (a method, a size) */
+
+        if (data == NGX_HTTP_CLOUDAUTH_VAR_STATUS) {
+            v->len = sizeof("rejected") - 1;
+            v->data = (u_char *) "rejected";
+
+        } else {
+            v->len = 1;
+            v->data = (u_char *) "0";
+        }
+
+        goto found;
     }
 
     switch (data) {
