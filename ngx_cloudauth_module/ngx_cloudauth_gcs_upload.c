@@ -74,6 +74,7 @@ typedef struct {
     off_t                      offset;      /* GCS holds [0, offset) */
     off_t                      received;    /* bytes taken from the body */
     off_t                      total;       /* declared, or -1 */
+    ngx_uint_t                 nfields;     /* the form fields before it */
 
     uint32_t                   crc32c;
     EVP_MD_CTX                *md5;
@@ -1079,6 +1080,7 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
 
     ngx_memzero(obj, sizeof(ngx_http_cloudauth_object_t));
     obj->total = total;
+    obj->nfields = u->fields ? u->fields->nelts : 0;
 
     ngx_http_cloudauth_upload_sanitize(r->pool, filename, &u->filename);
 
@@ -1411,11 +1413,11 @@ ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u,
                             json_stringn((char *) obj->content_type.data,
                                          obj->content_type.len));
 
-        if (u->fields && u->fields->nelts) {
+        if (obj->nfields) {
             meta = json_object();
             kv = u->fields->elts;
 
-            for (i = 0; meta && i < u->fields->nelts; i++) {
+            for (i = 0; meta && i < obj->nfields; i++) {
                 s = ngx_cloudauth_copy_cstr(pool, &kv[i].key);
                 if (s == NULL) {
                     json_decref(meta);
@@ -1968,6 +1970,12 @@ ngx_http_cloudauth_upload_stored(ngx_http_cloudauth_upload_t *u,
                     "generation", gen,
                     "url", s.data, s.len);
 
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "cloudauth: upload: stored \"%V\" in bucket \"%V\", "
+                  "%O bytes, generation %s", &obj->name, &u->conf->bucket,
+                  obj->received, gen);
+
+    /* gen and crc point into root */
     json_decref(root);
 
     if (res == NULL) {
@@ -2008,11 +2016,6 @@ ngx_http_cloudauth_upload_stored(ngx_http_cloudauth_upload_t *u,
     if (st) {
         (void) ngx_atomic_fetch_add(&st->upload_bytes, obj->received);
     }
-
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "cloudauth: upload: stored \"%V\" in bucket \"%V\", "
-                  "%O bytes, generation %s", &obj->name, &u->conf->bucket,
-                  obj->received, gen);
 
     ngx_http_cloudauth_upload_close(u);
 

@@ -21,6 +21,7 @@
 
 enum {
     NGX_CLOUDAUTH_MP_PREAMBLE = 0,
+    NGX_CLOUDAUTH_MP_DELIM_CHECK,
     NGX_CLOUDAUTH_MP_DELIM_TAIL,
     NGX_CLOUDAUTH_MP_DELIM_DASH,
     NGX_CLOUDAUTH_MP_DELIM_LWSP,
@@ -187,6 +188,41 @@ ngx_cloudauth_mp_parse(ngx_cloudauth_mp_t *mp, u_char **pos, u_char *last,
 
             break;
 
+        case NGX_CLOUDAUTH_MP_DELIM_CHECK:
+
+            /*
+             * "CRLF--boundary" in a body is a delimiter only if "--", CR
+             * or blanks follow; otherwise (a boundary that is a prefix of
+             * a longer word) all of it was data
+             */
+
+            c = *p;
+
+            if (c == '-' || c == '\r' || c == ' ' || c == '\t') {
+                mp->state = NGX_CLOUDAUTH_MP_DELIM_TAIL;
+                *pos = p;
+                return NGX_CLOUDAUTH_MP_PART_END;
+            }
+
+            mp->state = NGX_CLOUDAUTH_MP_BODY;
+
+            if (room == 0) {
+                mp->held = mp->delim_len;
+                mp->held_pos = 0;
+                *pos = p;
+                return NGX_CLOUDAUTH_MP_NEED_MORE;
+            }
+
+            n = mp->delim_len < room ? mp->delim_len : room;
+
+            mp->data = mp->delim;
+            mp->len = n;
+            mp->held = mp->delim_len - n;
+            mp->held_pos = n;
+            *pos = p;
+
+            return NGX_CLOUDAUTH_MP_DATA;
+
         case NGX_CLOUDAUTH_MP_DELIM_TAIL:
 
             c = *p++;
@@ -327,9 +363,7 @@ ngx_cloudauth_mp_parse(ngx_cloudauth_mp_t *mp, u_char **pos, u_char *last,
 
                 if (++mp->match == mp->delim_len) {
                     mp->match = 0;
-                    mp->state = NGX_CLOUDAUTH_MP_DELIM_TAIL;
-                    *pos = p;
-                    return NGX_CLOUDAUTH_MP_PART_END;
+                    mp->state = NGX_CLOUDAUTH_MP_DELIM_CHECK;
                 }
 
                 break;
@@ -599,7 +633,14 @@ ngx_cloudauth_mp_param(u_char *p, u_char *last, ngx_str_t *name,
                 break;
             }
 
-            if (*p == '\\' && p + 1 < last) {
+            /*
+             * browsers do not escape "\" in file names (C:\dir\f.txt):
+             * only \" and \\ are escapes
+             */
+
+            if (*p == '\\' && p + 1 < last
+                && (p[1] == '"' || p[1] == '\\'))
+            {
                 p++;
             }
 

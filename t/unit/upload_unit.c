@@ -252,6 +252,7 @@ test_multipart(void)
         "Content-Type: text/plain\r\n"
         "\r\n"
         "line1\r\n--not-a-boundary\r\n" "\r\r\n-" B "x" "\r\n"
+        "\r\n" B "y, a longer boundary"
         "\r\n"
         B "\r\n"
         "content-disposition: form-data; name=file2; filename=\"\"\r\n"
@@ -263,7 +264,8 @@ test_multipart(void)
     static const char  want[] =
         "[title||]hello\r\nworld|"
         "[file|a \"q\".txt|text/plain]"
-        "line1\r\n--not-a-boundary\r\n" "\r\r\n-" B "x" "\r\n" "|"
+        "line1\r\n--not-a-boundary\r\n" "\r\r\n-" B "x" "\r\n"
+        "\r\n" B "y, a longer boundary" "|"
         "[file2||]|$";
 
     result_t    res;
@@ -355,6 +357,16 @@ test_multipart(void)
         ok(!res.error && res.len > 0
            && strstr(res.out, "[f|C:\\x\\y.bin|]|$") != NULL,
            "quoted boundary, escaped filename, empty part");
+    }
+
+    {
+        static const char  path[] =
+            B "\r\nContent-Disposition: form-data; name=\"f\"; "
+            "filename=\"C:\\dir\\f.txt\"\r\n\r\n" "x\r\n" B "--";
+        run(CT, path, sizeof(path) - 1, 5, 100, &res);
+        ok(!res.error && res.len > 0
+           && strstr(res.out, "[f|C:\\dir\\f.txt|]x|$") != NULL,
+           "a browser's unescaped backslashes stay");
     }
 
     {
