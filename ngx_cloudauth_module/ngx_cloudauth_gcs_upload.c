@@ -98,6 +98,8 @@ typedef struct {
     ngx_http_cloudauth_op_e            retry_op;
     ngx_event_t                        retry;
     ngx_event_t                        guard;
+    ngx_event_t                        stall;
+    off_t                              moved;       /* by the fetch */
     ngx_msec_t                         fail_start;
     ngx_uint_t                         attempts;
 
@@ -177,7 +179,7 @@ static ngx_int_t ngx_http_cloudauth_upload_start(
     ngx_http_cloudauth_upload_t *u, ngx_http_cloudauth_op_e op);
 static ssize_t ngx_http_cloudauth_upload_send(ngx_cloudauth_fetch_t *f,
     u_char *buf, size_t size);
-static ngx_int_t ngx_http_cloudauth_upload_rewind(ngx_cloudauth_fetch_t *f);
+static void ngx_http_cloudauth_upload_stall(ngx_event_t *ev);
 static void ngx_http_cloudauth_upload_header(ngx_cloudauth_fetch_t *f,
     u_char *line, size_t len);
 static void ngx_http_cloudauth_upload_done(ngx_cloudauth_fetch_t *f);
@@ -375,6 +377,9 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
     u->guard.handler = ngx_http_cloudauth_upload_guard;
     u->guard.data = r->connection;
     u->guard.log = r->connection->log;
+    u->stall.handler = ngx_http_cloudauth_upload_stall;
+    u->stall.data = r->connection;
+    u->stall.log = r->connection->log;
     ngx_str_set(&u->status, "rejected");
 
     if (origin) {
@@ -1570,7 +1575,7 @@ ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u,
 
     u->fetch = ngx_cloudauth_fetch_stream(&req, length,
                                           ngx_http_cloudauth_upload_send,
-                                          ngx_http_cloudauth_upload_rewind,
+                                          NULL,
                                           ngx_http_cloudauth_upload_header,
                                           ngx_http_cloudauth_upload_done, u,
                                           r->connection->log);
@@ -1582,6 +1587,10 @@ ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u,
         u->op = NGX_HTTP_CLOUDAUTH_OP_NONE;
         goto failed;
     }
+
+    /* no byte moved for cloudauth_timeout: given up (and resumed) */
+    u->moved = 0;
+    ngx_add_timer(&u->stall, ngx_cloudauth_main_conf()->timeout);
 
     return NGX_AGAIN;
 
@@ -1611,17 +1620,6 @@ ngx_http_cloudauth_upload_send(ngx_cloudauth_fetch_t *f, u_char *buf,
     u->put_sent += n;
 
     return n;
-}
-
-
-static ngx_int_t
-ngx_http_cloudauth_upload_rewind(ngx_cloudauth_fetch_t *f)
-{
-    ngx_http_cloudauth_upload_t *u = f->data;
-
-    u->put_sent = 0;
-
-    return NGX_OK;
 }
 
 
@@ -1691,6 +1689,10 @@ ngx_http_cloudauth_upload_done(ngx_cloudauth_fetch_t *f)
     op = u->op;
     u->op = NGX_HTTP_CLOUDAUTH_OP_NONE;
     u->fetch = NULL;
+
+    if (u->stall.timer_set) {
+        ngx_del_timer(&u->stall);
+    }
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "cloudauth: upload: op %d answered %l in %M ms: %s",
@@ -2093,6 +2095,68 @@ ngx_http_cloudauth_upload_retry(ngx_event_t *ev)
 }
 
 
+/*
+ * curl's own low-speed limit averages over seconds and sees the chunk just
+ * sent as progress: a GCS that takes a chunk and never answers is noticed
+ * here instead, and treated like a dropped connection (query, resume)
+ */
+
+static void
+ngx_http_cloudauth_upload_stall(ngx_event_t *ev)
+{
+    off_t                         moved;
+    ngx_int_t                     rc;
+    curl_off_t                    up, down;
+    ngx_msec_t                    timeout;
+    ngx_connection_t             *c;
+    ngx_cloudauth_fetch_t        *f, stalled;
+    ngx_http_cloudauth_op_e       op;
+    ngx_http_cloudauth_upload_t  *u;
+
+    u = (ngx_http_cloudauth_upload_t *)
+            ((u_char *) ev - offsetof(ngx_http_cloudauth_upload_t, stall));
+    c = u->request->connection;
+    f = u->fetch;
+
+    if (f == NULL) {
+        return;
+    }
+
+    timeout = ngx_cloudauth_main_conf()->timeout;
+
+    up = 0;
+    down = 0;
+    (void) curl_easy_getinfo(f->easy, CURLINFO_SIZE_UPLOAD_T, &up);
+    (void) curl_easy_getinfo(f->easy, CURLINFO_SIZE_DOWNLOAD_T, &down);
+
+    moved = (off_t) (up + down);
+
+    if (moved != u->moved) {
+        u->moved = moved;
+        ngx_add_timer(ev, timeout);
+        return;
+    }
+
+    op = u->op;
+    u->op = NGX_HTTP_CLOUDAUTH_OP_NONE;
+    u->fetch = NULL;
+    ngx_cloudauth_fetch_free(f);
+
+    ngx_memzero(&stalled, sizeof(ngx_cloudauth_fetch_t));
+    stalled.log = c->log;
+    (void) ngx_snprintf((u_char *) stalled.errbuf, CURL_ERROR_SIZE - 1,
+                        "no progress for %M ms%Z", timeout);
+
+    rc = ngx_http_cloudauth_upload_answer(u, &stalled, op);
+
+    if (rc == NGX_OK) {
+        ngx_http_cloudauth_upload_run(u);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
 static void
 ngx_http_cloudauth_upload_guard(ngx_event_t *ev)
 {
@@ -2209,6 +2273,10 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 
     if (u->retry.timer_set) {
         ngx_del_timer(&u->retry);
+    }
+
+    if (u->stall.timer_set) {
+        ngx_del_timer(&u->stall);
     }
 
     if (u->guard.timer_set) {

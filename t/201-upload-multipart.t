@@ -85,8 +85,6 @@ my $body = form(['title', 'Quarterly numbers'],
                 ['owner', "J\xc3\xbcrgen"],
                 map({ ['file', $_->[2], $_->[0], $_->[1]] } @files));
 
-if ($ENV{DUMP_FORM}) { open my $fh, ">", $ENV{DUMP_FORM}; print $fh $body; close $fh }
-
 for my $chunked (0, 1) {
     my $dir = $chunked ? 'c' : 'k';
 

@@ -31,6 +31,9 @@ package CloudAuth::FakeGCS;
 #   short => 1                             each non-final chunk keeps 256 KiB
 #                                          less than it carried
 #   session_404 => 1                       chunks get 404 (session expired)
+#   corrupt => 1                           the first byte of each chunk is
+#                                          stored altered (the final hash
+#                                          check then fails)
 #   delay => SECS                          every chunk is answered late
 #
 # State under DIR/gcs/: sessions/ID.json + ID.data, objects/BUCKET/HEX.json
@@ -237,11 +240,22 @@ sub check_name {
     return undef;
 }
 
+# the state's lock, held while the returned guard lives; taken once per
+# process (flock() on a second descriptor of the same file would wait for
+# the first: a deadlock)
+my $LOCK;
+
 sub lock_dir {
     my ($dir) = @_;
-    open my $fh, '>>', "$dir/gcs/lock" or die "lock: $!";
-    flock $fh, LOCK_EX;
-    return $fh;
+    return undef if $LOCK;
+    open $LOCK, '>>', "$dir/gcs/lock" or die "lock: $!";
+    flock $LOCK, LOCK_EX;
+    return bless {}, 'CloudAuth::FakeGCS::Lock';
+}
+
+sub CloudAuth::FakeGCS::Lock::DESTROY {
+    close $LOCK if $LOCK;
+    undef $LOCK;
 }
 
 # a fault that fires once: true the first time it is asked for
@@ -475,9 +489,17 @@ sub chunk {
         $keep = $len - $Q;
     }
 
+    my $kept = substr($data, 0, $keep);
+    substr($kept, 0, 1) ^= "\x01" if $f->{corrupt} && $keep;
+
+    if ($final && !$fault) {
+        # the hashes are checked before anything of the final is kept
+        return finish($o, $s, $sf, $kept, $req->{headers}{'x-goog-hash'});
+    }
+
     if ($keep) {
         open my $fh, '>>:raw', "$dir/gcs/sessions/$id.data" or die "$!";
-        print $fh substr($data, 0, $keep);
+        print $fh $kept;
         close $fh;
         $s->{persisted} += $keep;
     }
@@ -494,17 +516,25 @@ sub chunk {
         return { status => 308, headers => range_header($s->{persisted}) };
     }
 
-    # the final chunk: check the hashes, store the object
+    return error(500, 'fake gcs: final chunk without a fault');
+}
 
-    open my $fh, '<:raw', "$dir/gcs/sessions/$id.data" or die "$!";
+# the final chunk: check the hashes, store the object
+
+sub finish {
+    my ($o, $s, $sf, $last, $hash) = @_;
+
+    my $dir = $o->{dir};
+
+    open my $fh, '<:raw', "$dir/gcs/sessions/$s->{id}.data" or die "$!";
     local $/;
-    my $all = <$fh> // '';
+    my $all = (<$fh> // '') . $last;
     close $fh;
 
     my $crc = crc32c_b64($all);
     my $md5 = md5_b64($all);
 
-    if (my $h = $req->{headers}{'x-goog-hash'}) {
+    if (my $h = $hash) {
         my %h = map { split /=/, $_, 2 } split /,\s*/, $h;
         return error(400, "Provided CRC32C \"$h{crc32c}\" doesn't match "
                           . "calculated CRC32C \"$crc\".")
@@ -523,6 +553,8 @@ sub chunk {
 
     my $obj = store_object($dir, $s, $all);
 
+    truncate "$dir/gcs/sessions/$s->{id}.data", 0;
+    $s->{persisted} = length $all;
     $s->{state} = 'done';
     $s->{object} = $obj;
     wjson($sf, $s);
