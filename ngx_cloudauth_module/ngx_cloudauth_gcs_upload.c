@@ -220,6 +220,10 @@ static ngx_int_t ngx_http_cloudauth_upload_header_add(ngx_pool_t *pool,
     ngx_array_t *headers, const char *fmt, ...);
 static ngx_str_t *ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf);
+static u_char *ngx_http_cloudauth_upload_buf_alloc(size_t size,
+    ngx_log_t *log);
+static void ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
+    ngx_log_t *log);
 
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -448,7 +452,8 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
             }
         }
 
-        u->buf = ngx_alloc(conf->chunk_size, r->connection->log);
+        u->buf = ngx_http_cloudauth_upload_buf_alloc(conf->chunk_size,
+                                                     r->connection->log);
         if (u->buf == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -1176,7 +1181,8 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     }
 
     if (u->buf == NULL) {
-        u->buf = ngx_alloc(u->conf->chunk_size, r->connection->log);
+        u->buf = ngx_http_cloudauth_upload_buf_alloc(u->conf->chunk_size,
+                                                     r->connection->log);
         if (u->buf == NULL) {
             return NGX_ERROR;
         }
@@ -2421,7 +2427,8 @@ ngx_http_cloudauth_upload_cleanup(void *data)
     }
 
     if (u->buf) {
-        ngx_free(u->buf);
+        ngx_http_cloudauth_upload_buf_free(u->buf, u->conf->chunk_size,
+                                           ngx_cycle->log);
         u->buf = NULL;
     }
 
@@ -2753,6 +2760,40 @@ ngx_http_cloudauth_upload_sanitize(ngx_pool_t *pool, ngx_str_t *in,
 
     if (out->len == 0) {
         ngx_str_set(out, "file");
+    }
+}
+
+
+/*
+ * The chunk buffer is mapped, not malloc()ed: only the pages a body
+ * touches become resident, and all of it goes back to the system when the
+ * upload ends (malloc() would keep a freed buffer this size in its heap).
+ */
+
+static u_char *
+ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
+{
+    u_char  *p;
+
+    p = mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS,
+             -1, 0);
+
+    if (p == MAP_FAILED) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "cloudauth: mmap(%uz) for an upload failed", size);
+        return NULL;
+    }
+
+    return p;
+}
+
+
+static void
+ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size, ngx_log_t *log)
+{
+    if (munmap(buf, size) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "cloudauth: munmap() of an upload buffer failed");
     }
 }
 

@@ -240,8 +240,8 @@ sub sent_of {
 sub rss {
     my ($pid) = @_;
     open my $fh, '<', "/proc/$pid/status" or return 0;
-    while (<$fh>) {
-        return $1 * 1024 if /^VmRSS:\s+(\d+)\s+kB/;
+    while (my $l = <$fh>) {
+        return $1 * 1024 if $l =~ /^VmRSS:\s+(\d+)\s+kB/;
     }
     return 0;
 }
