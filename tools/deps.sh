@@ -10,7 +10,9 @@ case "${1:-build}" in
 test|bench)
     pkgs="$pkgs perl libhttp-daemon-perl libio-socket-ssl-perl
           libcrypt-openssl-rsa-perl libcrypt-jwt-perl libjson-pp-perl
-          libdigest-crc-perl curl"
+          libdigest-crc-perl curl chromium"
+    # the browser test's driver runs on Node.js (and npm installs it)
+    command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
     ;;
 esac
 
@@ -25,15 +27,33 @@ for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
 
-[ -z "$missing" ] && exit 0
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing Debian packages:$missing" >&2
+        echo "run: sudo apt-get install -y$missing" >&2
+        exit 1
+    fi
 
-if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages:$missing" >&2
-    echo "run: sudo apt-get install -y$missing" >&2
-    exit 1
+    echo "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends $missing
 fi
 
-echo "installing:$missing"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends $missing
+# t/210-browser.t drives Debian's chromium with playwright-core (no browser
+# download of its own), pinned, in t/browser/node_modules (git-ignored);
+# Debian 12's own Node.js is 18, which the newest releases no longer take
+case "${1:-build}" in
+test)
+    dir="$(cd "$(dirname "$0")/.." && pwd)/t/browser"
+    pw=1.65.1
+    [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] || pw=1.60.0
+    have=$(node -p "require('$dir/node_modules/playwright-core/package.json')
+                    .version" 2>/dev/null || true)
+    if [ "$have" != "$pw" ]; then
+        echo "installing: playwright-core@$pw into t/browser/node_modules"
+        npm install --prefix "$dir" --no-save --no-package-lock --no-audit \
+            --no-fund --loglevel=error "playwright-core@$pw"
+    fi
+    ;;
+esac

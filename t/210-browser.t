@@ -1,0 +1,197 @@
+#!/usr/bin/perl
+
+# The upload page in a real browser: nginx serves html/upload.html at / and
+# a cloudauth_gcs_upload location at /upload/ against the fake GCS; Debian's
+# headless Chromium, driven by playwright-core (t/browser/upload.js), picks
+# two files through the keyboard-opened file chooser, then drops two more
+# (one a name already stored: overwrite=off answers 409, which the page must
+# show with the server's reason).  What landed in the fake GCS is compared
+# byte for byte and by CRC32C with what was sent, and with what the page
+# listed.  The browser not running is a failure, never a skip: tools/deps.sh
+# test installs chromium and playwright-core.  TEST_NGINX_LEAVE=1 keeps the
+# test directory, with page.png, the page as it ended.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use File::Path qw(make_path);
+use JSON::PP;
+use Test::More;
+use Time::HiRes qw(time);
+
+use CloudAuth::Test;
+use CloudAuth::FakeGCS;
+use CloudAuth::Upload;
+
+my $started = time;
+my $root = $CloudAuth::Test::ROOT;
+my $B = 'test-bucket';
+
+my $t = CloudAuth::Test->new;
+CloudAuth::Upload::start_gcs($t);
+
+$t->run(<<"EOF");
+    cloudauth_trusted_certificate %%CA%%;
+    cloudauth_timeout 5s;
+
+    cloudauth_credential google type=google_service_account
+        key_file=%%KEY_FILE%% scopes=%%SCOPES%%;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        client_max_body_size 20m;
+
+        location / {
+            root $root/html;
+            index upload.html;
+        }
+
+        location /upload/ {
+            cloudauth_gcs_upload google bucket=$B chunk_size=256k
+                object=uploads/\$cloudauth_filename
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+    }
+EOF
+
+# files of distinct random bytes, sizes that are no multiple of 256 KiB,
+# each larger than one chunk
+
+sub random_bytes {
+    my ($n) = @_;
+    open my $fh, '<:raw', '/dev/urandom' or die "urandom: $!";
+    my $d = '';
+    read $fh, $d, $n;
+    return $d;
+}
+
+my $dir = $t->dir . '/files';
+make_path("$dir/again");
+
+my %data = (
+    'a.bin' => random_bytes(300 * 1024 + 17),
+    'b.bin' => random_bytes(700 * 1024 + 3),
+    'c.txt' => join('', map { "line $_ of a dropped file\n" } 1 .. 2000),
+    'again/a.bin' => random_bytes(1000),
+);
+
+for my $f (keys %data) {
+    $t->write_file("$dir/$f", $data{$f});
+}
+
+# the browser
+
+my $out = browser({
+    url => 'http://127.0.0.1:' . $t->port('nginx') . '/',
+    steps => [ { pick => [ "$dir/a.bin", "$dir/b.bin" ] },
+               { drop => [ "$dir/c.txt", "$dir/again/a.bin" ] } ],
+    screenshot => $t->dir . '/page.png',
+    timeout => 20000,
+});
+
+sub browser {
+    my ($opt) = @_;
+
+    my $node = `sh -c 'command -v node'`;
+    chomp $node;
+
+    if (!$node) {
+        fail('node runs the browser test: node is missing; '
+             . 'run "tools/deps.sh test"');
+        return;
+    }
+
+    my $err = $t->dir . '/browser.err';
+    my $pid = open my $fh, '-|';
+    die "fork: $!" unless defined $pid;
+
+    if (!$pid) {
+        open STDERR, '>', $err or die "$err: $!";
+        exec 'timeout', '60', $node, "$root/t/browser/upload.js",
+             encode_json($opt);
+        exit 127;
+    }
+
+    my $text = do { local $/; <$fh> };
+    close $fh;
+    my $rc = $? >> 8;
+
+    my $res = eval { decode_json($text // '') };
+
+    ok($rc == 0 && $res, 'headless chromium ran the page through playwright')
+        or diag("t/browser/upload.js exited $rc:\n" . $t->read_file($err)
+                . "\nIs the browser there? tools/deps.sh test installs "
+                . "Debian's chromium and playwright-core.");
+
+    return $rc == 0 ? $res : undef;
+}
+
+if (!$out) {
+    done_testing;
+    exit;
+}
+
+is($out->{status}, 200, 'the page is served at /');
+is($out->{title}, 'Upload to Cloud Storage', 'it is the upload page');
+is($out->{focused}, 'files', 'the keyboard reaches the file picker');
+
+my @items = @{ $out->{items} || [] };
+is(scalar @items, 4, 'four uploads listed');
+is(join(' ', map { "$_->{file}:$_->{state}" } @items),
+   'a.bin:done b.bin:done c.txt:done a.bin:error',
+   'three stored, the second a.bin refused');
+
+# what the page listed, what GCS has
+
+my %type = ('c.txt' => 'text/plain');
+
+for my $i (0 .. 2) {
+    my $it = $items[$i] || {};
+    my $file = $it->{file} // '?';
+    my $data = $data{$file} // '';
+    my $name = "uploads/$file";
+    my ($o) = @{ $it->{objects} || [] };
+    my $sent = CloudAuth::Upload::sent_of($data);
+    my $crc = CloudAuth::Upload::crc32c_b64($sent->{crc32c});
+    my $url = "https://storage.googleapis.com/$B/$name";
+
+    is(scalar @{ $it->{objects} || [] }, 1, "$file: one object listed");
+    is($it->{status}, 'stored', "$file: status stored");
+    is($it->{progress}, 1, "$file: progress bar full");
+    is_deeply($o, { bucket => $B, name => $name, size => length($data) . '',
+                    crc32c => $crc, url => $url, href => $url },
+              "$file: the page lists bucket, name, size, CRC32C and URL");
+
+    my $g = CloudAuth::Upload::stored_ok($t, $B, $name, $sent, $file);
+    is($g && $g->{meta}{contentType}, $type{$file}, "$file: content type")
+        if $type{$file};
+}
+
+my $dup = $items[3] || {};
+like($dup->{error} // '', qr/\S.*\(409\)/,
+     'the refused upload shows the server\'s message and 409');
+is_deeply($dup->{objects}, [], 'the refused upload lists no object');
+CloudAuth::Upload::stored_ok($t, $B, 'uploads/a.bin',
+                             CloudAuth::Upload::sent_of($data{'a.bin'}),
+                             'a.bin, after the refused one');
+is(scalar(my @o = CloudAuth::FakeGCS->objects($t)), 3,
+   'three objects in the bucket');
+
+is_deeply($out->{steps}, ['2 of 2 uploaded', '3 of 4 uploaded, 1 failed'],
+          'the summary after each step');
+is(join("\n", grep { !/status of 409/ } @{ $out->{console} || [] }), '',
+   'no script error in the page');
+
+my @chunks = grep { $_->{method} eq 'PUT' && ($_->{length} // 0) > 0 }
+             CloudAuth::FakeGCS->requests($t);
+cmp_ok(scalar @chunks, '>=', 5,
+       'the files went to GCS in 256 KiB chunks, streamed');
+
+$t->check_log_ok;
+
+cmp_ok(time - $started, '<', 30, 'within 30 s');
+
+done_testing;
