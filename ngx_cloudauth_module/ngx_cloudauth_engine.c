@@ -181,16 +181,20 @@ again:
         ngx_cloudauth_claim(node, now);
     }
 
-    if (cred->kind->sign) {
+    /*
+     * signed here and now, unless another worker is signing at this very
+     * moment: then wait for its token like for a fetch
+     */
+
+    if (cred->kind->sign && !claimed) {
         ngx_cloudauth_cache_unlock();
 
-        if (claimed || signed_once) {
+        if (signed_once) {
             ngx_str_set(&ask->reason, "token signing failed");
             ask->cache_status = NGX_CLOUDAUTH_ERROR;
             return NGX_DECLINED;
         }
 
-        /* signed here and now: no waiting */
         signed_once = 1;
         (void) ngx_cloudauth_job_start(cred, &ask->subject, ask->log);
 
