@@ -192,8 +192,16 @@ ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
     im = cred->data;
 
     req->url = im->url;
-    req->body.data = (u_char *) im->text;
+
+    /* the engine wipes the body once sent: a copy, not im->text itself */
+
     req->body.len = ngx_strlen(im->text);
+    req->body.data = ngx_pnalloc(pool, req->body.len);
+    if (req->body.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(req->body.data, im->text, req->body.len);
 
     if (ngx_cloudauth_add_header(pool, req, "Content-Type: application/json")
         != NGX_OK)
