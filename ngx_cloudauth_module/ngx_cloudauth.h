@@ -342,6 +342,7 @@ ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,
     const char *header, const char *claims, ngx_str_t *jwt);
 ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
     const char *header, const char *claims, ngx_str_t *jwt);
+ngx_int_t ngx_cloudauth_jwt_expires_in(ngx_str_t *jwt, time_t *expires_in);
 
 /* ngx_cloudauth_kind.c: what kinds share */
 extern ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[];
@@ -354,10 +355,35 @@ ngx_int_t ngx_cloudauth_add_header(ngx_pool_t *pool,
 u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);
 size_t ngx_cloudauth_form_escape_len(ngx_str_t *src);
 char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);
+ngx_int_t ngx_cloudauth_secret(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    char *name, ngx_str_t *secret);
+ngx_int_t ngx_cloudauth_plain_parse(ngx_cloudauth_fetch_t *f,
+    ngx_pool_t *pool, ngx_cloudauth_result_t *res);
+
+/* ngx_cloudauth_kind_google_sa.c: what Google's key-file kinds share */
+
+typedef struct {
+    EVP_PKEY                  *key;
+    ngx_str_t                  email;
+    ngx_str_t                  key_id;
+    ngx_str_t                  token_url;
+} ngx_cloudauth_google_key_t;
+
+char *ngx_cloudauth_google_key_load(ngx_conf_t *cf,
+    ngx_cloudauth_cred_t *cred, ngx_cloudauth_google_key_t *gk);
+ngx_int_t ngx_cloudauth_google_assertion(ngx_cloudauth_cred_t *cred,
+    ngx_cloudauth_google_key_t *gk, const char *claim, ngx_str_t *value,
+    ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
+    ngx_log_t *log);
 
 /* credential kinds */
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_impersonate;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_id_token;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_metadata;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_jwt;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2_cc;
 
 
 #endif /* _NGX_CLOUDAUTH_H_INCLUDED_ */

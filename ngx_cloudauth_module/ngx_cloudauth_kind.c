@@ -18,12 +18,19 @@
 ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_google_sa,
     &ngx_cloudauth_kind_google_impersonate,
+    &ngx_cloudauth_kind_google_id_token,
+    &ngx_cloudauth_kind_google_metadata,
+    &ngx_cloudauth_kind_zoom_s2s,
+    &ngx_cloudauth_kind_zoom_jwt,
+    &ngx_cloudauth_kind_oauth2_cc,
     NULL
 };
 
 
-static void ngx_cloudauth_error_text(ngx_pool_t *pool, long status,
-    json_t *json, ngx_cloudauth_result_t *res);
+static void ngx_cloudauth_error_text(ngx_pool_t *pool,
+    ngx_cloudauth_fetch_t *f, json_t *json, ngx_cloudauth_result_t *res);
+static ngx_int_t ngx_cloudauth_token_copy(ngx_pool_t *pool, u_char *s,
+    size_t len, ngx_cloudauth_result_t *res);
 
 
 ngx_int_t
@@ -191,7 +198,7 @@ ngx_int_t
 ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
     ngx_cloudauth_result_t *res, const char *field)
 {
-    size_t         i, len;
+    size_t         len;
     json_t        *json, *v;
     const char    *s;
     json_error_t   jerr;
@@ -219,7 +226,7 @@ ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
     }
 
     if (f->status != 200) {
-        ngx_cloudauth_error_text(pool, f->status, json, res);
+        ngx_cloudauth_error_text(pool, f, json, res);
         res->terminal = (f->status >= 400 && f->status < 500
                          && f->status != 408 && f->status != 429);
         goto failed;
@@ -246,25 +253,9 @@ ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
         goto failed;
     }
 
-    if (len > NGX_CLOUDAUTH_MAX_TOKEN) {
-        ngx_str_set(&res->error, "token larger than 8 KiB");
+    if (ngx_cloudauth_token_copy(pool, (u_char *) s, len, res) != NGX_OK) {
         goto failed;
     }
-
-    for (i = 0; i < len; i++) {
-        if (s[i] <= 0x20 || s[i] >= 0x7f) {
-            ngx_str_set(&res->error, "token with invalid characters");
-            goto failed;
-        }
-    }
-
-    res->token.data = ngx_pnalloc(pool, len);
-    if (res->token.data == NULL) {
-        goto failed;
-    }
-
-    ngx_memcpy(res->token.data, s, len);
-    res->token.len = len;
 
     v = json_object_get(json, "expires_in");
 
@@ -301,6 +292,165 @@ failed:
 }
 
 
+static ngx_int_t
+ngx_cloudauth_token_copy(ngx_pool_t *pool, u_char *s, size_t len,
+    ngx_cloudauth_result_t *res)
+{
+    size_t  i;
+
+    if (len > NGX_CLOUDAUTH_MAX_TOKEN) {
+        ngx_str_set(&res->error, "token larger than 8 KiB");
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (s[i] <= 0x20 || s[i] >= 0x7f) {
+            ngx_str_set(&res->error, "token with invalid characters");
+            return NGX_ERROR;
+        }
+    }
+
+    res->token.data = ngx_pnalloc(pool, len);
+    if (res->token.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(res->token.data, s, len);
+    res->token.len = len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A 200 answer whose body is the token itself, a JWT (the metadata
+ * server's identity tokens); its lifetime is its "exp" claim.  Other
+ * answers are errors, read as ngx_cloudauth_oauth_parse() reads them.
+ */
+
+ngx_int_t
+ngx_cloudauth_plain_parse(ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
+    ngx_cloudauth_result_t *res)
+{
+    u_char  *p, *last;
+
+    if (f->status != 200) {
+        return ngx_cloudauth_oauth_parse(f, pool, res, "token");
+    }
+
+    p = f->body;
+    last = f->body + f->body_len;
+
+    while (p < last && (*p == ' ' || *p == '\t' || *p == CR || *p == LF)) {
+        p++;
+    }
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t'
+                        || last[-1] == CR || last[-1] == LF))
+    {
+        last--;
+    }
+
+    if (p == last) {
+        ngx_str_set(&res->error, "malformed answer: empty");
+        return NGX_ERROR;
+    }
+
+    if (ngx_cloudauth_token_copy(pool, p, last - p, res) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_cloudauth_jwt_expires_in(&res->token, &res->expires_in)
+        != NGX_OK)
+    {
+        ngx_str_set(&res->error, "malformed answer: not a JWT with \"exp\"");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The secret NAME: read from the file NAME_file= at configuration time
+ * (one trailing newline dropped), or given inline as NAME= with a warning.
+ */
+
+ngx_int_t
+ngx_cloudauth_secret(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred, char *name,
+    ngx_str_t *secret)
+{
+    char       *err;
+    u_char      file[64];
+    ngx_str_t  *v, *inl, path;
+
+    ngx_sprintf(file, "%s_file%Z", name);
+
+    v = ngx_cloudauth_param(cred, (char *) file);
+    inl = ngx_cloudauth_param(cred, name);
+
+    if (v && inl) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": \"%s=\" and "
+                           "\"%s=\" both given; keep \"%s=\" only",
+                           &cred->name, file, name, file);
+        return NGX_ERROR;
+    }
+
+    if (inl) {
+        if (inl->len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": \"%s=\" is "
+                               "empty", &cred->name, name);
+            return NGX_ERROR;
+        }
+
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "cloudauth_credential \"%V\": inline \"%s=\" "
+                           "puts the secret into the configuration, where "
+                           "\"nginx -T\" shows it; use \"%s=\" with a file "
+                           "of mode 600 instead", &cred->name, name, file);
+        *secret = *inl;
+        return NGX_OK;
+    }
+
+    if (v == NULL || v->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": \"%s=\" is "
+                           "required: the path of a file (mode 600) holding "
+                           "the %s", &cred->name, file, name);
+        return NGX_ERROR;
+    }
+
+    path = *v;
+
+    if (ngx_cloudauth_read_file(cf, cred, &path, secret, &err) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": %s \"%V\": %s",
+                           &cred->name, file, &path, err);
+        return NGX_ERROR;
+    }
+
+    if (secret->len && secret->data[secret->len - 1] == LF) {
+        secret->len--;
+
+        if (secret->len && secret->data[secret->len - 1] == CR) {
+            secret->len--;
+        }
+    }
+
+    if (secret->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": %s \"%V\": the "
+                           "file is empty; put the %s into it",
+                           &cred->name, file, &path, name);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static const char *
 ngx_cloudauth_json_str(json_t *json, const char *key)
 {
@@ -315,16 +465,20 @@ ngx_cloudauth_json_str(json_t *json, const char *key)
  */
 
 static void
-ngx_cloudauth_error_text(ngx_pool_t *pool, long status, json_t *json,
-    ngx_cloudauth_result_t *res)
+ngx_cloudauth_error_text(ngx_pool_t *pool, ngx_cloudauth_fetch_t *f,
+    json_t *json, ngx_cloudauth_result_t *res)
 {
-    u_char      *p, *last;
+    long         status;
+    u_char      *p, *last, *text, *end;
     json_t      *e;
     ngx_uint_t   i;
     const char  *a, *b;
 
+    status = f->status;
     a = NULL;
     b = NULL;
+    text = NULL;
+    end = NULL;
 
     if (json_is_object(json)) {
         e = json_object_get(json, "error");
@@ -348,6 +502,22 @@ ngx_cloudauth_error_text(ngx_pool_t *pool, long status, json_t *json,
 
     } else if (json == NULL && status == 200) {
         a = "malformed answer: not JSON";
+
+    } else if (json == NULL && f->body_len && f->body[0] != '<') {
+
+        /* plain text, as the metadata server's: its first line */
+
+        text = f->body;
+        end = ngx_strlchr(text, text + f->body_len, LF);
+        end = end ? end : text + f->body_len;
+
+        if (end > text && end[-1] == CR) {
+            end--;
+        }
+
+        if (end - text > 160) {
+            end = text + 160;
+        }
     }
 
     p = ngx_pnalloc(pool, NGX_CLOUDAUTH_MAX_ERROR);
@@ -367,6 +537,10 @@ ngx_cloudauth_error_text(ngx_pool_t *pool, long status, json_t *json,
 
     if (b) {
         p = ngx_slprintf(p, last, ": %s", b);
+    }
+
+    if (text) {
+        p = ngx_slprintf(p, last, ": %*s", (size_t) (end - text), text);
     }
 
     res->error.len = p - res->error.data;

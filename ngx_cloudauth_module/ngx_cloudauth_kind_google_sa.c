@@ -6,6 +6,9 @@
  * service account's key, exchanged at Google's token endpoint for an
  * access token (RFC 7523, "jwt-bearer"), with domain-wide delegation
  * through the "sub" claim.
+ *
+ * Loading the JSON key and making the assertion are shared with
+ * type=google_id_token.
  */
 
 
@@ -16,11 +19,8 @@
 
 
 typedef struct {
-    EVP_PKEY      *key;
-    ngx_str_t      email;
-    ngx_str_t      key_id;
-    ngx_str_t      scope;       /* space-separated */
-    ngx_str_t      token_url;
+    ngx_cloudauth_google_key_t   key;
+    ngx_str_t                    scope;       /* space-separated */
 } ngx_cloudauth_google_sa_t;
 
 
@@ -31,7 +31,7 @@ static ngx_int_t ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred,
     ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
-static void ngx_cloudauth_google_sa_cleanup(void *data);
+static void ngx_cloudauth_google_key_cleanup(void *data);
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa = {
@@ -45,7 +45,76 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa = {
 
 
 static char *
-ngx_cloudauth_google_sa_dup(ngx_conf_t *cf, json_t *json, const char *key,
+ngx_cloudauth_google_sa_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
+{
+    u_char                     *p;
+    ngx_str_t                  *v, parts[4];
+    ngx_cloudauth_google_sa_t  *sa;
+
+    sa = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_google_sa_t));
+    if (sa == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cred->data = sa;
+
+    if (ngx_cloudauth_google_key_load(cf, cred, &sa->key) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    v = ngx_cloudauth_param(cred, "scopes");
+    if (v == NULL || v->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": \"scopes=\" is "
+                           "required, e.g. scopes=https://www.googleapis.com/"
+                           "auth/cloud-platform", &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    sa->scope.len = v->len;
+    sa->scope.data = ngx_pnalloc(cf->pool, v->len);
+    if (sa->scope.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (p = v->data; p < v->data + v->len; p++) {
+        sa->scope.data[p - v->data] = (*p == ',') ? ' ' : *p;
+    }
+
+    parts[0] = sa->key.email;
+    parts[1] = sa->key.key_id;
+    parts[2] = sa->scope;
+    parts[3] = sa->key.token_url;
+
+    ngx_cloudauth_fingerprint(cred, parts, 4);
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
+    ngx_pool_t *pool, ngx_cloudauth_request_t *req, ngx_log_t *log)
+{
+    ngx_cloudauth_google_sa_t  *sa;
+
+    sa = cred->data;
+
+    return ngx_cloudauth_google_assertion(cred, &sa->key, "scope", &sa->scope,
+                                          subject, pool, req, log);
+}
+
+
+static ngx_int_t
+ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
+    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+{
+    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
+}
+
+
+static char *
+ngx_cloudauth_google_key_dup(ngx_conf_t *cf, json_t *json, const char *key,
     ngx_str_t *out)
 {
     json_t  *v;
@@ -68,25 +137,22 @@ ngx_cloudauth_google_sa_dup(ngx_conf_t *cf, json_t *json, const char *key,
 }
 
 
-static char *
-ngx_cloudauth_google_sa_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
+/*
+ * key_file= (a service account's JSON key) and token_url= (by default the
+ * key's token_uri)
+ */
+
+char *
+ngx_cloudauth_google_key_load(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    ngx_cloudauth_google_key_t *gk)
 {
-    u_char                     *p;
-    char                       *err;
-    BIO                        *bio;
-    json_t                     *json;
-    ngx_str_t                  *v, path, text, pem, parts[4];
-    const char                 *type, *why;
-    json_error_t                jerr;
-    ngx_pool_cleanup_t         *cln;
-    ngx_cloudauth_google_sa_t  *sa;
-
-    sa = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_google_sa_t));
-    if (sa == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    cred->data = sa;
+    char                *err;
+    BIO                 *bio;
+    json_t              *json;
+    ngx_str_t           *v, path, text, pem;
+    const char          *type, *why;
+    json_error_t         jerr;
+    ngx_pool_cleanup_t  *cln;
 
     v = ngx_cloudauth_param(cred, "key_file");
     if (v == NULL) {
@@ -126,51 +192,51 @@ ngx_cloudauth_google_sa_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
         why = "\"type\" is not \"service_account\"; this needs a service "
               "account key";
 
-    } else if (ngx_cloudauth_google_sa_dup(cf, json, "client_email",
-                                           &sa->email)
+    } else if (ngx_cloudauth_google_key_dup(cf, json, "client_email",
+                                            &gk->email)
                != NGX_CONF_OK)
     {
         why = "no \"client_email\"";
 
-    } else if (ngx_cloudauth_google_sa_dup(cf, json, "private_key", &pem)
+    } else if (ngx_cloudauth_google_key_dup(cf, json, "private_key", &pem)
                != NGX_CONF_OK)
     {
         why = "no \"private_key\"";
     }
 
     if (why == NULL) {
-        (void) ngx_cloudauth_google_sa_dup(cf, json, "private_key_id",
-                                           &sa->key_id);
-        (void) ngx_cloudauth_google_sa_dup(cf, json, "token_uri",
-                                           &sa->token_url);
+        (void) ngx_cloudauth_google_key_dup(cf, json, "private_key_id",
+                                            &gk->key_id);
+        (void) ngx_cloudauth_google_key_dup(cf, json, "token_uri",
+                                            &gk->token_url);
 
         bio = BIO_new_mem_buf(pem.data, (int) pem.len);
         if (bio) {
-            sa->key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+            gk->key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
             BIO_free(bio);
         }
 
         ngx_explicit_memzero(pem.data, pem.len);
 
-        if (sa->key == NULL) {
+        if (gk->key == NULL) {
             why = "\"private_key\" is not a PEM private key OpenSSL can load";
 
-        } else if (EVP_PKEY_base_id(sa->key) != EVP_PKEY_RSA) {
+        } else if (EVP_PKEY_base_id(gk->key) != EVP_PKEY_RSA) {
             why = "\"private_key\" is not an RSA key";
         }
     }
 
     json_decref(json);
 
-    if (sa->key) {
+    if (gk->key) {
         cln = ngx_pool_cleanup_add(cf->pool, 0);
         if (cln == NULL) {
-            EVP_PKEY_free(sa->key);
+            EVP_PKEY_free(gk->key);
             return NGX_CONF_ERROR;
         }
 
-        cln->handler = ngx_cloudauth_google_sa_cleanup;
-        cln->data = sa->key;
+        cln->handler = ngx_cloudauth_google_key_cleanup;
+        cln->data = gk->key;
     }
 
     if (why) {
@@ -182,79 +248,53 @@ ngx_cloudauth_google_sa_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
 
     v = ngx_cloudauth_param(cred, "token_url");
     if (v) {
-        sa->token_url = *v;
+        gk->token_url = *v;
     }
 
-    if (sa->token_url.len == 0) {
-        ngx_str_set(&sa->token_url, "https://oauth2.googleapis.com/token");
+    if (gk->token_url.len == 0) {
+        ngx_str_set(&gk->token_url, "https://oauth2.googleapis.com/token");
     }
 
-    if (ngx_cloudauth_check_url(cf, cred, "token_url", &sa->token_url, 0)
-        != NGX_CONF_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    v = ngx_cloudauth_param(cred, "scopes");
-    if (v == NULL || v->len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cloudauth_credential \"%V\": \"scopes=\" is "
-                           "required, e.g. scopes=https://www.googleapis.com/"
-                           "auth/cloud-platform", &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    sa->scope.len = v->len;
-    sa->scope.data = ngx_pnalloc(cf->pool, v->len);
-    if (sa->scope.data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    for (p = v->data; p < v->data + v->len; p++) {
-        sa->scope.data[p - v->data] = (*p == ',') ? ' ' : *p;
-    }
-
-    parts[0] = sa->email;
-    parts[1] = sa->key_id;
-    parts[2] = sa->scope;
-    parts[3] = sa->token_url;
-
-    ngx_cloudauth_fingerprint(cred, parts, 4);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_check_url(cf, cred, "token_url", &gk->token_url, 0);
 }
 
 
 static void
-ngx_cloudauth_google_sa_cleanup(void *data)
+ngx_cloudauth_google_key_cleanup(void *data)
 {
     EVP_PKEY_free(data);
 }
 
 
-static ngx_int_t
-ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
-    ngx_pool_t *pool, ngx_cloudauth_request_t *req, ngx_log_t *log)
+/*
+ * The jwt-bearer token request: an assertion with the claims iss, aud,
+ * iat, exp, the kind's own claim (scope, target_audience), and sub when
+ * there is a subject.
+ */
+
+ngx_int_t
+ngx_cloudauth_google_assertion(ngx_cloudauth_cred_t *cred,
+    ngx_cloudauth_google_key_t *gk, const char *claim, ngx_str_t *value,
+    ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
+    ngx_log_t *log)
 {
-    char                       *header, *claims;
-    u_char                     *p;
-    json_t                     *h, *c;
-    time_t                      now;
-    ngx_int_t                   rc;
-    ngx_str_t                   jwt;
-    ngx_cloudauth_google_sa_t  *sa;
+    char       *header, *claims;
+    u_char     *p;
+    json_t     *h, *c;
+    time_t      now;
+    ngx_int_t   rc;
+    ngx_str_t   jwt;
 
     static u_char  grant[] = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3A"
                              "grant-type%3Ajwt-bearer&assertion=";
 
-    sa = cred->data;
     now = ngx_time();
 
     h = json_pack("{s:s, s:s}", "alg", "RS256", "typ", "JWT");
     c = json_pack("{s:s%, s:s%, s:s%, s:I, s:I}",
-                  "iss", sa->email.data, sa->email.len,
-                  "scope", sa->scope.data, sa->scope.len,
-                  "aud", sa->token_url.data, sa->token_url.len,
+                  "iss", gk->email.data, gk->email.len,
+                  claim, value->data, value->len,
+                  "aud", gk->token_url.data, gk->token_url.len,
                   "iat", (json_int_t) now,
                   "exp", (json_int_t) now + 3600);
 
@@ -262,9 +302,9 @@ ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         goto failed;
     }
 
-    if (sa->key_id.len) {
-        json_object_set_new(h, "kid", json_stringn((char *) sa->key_id.data,
-                                                   sa->key_id.len));
+    if (gk->key_id.len) {
+        json_object_set_new(h, "kid", json_stringn((char *) gk->key_id.data,
+                                                   gk->key_id.len));
     }
 
     if (subject->len) {
@@ -284,7 +324,7 @@ ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         return NGX_ERROR;
     }
 
-    rc = ngx_cloudauth_jwt_rs256(pool, sa->key, header, claims, &jwt);
+    rc = ngx_cloudauth_jwt_rs256(pool, gk->key, header, claims, &jwt);
 
     free(header);
     free(claims);
@@ -296,7 +336,7 @@ ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         return NGX_ERROR;
     }
 
-    req->url = sa->token_url;
+    req->url = gk->token_url;
 
     req->body.len = sizeof(grant) - 1 + jwt.len;
     req->body.data = ngx_pnalloc(pool, req->body.len);
@@ -322,12 +362,4 @@ failed:
     }
 
     return NGX_ERROR;
-}
-
-
-static ngx_int_t
-ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
-{
-    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
 }
