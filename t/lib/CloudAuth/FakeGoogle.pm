@@ -342,20 +342,32 @@ sub verify_grant {
     my $scope = $b->{expect_scope} // join ' ', @SCOPES;
     my $now = time;
 
+    # an ID token grant has target_audience instead of scope
+    $rec->{target_audience} = $c->{target_audience};
+    my $aud_claim = exists $c->{target_audience} ? 'target_audience'
+                  : 'scope';
+
     for my $n (qw(iat exp)) {
         return "$n is not an integer" unless $text =~ /"$n"\s*:\s*\d+\s*[,}]/;
     }
 
     return 'iss is not the client_email of the key'
         if ($c->{iss} // '') ne $key->{client_email};
-    return "scope is not \"$scope\"" if ($c->{scope} // '') ne $scope;
+    if ($aud_claim eq 'scope') {
+        return "scope is not \"$scope\"" if ($c->{scope} // '') ne $scope;
+    } else {
+        return 'target_audience is empty or not a string'
+            if ref $c->{target_audience} || !length $c->{target_audience};
+        return 'scope and target_audience both given' if exists $c->{scope};
+        return 'sub with target_audience' if exists $c->{sub};
+    }
     return "aud is not $o->{url}" if ($c->{aud} // '') ne $o->{url};
     return 'iat is more than 60 s off' if abs($c->{iat} - $now) > 60;
     return 'exp is not iat + 3600' if $c->{exp} != $c->{iat} + 3600;
     return 'sub is empty or not a string'
         if exists $c->{sub} && (ref $c->{sub} || !length($c->{sub} // ''));
 
-    my @cx = grep { !/^(iss|scope|aud|iat|exp|sub)$/ } sort keys %$c;
+    my @cx = grep { !/^(iss|$aud_claim|aud|iat|exp|sub)$/ } sort keys %$c;
     return "unexpected claims: @cx" if @cx;
 
     return undef;
@@ -405,6 +417,21 @@ sub token_answer {
         return $res;
     }
 
+    if (defined $rec->{target_audience}) {
+        # Google answers an ID token grant with {"id_token": JWT} only
+        my $now = int time;
+        my $email = $rec->{claims}{iss};
+        my $id = id_token(iss => 'https://accounts.google.com',
+            aud => $rec->{target_audience}, azp => $email, email => $email,
+            email_verified => JSON::PP::true, iat => $now,
+            exp => $now + ($b->{expires_in} // 3600),
+            sub => '1' . serial($o->{dir}) . random_hex(4));
+        $rec->{token} = $id;
+        $rec->{expires_in} = $b->{expires_in} // 3600;
+        $res->{body} = $json->encode({ id_token => $id });
+        return $res;
+    }
+
     my $token = sprintf 'ya29.fake-%d-%s', serial($o->{dir}), random_hex(16);
 
     $rec->{token} = $token;
@@ -413,6 +440,17 @@ sub token_answer {
                                    expires_in => $rec->{expires_in},
                                    token_type => 'Bearer' });
     return $res;
+}
+
+# an ID token as Google's look: RS256 header, CLAIMS, a signature (random:
+# nobody here verifies it)
+
+sub id_token {
+    my (%claims) = @_;
+    my $h = { alg => 'RS256', kid => random_hex(20), typ => 'JWT' };
+    return join '.', map { MIME::Base64::encode_base64url($_) }
+        $json->encode($h), $json->encode(\%claims),
+        pack('H*', random_hex(256));
 }
 
 # the echo upstream -------------------------------------------------------

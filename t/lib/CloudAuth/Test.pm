@@ -736,8 +736,24 @@ sub secrets {
                  split /\n/, $k->{private_key} // '';
     }
 
+    # tokens the other fakes issued or saw (CloudAuth::FakeProviders), and
+    # what the test declared secret (add_secrets)
+    for my $f (glob "$self->{dir}/fake_*.log") {
+        next if $f =~ m{/fake_token\.log$};
+        push @s, map { $_->{token} // () }
+                 CloudAuth::FakeGoogle::read_json_lines($f);
+    }
+
+    push @s, @{ $self->{extra_secrets} || [] };
+
     my %seen;
     return grep { defined && length && !$seen{$_}++ } @s;
+}
+
+# add_secrets(S...): client secrets and the like, never to be logged
+sub add_secrets {
+    my ($self, @s) = @_;
+    push @{ $self->{extra_secrets} }, @s;
 }
 
 # the secrets found in error.log, access.log, stderr.log and TEXTS
