@@ -69,7 +69,12 @@ my $took = time - $start;
 is($r->{status}, 201, '100 MiB chunked: 201') or diag $r->{body};
 is($r->{json}{size}, $SIZE, '100 MiB chunked: size');
 
-my %after = map { $_ => CloudAuth::Upload::rss($_) } @w;
+# the request is freed just after its answer is sent
+my %after;
+$t->wait_for(sub {
+    %after = map { $_ => CloudAuth::Upload::rss($_) } @w;
+    !grep { $after{$_} - $before{$_} >= 2 * 1048576 } @w;
+}, 3);
 
 my ($growth, $after) = (0, 0);
 for my $pid (@w) {
