@@ -4,8 +4,8 @@
  *
  * Unit tests of the pure parts of the upload: CRC32C (hardware and table)
  * and the streaming multipart/form-data parser, fed whole, byte by byte,
- * in random slices and with little room.  Prints TAP.
- *   make BUILD=... unit   (see the Makefile target "unit")
+ * in random slices and with little room.  Prints TAP; t/205-upload-unit.t
+ * compiles and runs it.
  */
 
 
