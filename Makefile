@@ -51,7 +51,7 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(SOURCES)
 	cp $(NGX_TREE)/objs/ngx_http_cloudauth_module.so $(MODULE)
 
 run: test-deps all
-	@tools/run.pl
+	@CLOUDAUTH_MODULE=$(MODULE) tools/run.pl
 
 test: test-deps all
 	prove -r t/

@@ -11,7 +11,9 @@
 #
 #     curl http://127.0.0.1:8080/storage/b
 #
-# shows an injected token at once.  Ctrl-C stops everything.
+# shows an injected token at once.  Uploads (the page at / and /upload/) go
+# to the suite's fake Cloud Storage, which keeps the objects in the run's
+# temporary directory.  Ctrl-C stops everything.
 
 use strict;
 use warnings;
@@ -20,10 +22,11 @@ use FindBin;
 use lib "$FindBin::Bin/../t/lib";
 
 use CloudAuth::Test;
+use CloudAuth::Upload;
 use POSIX ();
 
 my $root = $CloudAuth::Test::ROOT;
-my $module = "$root/build/ngx_http_cloudauth_module.so";
+my $module = $ENV{CLOUDAUTH_MODULE} || "$root/build/ngx_http_cloudauth_module.so";
 my $prefix = "$root/build/run";
 my $port = $ENV{CLOUDAUTH_PORT} || 8080;
 my $key = $ENV{GOOGLE_APPLICATION_CREDENTIALS};
@@ -53,10 +56,17 @@ if ($key) {
               {$1\n    cloudauth_trusted_certificate $dir/ca.crt;};
     $conf =~ s{proxy_pass\s+https://[^;]+;}{proxy_pass http://127.0.0.1:$up;}g;
 
+    # uploads go to the suite's fake Cloud Storage, over TLS with that CA
+    my $gcs = CloudAuth::Upload::start_gcs($t);
+    $conf =~ s{(cloudauth_gcs_upload\s[^;]*?)\s*;}{$1 endpoint=$gcs;}g;
+
     push @notes,
         'no GOOGLE_APPLICATION_CREDENTIALS: using the local stand-ins',
         '  token endpoint ' . $t->token_url . " (CA $dir/ca.crt)",
-        "  echo upstream  http://127.0.0.1:$up (shows what it received)";
+        "  echo upstream  http://127.0.0.1:$up (shows what it received)",
+        "  cloud storage  $gcs, a fake; until Ctrl-C it keeps each",
+        "                 uploaded object in $dir/gcs/objects/BUCKET/",
+        '                 as HEX.data, its name, size and CRC32C in HEX.json';
 }
 
 $conf =~ s{listen\s+127\.0\.0\.1:8080}{listen 127.0.0.1:$port}g;
@@ -89,6 +99,8 @@ nginx: $prefix/nginx.conf on http://127.0.0.1:$port/  (Ctrl-C stops)
   curl http://127.0.0.1:$port/storage/b
   curl -H 'X-User-Email: alice\@example.com' http://127.0.0.1:$port/drive/files
   curl http://127.0.0.1:$port/cloudauth/status
+  curl -T some.file http://127.0.0.1:$port/upload/some.file
+  open http://127.0.0.1:$port/ in a browser to upload files from the page
 
 EOF2
 
@@ -103,7 +115,7 @@ system(@cmd, '-t', '-q') == 0 or do {
 my $pid = fork // die "fork: $!\n";
 
 if (!$pid) {
-    exec @cmd;
+    { no warnings 'exec'; exec @cmd; }
     POSIX::_exit(127);
 }
 
