@@ -89,7 +89,7 @@ my $out = browser({
     steps => [ { pick => [ "$dir/a.bin", "$dir/b.bin" ] },
                { drop => [ "$dir/c.txt", "$dir/again/a.bin" ] } ],
     screenshot => $t->dir . '/page.png',
-    timeout => 20000,
+    timeout => 20000 * CloudAuth::Test::tf(),
 });
 
 sub browser {
@@ -110,7 +110,7 @@ sub browser {
 
     if (!$pid) {
         open STDERR, '>', $err or die "$err: $!";
-        exec 'timeout', '60', $node, "$root/t/browser/upload.js",
+        exec 'timeout', 60 * CloudAuth::Test::tf(), $node, "$root/t/browser/upload.js",
              encode_json($opt);
         exit 127;
     }
@@ -192,6 +192,6 @@ cmp_ok(scalar @chunks, '>=', 5,
 
 $t->check_log_ok;
 
-cmp_ok(time - $started, '<', 30, 'within 30 s');
+cmp_ok(time - $started, '<', 30 * CloudAuth::Test::tf(), 'within 30 s');
 
 done_testing;
