@@ -12,6 +12,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use POSIX ();
 use Test::More;
 use CloudAuth::Test;
 use CloudAuth::FakeGCS;
@@ -50,6 +51,11 @@ $t->run(<<'EOF');
             cloudauth_gcs_upload google bucket=test-bucket chunk_size=256k
                 max_size=1m endpoint=https://127.0.0.1:%%PORT_GCS%%;
             access_log %%TESTDIR%%/upload.log upload;
+        }
+
+        location /chunks/ {
+            cloudauth_gcs_upload google bucket=test-bucket chunk_size=256k
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
         location /over/ {
@@ -163,7 +169,7 @@ is($r->{json}{contentType}, 'application/octet-stream',
 # HTTP/2 (curl)
 
 SKIP: {
-    skip 'no curl', 2 unless -x '/usr/bin/curl';
+    skip 'no curl', 4 unless -x '/usr/bin/curl';
 
     my $file = $t->write_file('h2.bin', CloudAuth::Upload::pattern(300000));
     my $out = `curl -s --http2-prior-knowledge -T $file -w '\\n%{http_version} %{http_code}' http://127.0.0.1:${\ $t->port('h2')}/upload/h2.bin 2>&1`;
@@ -171,6 +177,36 @@ SKIP: {
     CloudAuth::Upload::stored_ok($t, $B, 'h2.bin',
         CloudAuth::Upload::sent_of(CloudAuth::Upload::pattern(300000)),
         'HTTP/2');
+
+    # many chunks: flow control holds the client while GCS takes them
+    my $data = CloudAuth::Upload::pattern(3 * 1048576 + 5);
+    $file = $t->write_file('h2big.bin', $data);
+    $out = `curl -s --http2-prior-knowledge -T $file -w '\n%{http_version} %{http_code}' http://127.0.0.1:${\ $t->port('h2')}/chunks/h2big.bin 2>&1`;
+    like($out, qr/\n2 201$/, 'HTTP/2 upload in 256 KiB chunks: 201');
+    CloudAuth::Upload::stored_ok($t, $B, 'h2big.bin',
+        CloudAuth::Upload::sent_of($data), 'HTTP/2 in chunks');
+}
+
+# concurrent uploads, in both workers
+
+my @kids;
+for my $i (1 .. 6) {
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        my ($r) = CloudAuth::Upload::upload($t, "/chunks/par$i",
+                                            size => 1048576 * $i + $i,
+                                            chunked => $i % 2);
+        POSIX::_exit($r->{status} == 201 ? 0 : 1);
+    }
+    push @kids, $pid;
+}
+my $bad = 0;
+for (@kids) { waitpid $_, 0; $bad++ if $?; }
+is($bad, 0, '6 concurrent uploads: all 201');
+for my $i (1 .. 6) {
+    my $d = CloudAuth::Upload::pattern(1048576 * $i + $i);
+    CloudAuth::Upload::stored_ok($t, $B, "par$i",
+        CloudAuth::Upload::sent_of($d), "concurrent upload $i");
 }
 
 # chunk_size=256k: chunks of 256 KiB

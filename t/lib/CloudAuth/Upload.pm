@@ -43,7 +43,16 @@ sub bytes_at {
     return substr $b, $off % (1048576 + 7), $len;
 }
 
-sub pattern { bytes_at(0, $_[0]) }
+# the first N bytes of the pattern
+sub pattern {
+    my ($n) = @_;
+    my $d = '';
+    while (length $d < $n) {
+        my $k = $n - length $d;
+        $d .= bytes_at(length $d, $k > 1048576 ? 1048576 : $k);
+    }
+    return $d;
+}
 
 # CRC32C, continued from PREV (a finished CRC) when given
 sub crc32c {
