@@ -101,6 +101,7 @@ ngx_cloudauth_get(ngx_cloudauth_ask_t *ask)
     size_t                  len;
     time_t                  expires_at;
     uint64_t                now;
+    ngx_int_t               rc;
     ngx_uint_t              start, claimed, signed_once;
     ngx_cloudauth_cred_t   *cred;
     ngx_cloudauth_node_t   *node;
@@ -153,6 +154,15 @@ again:
 
         ngx_cloudauth_cache_unlock();
 
+        /*
+         * the token is taken out of ngx_cloudauth_buf first: starting the
+         * refresh may ask for a source credential's token, which goes
+         * through ngx_cloudauth_buf too
+         */
+
+        rc = ngx_cloudauth_copy_token(ask, ngx_cloudauth_buf, len,
+                                      expires_at);
+
         if (start) {
             /* refresh ahead, in the background */
             if (ngx_cloudauth_job_start(cred, &ask->subject, ask->log)
@@ -162,8 +172,7 @@ again:
             }
         }
 
-        return ngx_cloudauth_copy_token(ask, ngx_cloudauth_buf, len,
-                                        expires_at);
+        return rc;
     }
 
     if (now < node->backoff_until) {

@@ -17,6 +17,12 @@ package CloudAuth::FakeProviders;
 #             .../service-accounts/default/token?scopes=a,b answers JSON,
 #             .../service-accounts/default/identity?audience=URL the bare
 #             JWT as text; errors in plain text
+#   iam       IAM Credentials generateAccessToken: POST
+#             /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken with
+#             a Bearer token the fake Google token endpoint issued and a JSON
+#             body {"scope": [...], "lifetime": "3600s"}; answers
+#             {"accessToken", "expireTime"}; errors {"error": {"code",
+#             "message", "status"}}
 #   zoomapi   an API taking Zoom JWTs: verifies the HS256 signature with
 #             the API secret, the header and the claims (iss, exp only),
 #             401 {"code": 124, "message": "Invalid access token."} if bad,
@@ -34,6 +40,7 @@ use warnings;
 use Digest::SHA qw(hmac_sha256);
 use JSON::PP;
 use MIME::Base64 qw(decode_base64 decode_base64url encode_base64url);
+use POSIX ();
 use Time::HiRes qw(time);
 
 use CloudAuth::FakeGoogle;
@@ -73,7 +80,7 @@ sub start {
     my ($t, $name, %o) = @_;
 
     my %handler = (zoom => \&zoom_handler, oauth2 => \&oauth2_handler,
-                   metadata => \&metadata_handler,
+                   metadata => \&metadata_handler, iam => \&iam_handler,
                    zoomapi => \&zoomapi_handler);
 
     my $h = $handler{ $o{kind} // $name } or die "no fake \"$name\"\n";
@@ -456,6 +463,88 @@ sub metadata_handler {
         $res->{headers}{'Metadata-Flavor'} = 'Google' if $res->{headers};
         return $res;
     };
+}
+
+# IAM Credentials ---------------------------------------------------------
+
+# iam_handler(dir, name, targets => {email => "scope scope"})
+sub iam_handler {
+    my (%o) = @_;
+
+    my $gerr = sub {
+        my ($code, $status, $message) = @_;
+        return [$code, $json->encode({ error => { code => $code,
+                                                  message => $message,
+                                                  status => $status } }),
+                undef, undef, "$status: $message"];
+    };
+
+    my $check = sub {
+        my ($req, $b, $rec) = @_;
+
+        my ($email) = $req->{path}
+            =~ m{^/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken$}
+            or return $gerr->(404, 'NOT_FOUND', 'no such method');
+        $rec->{target} = $email;
+
+        return $gerr->(405, 'INVALID_ARGUMENT', 'POST only')
+            if $req->{method} ne 'POST';
+
+        my ($bearer) = ($req->{headers}{authorization} // '')
+                       =~ /^Bearer (\S+)$/;
+        $rec->{source_token} = $bearer;
+        my %issued = map { ($_->{token} // '') => 1 }
+            CloudAuth::FakeGoogle::read_json_lines("$o{dir}/fake_token.log");
+
+        return $gerr->(401, 'UNAUTHENTICATED', 'Request had invalid '
+                       . 'authentication credentials. Expected OAuth 2 '
+                       . 'access token')
+            if !$bearer || !$issued{$bearer};
+        return $gerr->(400, 'INVALID_ARGUMENT', 'not JSON')
+            if ($req->{headers}{'content-type'} // '')
+               !~ m{^application/json}i;
+
+        my $body = eval { $json->decode($req->{body}) };
+        $rec->{body} = $body;
+
+        return $gerr->(400, 'INVALID_ARGUMENT', 'body is not '
+                       . '{"scope": [...], "lifetime": "3600s"}')
+            unless ref $body eq 'HASH' && ref $body->{scope} eq 'ARRAY'
+                   && ($body->{lifetime} // '') =~ /^\d+s$/
+                   && join(',', sort keys %$body) eq 'lifetime,scope';
+
+        my $allowed = $o{targets}{$email}
+            // return $gerr->(403, 'PERMISSION_DENIED', "Permission "
+                   . "'iam.serviceAccounts.getAccessToken' denied on "
+                   . "resource (or it may not exist).");
+
+        return $gerr->(400, 'INVALID_ARGUMENT', 'scope is not "'
+                       . $allowed . '"')
+            if join(' ', @{ $body->{scope} }) ne $allowed;
+
+        return undef;
+    };
+
+    my $ok = sub {
+        my ($req, $b, $rec) = @_;
+        my $life = $b->{expires_in} // 3600;
+        $rec->{token} = sprintf 'ya29.imp-fake-%d-%s', serial($o{dir}),
+                                random_hex(16);
+        $rec->{expires_in} = $life;
+        return $json->encode({ accessToken => $rec->{token},
+            expireTime => POSIX::strftime('%Y-%m-%dT%H:%M:%SZ',
+                                          gmtime(time + $life)) });
+    };
+
+    my $error = sub {
+        my ($b, $status) = @_;
+        return $json->encode({ error => {
+            code => $status,
+            message => $b->{error_description} // "injected failure $status",
+            status => $b->{error} // 'INTERNAL' } });
+    };
+
+    return handler(%o, check => $check, ok => $ok, error => $error);
 }
 
 # an API taking Zoom JWTs -------------------------------------------------
