@@ -103,7 +103,8 @@ ngx_cloudauth_zoom_jwt_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
 
     parts[0] = zj->key;
     parts[1] = zj->secret;
-    parts[2] = *(v ? v : key);
+    parts[2].data = (u_char *) &zj->ttl;
+    parts[2].len = sizeof(time_t);
 
     ngx_cloudauth_fingerprint(cred, parts, 3);
 

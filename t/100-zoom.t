@@ -260,7 +260,8 @@ bad('zoom_s2s: plain http', "type=zoom_s2s $ok "
     . "client_secret_file=$d/zoom.secret token_url=http://zoom.us/oauth/token",
     qr/token_url.*plain http/);
 bad('zoom_s2s: unknown parameter', "type=zoom_s2s $ok "
-    . "client_secret_file=$d/zoom.secret scope=x", qr/unknown parameter "scope"/);
+    . "client_secret_file=$d/zoom.secret scope=x",
+    qr/unknown parameter "scope"/);
 bad('zoom_jwt: no api_key', "type=zoom_jwt api_secret_file=$d/api.secret",
     qr/api_key=/);
 bad('zoom_jwt: no secret', "type=zoom_jwt api_key=$key",
