@@ -441,6 +441,27 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
 
     conf = u->conf;
 
+    if (f->status == 401 && !u->reauth) {
+
+        /*
+         * the token lapsed or was revoked: drop it, get another, and do
+         * the request again (once); GCS took nothing of a refused chunk
+         */
+
+        ngx_log_error(NGX_LOG_WARN, u->request->connection->log, 0,
+                      "cloudauth: upload: GCS answered 401, "
+                      "retrying with a new token");
+
+        ngx_cloudauth_invalidate(u->ask.cred, &u->ask.subject,
+                                 &u->ask.token, u->request->connection->log);
+
+        u->reauth = 1;
+        u->requery = (op == NGX_HTTP_CLOUDAUTH_OP_QUERY);
+        u->obj.token = 0;
+
+        return NGX_OK;
+    }
+
     if (ngx_http_cloudauth_upload_retryable(f->status)) {
         return ngx_http_cloudauth_upload_backoff(u,
                                  op == NGX_HTTP_CLOUDAUTH_OP_INIT
@@ -464,6 +485,7 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
 
             u->obj.session = u->location;
             u->fail_start = 0;
+            u->reauth = 0;
             u->attempts = 0;
 
             return NGX_OK;
@@ -566,6 +588,7 @@ ngx_http_cloudauth_upload_ack(ngx_http_cloudauth_upload_t *u)
         obj->offset = committed;
 
         u->fail_start = 0;
+        u->reauth = 0;
         u->attempts = 0;
     }
 

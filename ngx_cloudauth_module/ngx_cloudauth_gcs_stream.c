@@ -706,6 +706,13 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
         return NGX_DECLINED;
     }
 
+    if (obj->token && u->ask.expires_at
+        && u->ask.expires_at - ngx_time() < NGX_HTTP_CLOUDAUTH_TOKEN_LEFT)
+    {
+        /* a long upload outlives its token: the cache has a newer one */
+        obj->token = 0;
+    }
+
     if (!obj->token) {
         u->ask.token.len = 0;
 
@@ -731,6 +738,11 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
 
     if (obj->session.len == 0) {
         return ngx_http_cloudauth_upload_start(u, NGX_HTTP_CLOUDAUTH_OP_INIT);
+    }
+
+    if (u->requery) {
+        u->requery = 0;
+        return ngx_http_cloudauth_upload_start(u, NGX_HTTP_CLOUDAUTH_OP_QUERY);
     }
 
     if (obj->eof) {

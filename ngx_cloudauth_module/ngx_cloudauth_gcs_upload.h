@@ -24,6 +24,7 @@
 #define NGX_HTTP_CLOUDAUTH_NAME_MAX       1024
 #define NGX_HTTP_CLOUDAUTH_FILENAME_MAX   255
 #define NGX_HTTP_CLOUDAUTH_GUARD          3600000
+#define NGX_HTTP_CLOUDAUTH_TOKEN_LEFT     120
 
 #define NGX_HTTP_CLOUDAUTH_GCS_URL        "https://storage.googleapis.com"
 
@@ -137,6 +138,8 @@ typedef struct {
     unsigned                           input_done:1;
     unsigned                           finished:1;
     unsigned                           active:1;
+    unsigned                           reauth:1;    /* a 401 was retried */
+    unsigned                           requery:1;   /* query after a 401 */
 } ngx_http_cloudauth_upload_t;
 
 

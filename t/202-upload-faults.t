@@ -153,6 +153,18 @@ CloudAuth::Upload::stored_ok($t, $B, 'init', $sent, 'session start retried');
 is(scalar(grep { $_->{uri} =~ /name=init&/ }
           CloudAuth::FakeGCS->requests($t)), 3, 'three session starts');
 
+# resumed: GCS refuses the token mid-stream (revoked, lapsed): a new one
+
+my $tokens = $t->token_count;
+faults(fail_after => 524288, fail_status => 401);
+($r, $sent) = CloudAuth::Upload::upload($t, '/up/401', size => 1000000,
+                                        chunked => 1);
+is($r->{status}, 201, 'GCS 401 mid-stream: 201');
+CloudAuth::Upload::stored_ok($t, $B, '401', $sent, '401 mid-stream');
+is($t->token_count, $tokens + 1, '401: a new token was fetched');
+like(shape(session_requests('401')), qr{=401 PUT\(524288-786431/\*\)=308},
+     '401: the chunk again, with the new token');
+
 # failed: 429 forever would take 60 s; a 400 on a chunk fails at once
 
 faults(fail_after => 300000, fail_status => 400);
