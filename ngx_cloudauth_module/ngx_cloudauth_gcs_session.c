@@ -730,23 +730,28 @@ ngx_http_cloudauth_upload_stored(ngx_http_cloudauth_upload_t *u,
 
     json_array_append_new(u->results, res);
 
-    /* $cloudauth_upload_object: the names, comma-separated */
+    /*
+     * $cloudauth_upload_object: the names, comma-separated, up to
+     * NGX_HTTP_CLOUDAUTH_NAMES_MAX bytes (a form may have many files)
+     */
 
-    p = ngx_pnalloc(r->pool, u->names.len + 1 + obj->name.len);
-    if (p == NULL) {
-        return NGX_ERROR;
+    if (u->names.len + 1 + obj->name.len <= NGX_HTTP_CLOUDAUTH_NAMES_MAX) {
+        p = ngx_pnalloc(r->pool, u->names.len + 1 + obj->name.len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        s.data = p;
+        p = ngx_cpymem(p, u->names.data, u->names.len);
+
+        if (u->names.len) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, obj->name.data, obj->name.len);
+        u->names.data = s.data;
+        u->names.len = p - s.data;
     }
-
-    s.data = p;
-    p = ngx_cpymem(p, u->names.data, u->names.len);
-
-    if (u->names.len) {
-        *p++ = ',';
-    }
-
-    p = ngx_cpymem(p, obj->name.data, obj->name.len);
-    u->names.data = s.data;
-    u->names.len = p - s.data;
 
     u->objects++;
 

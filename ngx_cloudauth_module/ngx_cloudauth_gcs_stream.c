@@ -102,7 +102,9 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
                 ngx_str_set(&u->status, "aborted");
                 ngx_http_cloudauth_upload_fail(u, rc, NULL, 0);
 
-            } else if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+            } else if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+                       && u->reason.len == 0)
+            {
                 ngx_http_cloudauth_upload_fail(u, rc,
                                   "the body is larger than max_size",
                                   sizeof("the body is larger than max_size")
@@ -439,6 +441,11 @@ ngx_http_cloudauth_upload_part(ngx_http_cloudauth_upload_t *u)
         /* an empty file input */
         u->part = NGX_HTTP_CLOUDAUTH_PART_SKIP;
         return NGX_OK;
+    }
+
+    if (u->files++ == NGX_HTTP_CLOUDAUTH_FILES_MAX) {
+        ngx_str_set(&u->reason, "more than 1000 files in a form");
+        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
 
     u->part = NGX_HTTP_CLOUDAUTH_PART_FILE;

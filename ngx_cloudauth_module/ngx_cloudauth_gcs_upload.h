@@ -25,6 +25,8 @@
 #define NGX_HTTP_CLOUDAUTH_FILENAME_MAX   255
 #define NGX_HTTP_CLOUDAUTH_GUARD          3600000
 #define NGX_HTTP_CLOUDAUTH_TOKEN_LEFT     120
+#define NGX_HTTP_CLOUDAUTH_FILES_MAX      1000
+#define NGX_HTTP_CLOUDAUTH_NAMES_MAX      4096
 
 #define NGX_HTTP_CLOUDAUTH_GCS_URL        "https://storage.googleapis.com"
 
@@ -128,6 +130,7 @@ typedef struct {
 
     json_t                            *results;
     ngx_uint_t                         objects;
+    ngx_uint_t                         files;       /* file parts seen */
     off_t                              bytes;       /* object bytes taken */
     ngx_str_t                          names;       /* stored, for the log */
     ngx_str_t                          status;      /* for the log */

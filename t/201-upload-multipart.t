@@ -189,6 +189,22 @@ ok($t->wait_for(sub {
 ok(!grep({ $_->{name} =~ m{^bad/} } CloudAuth::FakeGCS->objects($t)),
    'nothing stored from the malformed forms');
 
+# limits: fields, files
+
+($r) = CloudAuth::Upload::put($t, '/form/lim/', form(
+           map({ ["f$_", 'x' x 1100] } 1 .. 60), ['f', 'x', 'x.txt']),
+           method => 'POST', headers => { 'Content-Type' => $CT });
+is($r->{status}, 413, 'fields over 64 KiB: 413');
+like($r->{json}{error}{message} // '', qr/form fields are too large/,
+     'fields over 64 KiB: the reason');
+
+($r) = CloudAuth::Upload::put($t, '/form/many/', form(
+           map({ ['f', '', "e$_.txt"] } 1 .. 1001)),
+           method => 'POST', headers => { 'Content-Type' => $CT });
+is($r->{status}, 413, '1001 files in a form: 413');
+like($r->{json}{error}{message} // '', qr/more than 1000 files/,
+     '1001 files: the reason');
+
 # a PUT of multipart is a raw body
 
 ($r) = CloudAuth::Upload::put($t, '/form/raw.multipart', $good,
