@@ -6,7 +6,9 @@ package CloudAuth::FakeGoogle;
 #   token     Google's OAuth2 token endpoint over TLS.  Verifies the
 #             jwt-bearer grant strictly (form, RS256 signature with the
 #             public key, header, every claim) and answers 400 invalid_grant
-#             with the reason when something is wrong.
+#             with the reason when something is wrong.  An assertion with
+#             target_audience instead of scope (an ID token grant) gets
+#             {"id_token": JWT}, its exp now + expires_in.
 #   upstream  plain HTTP echo: tells what Authorization it got; 401 when the
 #             path contains "/401" or the token is listed in revoked.txt.
 #
