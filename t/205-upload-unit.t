@@ -2,8 +2,9 @@
 
 # Unit tests of the upload's pure parts, in C: CRC32C (hardware and table)
 # and the streaming multipart/form-data parser fed in every slicing
-# (t/unit/upload_unit.c).  Compiled against the configured nginx tree the
-# module was built in (objs/ngx_auto_config.h), run, its TAP passed on.
+# (t/unit/upload_unit.c).  Compiled with AddressSanitizer and UBSan against
+# the configured nginx tree the module was built in (objs/ngx_auto_config.h),
+# run, its TAP passed on.
 
 use strict;
 use warnings;
@@ -33,11 +34,15 @@ my $inc = join ' ', map { "-I$ngx/$_" }
 my $pc = `pkg-config --cflags libcurl jansson openssl 2>/dev/null`;
 chomp $pc;
 
-my $out = `cc -O1 -Wall -Werror $inc -I$src $pc -o $dir/upload_unit $root/t/unit/upload_unit.c $src/ngx_cloudauth_multipart.c $src/ngx_cloudauth_crc32c.c 2>&1`;
+# with AddressSanitizer and UBSan: any report fails the run
+my $san = '-fsanitize=address,undefined -fno-sanitize-recover=all'
+          . ' -fno-omit-frame-pointer';
+my $out = `cc -O1 -g -Wall -Werror $san $inc -I$src $pc -o $dir/upload_unit $root/t/unit/upload_unit.c $src/ngx_cloudauth_multipart.c $src/ngx_cloudauth_crc32c.c 2>&1`;
 is($?, 0, 'upload_unit.c compiles') or diag $out;
 
-my @tap = `$dir/upload_unit`;
-is($?, 0, 'upload_unit passes');
+my @tap = `ASAN_OPTIONS=detect_leaks=1 $dir/upload_unit 2>$dir/stderr`;
+is($?, 0, 'upload_unit passes, no sanitizer report')
+    or diag `cat $dir/stderr`;
 
 for (@tap) {
     if (/^(not )?ok \d+ - (.*)$/) {

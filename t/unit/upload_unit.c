@@ -121,7 +121,7 @@ typedef struct {
 static void
 emit(result_t *res, const char *s, size_t len)
 {
-    if (res->len + len < sizeof(res->out)) {
+    if (len && res->len + len < sizeof(res->out)) {
         memcpy(res->out + res->len, s, len);
         res->len += len;
     }
