@@ -15,6 +15,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use JSON::PP ();
 use Test::More;
 use Time::HiRes qw(time);
 use CloudAuth::Test;
@@ -53,6 +54,10 @@ $t->run(<<'EOF');
         location /big/ {
             cloudauth_gcs_upload google bucket=test-bucket chunk_size=1m
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
+        location = /status {
+            cloudauth_status;
         }
 
         location /broken/ {
@@ -229,6 +234,17 @@ ok($t->wait_for(sub {
    }), 'no session left open (but the one GCS said was gone)')
     or diag join ' ', map { "$_->{name}:$_->{state}" }
                       CloudAuth::FakeGCS->sessions($t);
+
+# the upload counters of cloudauth_status
+
+my $st;
+$t->wait_for(sub {
+    $st = eval { JSON::PP->new->decode($t->http_get('/status')->{body}) };
+    $st && $st->{uploads}{active} == 0;
+});
+is_deeply($st->{uploads}, { active => 0, completed => 8, failed => 6,
+                            bytes => 9401000 },
+          'status: uploads active, completed, failed, bytes');
 
 # the fake is as strict as GCS (curl straight at it)
 
