@@ -21,7 +21,7 @@ static ngx_int_t ngx_http_cloudauth_upload_answer(
     ngx_http_cloudauth_upload_t *u, ngx_cloudauth_fetch_t *f,
     ngx_http_cloudauth_op_e op);
 static ngx_int_t ngx_http_cloudauth_upload_ack(
-    ngx_http_cloudauth_upload_t *u);
+    ngx_http_cloudauth_upload_t *u, ngx_http_cloudauth_op_e op);
 static ngx_int_t ngx_http_cloudauth_upload_stored(
     ngx_http_cloudauth_upload_t *u, ngx_cloudauth_fetch_t *f);
 static ngx_int_t ngx_http_cloudauth_upload_backoff(
@@ -437,6 +437,7 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
     ngx_cloudauth_fetch_t *f, ngx_http_cloudauth_op_e op)
 {
     size_t                             n;
+    ngx_int_t                          rc;
     ngx_http_cloudauth_upload_conf_t  *conf;
 
     conf = u->conf;
@@ -511,7 +512,14 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
     }
 
     if (f->status == 308) {
-        return ngx_http_cloudauth_upload_ack(u);
+        rc = ngx_http_cloudauth_upload_ack(u, op);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_cloudauth_upload_backoff(u,
+                                             NGX_HTTP_CLOUDAUTH_OP_QUERY, f);
+        }
+
+        return rc;
     }
 
     if (f->status == 200 || f->status == 201) {
@@ -545,10 +553,15 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
 }
 
 
-/* GCS has bytes [0, range]: drop them from the buffer */
+/*
+ * GCS has bytes [0, range]: drop them from the buffer.  NGX_DECLINED: a
+ * chunk or the final request made no progress (to be retried after a
+ * back-off, not at once and forever).
+ */
 
 static ngx_int_t
-ngx_http_cloudauth_upload_ack(ngx_http_cloudauth_upload_t *u)
+ngx_http_cloudauth_upload_ack(ngx_http_cloudauth_upload_t *u,
+    ngx_http_cloudauth_op_e op)
 {
     off_t                         committed, drop;
     ngx_http_cloudauth_object_t  *obj;
@@ -590,6 +603,11 @@ ngx_http_cloudauth_upload_ack(ngx_http_cloudauth_upload_t *u)
         u->fail_start = 0;
         u->reauth = 0;
         u->attempts = 0;
+
+    } else if (op != NGX_HTTP_CLOUDAUTH_OP_QUERY
+               && (u->len || op == NGX_HTTP_CLOUDAUTH_OP_FINAL))
+    {
+        return NGX_DECLINED;
     }
 
     return NGX_OK;

@@ -149,6 +149,17 @@ like(shape(session_requests('short')),
      qr{^PUT\(0-1048575/\*\)=308 PUT\(786432-},
      'the next chunk starts where GCS\'s Range ends');
 
+# resumed: GCS takes a chunk and keeps none of it (308, same Range)
+
+faults(zero_after => 300000);
+($r, $sent) = CloudAuth::Upload::upload($t, '/up/zero', size => 1000000,
+                                        chunked => 1);
+is($r->{status}, 201, 'GCS keeps nothing of a chunk: 201');
+CloudAuth::Upload::stored_ok($t, $B, 'zero', $sent, 'nothing kept');
+like(shape(session_requests('zero')),
+     qr{PUT\(262144-524287/\*\)=308 PUT\(\*/\*\)=308 PUT\(262144-524287/\*\)=308},
+     'no progress: a back-off and a status query, not a tight loop');
+
 # resumed: the session start fails twice
 
 faults(init_status => 503, init_times => 2);
@@ -242,8 +253,8 @@ $t->wait_for(sub {
     $st = eval { JSON::PP->new->decode($t->http_get('/status')->{body}) };
     $st && $st->{uploads}{active} == 0;
 });
-is_deeply($st->{uploads}, { active => 0, completed => 8, failed => 6,
-                            bytes => 9401000 },
+is_deeply($st->{uploads}, { active => 0, completed => 9, failed => 6,
+                            bytes => 10401000 },
           'status: uploads active, completed, failed, bytes');
 
 # the fake is as strict as GCS (curl straight at it)

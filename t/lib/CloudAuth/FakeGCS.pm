@@ -28,6 +28,8 @@ package CloudAuth::FakeGCS;
 #                                          dropped without an answer, once
 #   stall_after => BYTES, stall => SECS    the same, but nothing is answered
 #                                          for SECS, then dropped, once
+#   zero_after => BYTES                    the chunk crossing BYTES gets 308
+#                                          but nothing of it is kept, once
 #   short => 1                             each non-final chunk keeps 256 KiB
 #                                          less than it carried
 #   session_404 => 1                       chunks get 404 (session expired)
@@ -475,12 +477,12 @@ sub chunk {
     my $keep = $len;
     my $fault;
 
-    for my $kind (qw(fail drop stall)) {
+    for my $kind (qw(fail drop stall zero)) {
         my $at = $f->{"${kind}_after"} // next;
         next unless $s->{persisted} <= $at && $at < $s->{persisted} + $len
                     || ($len == 0 && $s->{persisted} == $at && $final);
         next unless once($dir, $kind);
-        $keep = int(($at - $s->{persisted}) / $Q) * $Q;
+        $keep = $kind eq 'zero' ? 0 : int(($at - $s->{persisted}) / $Q) * $Q;
         $fault = $kind;
         last;
     }
@@ -509,6 +511,8 @@ sub chunk {
     if ($fault) {
         return { drop => 1 } if $fault eq 'drop';
         return { drop => 1, delay => $f->{stall} // 5 } if $fault eq 'stall';
+        return { status => 308, headers => range_header($s->{persisted}) }
+            if $fault eq 'zero';
         return error($f->{fail_status} // 503, 'injected failure');
     }
 
