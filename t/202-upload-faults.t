@@ -51,6 +51,12 @@ $t->run(<<'EOF');
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
+        location /slow/ {
+            client_body_timeout 1s;
+            cloudauth_gcs_upload google bucket=test-bucket chunk_size=256k
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
         location /big/ {
             cloudauth_gcs_upload google bucket=test-bucket chunk_size=1m
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
@@ -225,6 +231,16 @@ ok($t->wait_for(sub { ((session_of('abort2') // {})->{state} // '') eq 'cancelle
    'client abort while GCS is slow: the session is cancelled');
 faults();
 
+# the client stops sending: client_body_timeout, session cancelled
+
+($r) = CloudAuth::Upload::upload($t, '/slow/stuck', size => 2000000,
+                                 chunked => 1, abort_after => 600000,
+                                 before_close => sub { sleep 2.5 });
+ok($t->wait_for(sub {
+       ((session_of('stuck') // {})->{state} // '') eq 'cancelled' }),
+   'client stops sending: the session is cancelled after client_body_timeout');
+ok(!CloudAuth::FakeGCS->object($t, $B, 'stuck'), 'client stops: nothing');
+
 # no token
 
 $start = time;
@@ -253,7 +269,7 @@ $t->wait_for(sub {
     $st = eval { JSON::PP->new->decode($t->http_get('/status')->{body}) };
     $st && $st->{uploads}{active} == 0;
 });
-is_deeply($st->{uploads}, { active => 0, completed => 9, failed => 6,
+is_deeply($st->{uploads}, { active => 0, completed => 9, failed => 7,
                             bytes => 10401000 },
           'status: uploads active, completed, failed, bytes');
 
@@ -293,6 +309,7 @@ $t->stop;
 
 my $log = $t->read_file('upload.log');
 like($log, qr{^/up/abort 400 aborted \d+$}m, 'log: aborted');
+like($log, qr{^/slow/stuck 408 aborted \d+$}m, 'log: timed out');
 like($log, qr{^/up/503 201 stored 2000000$}m, 'log: stored after a retry');
 is(join(', ', $t->leaks($log)), '', 'no token in the logs');
 
