@@ -4,6 +4,9 @@
 # (A B C D A B C D ...), medians quoted. Writes bench/RESULTS.md and PNGs.
 #
 #   ROUNDS=5 DUR=5 CONNS=32 bench/run.sh
+#
+# ONLY=upload runs section 4 alone and replaces that section in an existing
+# RESULTS.md (UPLOAD_MB=1024 CONC=20 CONC_MB=100 size it).
 
 set -euo pipefail
 
@@ -15,9 +18,20 @@ ROUNDS=${ROUNDS:-5}
 DUR=${DUR:-5}
 CONNS=${CONNS:-32}
 BURST=${BURST:-1000}
+ONLY=${ONLY:-}
+UPLOAD_MB=${UPLOAD_MB:-1024}
+CONC=${CONC:-20}
+CONC_MB=${CONC_MB:-100}
+SINK=${SINK:-$ROOT/build/gcs_sink}
+
+case "$ONLY" in
+    ""|upload) ;;
+    *) echo "ONLY=$ONLY: only ONLY=upload is supported" >&2; exit 2 ;;
+esac
 
 T=$(mktemp -d /tmp/cloudauth-bench.XXXXXX)
-trap 'stop_all; rm -rf "$T"' EXIT
+UPLOAD_DIR=""
+trap 'stop_all; rm -rf "$T" ${UPLOAD_DIR:+"$UPLOAD_DIR"}' EXIT
 ulimit -n 65536 2>/dev/null || true
 
 # pin nginx and the load apart when there are two cores or more
@@ -47,6 +61,8 @@ stop_all() {
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 wait_port() {
     for _ in $(seq 100); do
@@ -106,6 +122,379 @@ perl -MJSON::PP -e '
         private_key_id => "bench", private_key => $pem,
         token_uri => "http://127.0.0.1/token"})' "$T/sa.pem" > "$T/sa.json"
 chmod 600 "$T/sa.json"
+
+# 4. upload throughput and memory (defined here, run after 3) ---------------
+
+# the workers' VmRSS summed, in KiB, every 100 ms into FILE ("time kib"
+# lines) until killed: upload_sampler NAME FILE & (on the load's core; exec,
+# so that $! is the sampler itself)
+upload_sampler() {
+    exec $LOAD_CPU perl -MTime::HiRes=time,sleep -e '
+        my ($out, @pids) = @ARGV;
+        open my $o, ">", $out or die "$out: $!";
+        select((select($o), $| = 1)[0]);
+        while (1) {
+            my $kib = 0;
+            for my $p (@pids) {
+                open my $st, "<", "/proc/$p/status" or next;
+                while (<$st>) { $kib += $1 if /^VmRSS:\s+(\d+)/ }
+            }
+            printf $o "%.3f %d\n", time, $kib;
+            sleep 0.1;
+        }' "$2" $(pgrep -P "$(cat "$T/$1.pid")")
+}
+
+# the workers' VmRSS and VmHWM, summed, in KiB: "rss hwm"
+upload_mem() {
+    local p rss=0 hwm=0
+    for p in $(pgrep -P "$(cat "$T/$1.pid")"); do
+        rss=$((rss + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+        hwm=$((hwm + $(awk '/^VmHWM/ {print $2}' "/proc/$p/status")))
+    done
+    echo "$rss $hwm"
+}
+
+# the workers' CPU time, in seconds
+upload_cpu() {
+    local p
+    for p in $(pgrep -P "$(cat "$T/$1.pid")"); do
+        sed 's/^.*) //' "/proc/$p/stat"
+    done | awk '{ s += $12 + $13 } END { printf "%.2f", s / 100 }'
+}
+
+# one upload by curl: "MB/s http_code bytes seconds"
+# upload_curl PIN FILE URL ANSWER-FILE
+upload_curl() {
+    { $1 curl -s -X PUT -T "$2" -H 'Expect:' \
+          -H 'Content-Type: application/octet-stream' -o "$4" \
+          -w '%{http_code} %{size_upload} %{time_total}\n' "$3" || true; } \
+        | awk '{ printf "%.1f %s %s %s\n",
+                        ($3 > 0 ? $2 / $3 / 1e6 : 0), $1, $2, $3 }'
+}
+
+upload_conf() {
+    cat <<EOF
+load_module $MODULE;
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    $(temps upload)
+    client_max_body_size $((UPLOAD_MB + 1))m;
+    cloudauth_credential google type=google_service_account
+        key_file=$T/sa.json
+        scopes=https://www.googleapis.com/auth/devstorage.read_write
+        token_url=http://127.0.0.1:$TOK4/token;
+    upstream sink { server 127.0.0.1:$SINKP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$GW4 backlog=4096;
+        location /proxy/ {
+            rewrite ^/proxy/(.*)\$
+                /upload/storage/v1/b/bench/o?uploadType=media&name=\$1 break;
+            proxy_request_buffering off;
+            $LOC_PROXY
+            proxy_pass http://sink;
+        }
+        location /cloudauth/ {
+            cloudauth_gcs_upload google bucket=bench overwrite=on
+                endpoint=http://127.0.0.1:$SINKP;
+        }
+    }
+}
+EOF
+}
+
+bench_upload() {
+    local r v i res url pin sp sampler t0 t1 rss0 hwm ok peak md5 t_start cpu0
+    local D
+
+    t_start=$(date +%s)
+    UPLOAD_BYTES=$((UPLOAD_MB * 1024 * 1024))
+    CONC_BYTES=$((CONC_MB * 1024 * 1024))
+    LOC_PROXY='proxy_http_version 1.1; proxy_set_header Connection "";'
+
+    mkdir -p "$(dirname "$SINK")"
+    cc -O2 -Wall -o "$SINK" "$B/gcs_sink.c" -lcrypto
+
+    # the bodies, in memory (tmpfs) when there is one: no disk writeback
+    # while measuring
+    UPLOAD_DIR=$(mktemp -d /dev/shm/cloudauth-bench.XXXXXX 2> /dev/null) \
+        || UPLOAD_DIR=""
+    D=${UPLOAD_DIR:-$T}
+    head -c "$UPLOAD_BYTES" /dev/urandom > "$D/upload.bin"
+    head -c "$CONC_BYTES" "$D/upload.bin" > "$D/conc.bin"
+    head -c 1000 "$D/upload.bin" > "$D/warm.bin"
+
+    # what MD5 costs one core here, in seconds per GiB
+    MD5_S=$($GW_CPU openssl speed -seconds 2 -bytes 16384 md5 2> /dev/null \
+            | awk '/^md5/ { v = $2; sub(/k$/, "", v)
+                            printf "%.2f", 1073741824 / (v * 1000) }')
+
+    # the stand-in alone, with MD5 and without: curl on CPU 0, it on CPU 1;
+    # its CPU time gives its capacity
+    echo "== upload: the GCS stand-in alone, ${UPLOAD_MB} MiB x $ROUNDS"
+    : > "$T/sink.tsv"
+    for md5 in on off; do
+        SINKP=$(port)
+        if [ $md5 = on ]; then
+            $LOAD_CPU "$SINK" "$SINKP" > /dev/null 2>> "$T/sink.log" &
+        else
+            $LOAD_CPU "$SINK" -M "$SINKP" > /dev/null 2>> "$T/sink.log" &
+        fi
+        sp=$!
+        PIDS+=($sp)
+        wait_port "$SINKP"
+        for r in $(seq "$ROUNDS"); do
+            res=$(upload_curl "$GW_CPU" "$D/upload.bin" \
+                  "http://127.0.0.1:$SINKP/upload/storage/v1/b/bench/o?uploadType=media&name=alone-$r" \
+                  "$T/up.out")
+            echo "alone-md5-$md5 $r $res" | tee -a "$T/sink.tsv"
+        done
+        awk -v n="$ROUNDS" -v b="$UPLOAD_BYTES" -v m=$md5 '
+            { sub(/^.*\) /, ""); cpu = ($12 + $13) / 100
+              printf "cpu-md5-%s %.2f %.1f\n", m, cpu,
+                     cpu ? n * b / cpu / 1e6 : 0 }' "/proc/$sp/stat" \
+            | tee -a "$T/sink.tsv"
+        kill "$sp"
+        wait "$sp" 2> /dev/null || true
+    done
+
+    # the stand-in the gateway talks to: CRC32C checked, no MD5 (see above)
+    SINKP=$(port)
+    $LOAD_CPU "$SINK" -M "$SINKP" > /dev/null 2>> "$T/sink.log" &
+    PIDS+=($!)
+    wait_port "$SINKP"
+
+    TOK4=$(port)
+    perl "$B/fake_token.pl" "$TOK4" 0 3600 "$T/upload-token.log" &
+    PIDS+=($!)
+    wait_port "$TOK4"
+
+    GW4=$(port)
+    upload_conf | start_nginx upload "$GW_CPU"
+    wait_port "$GW4"
+
+    # warm: the token, the keep-alive connections
+    for v in proxy cloudauth; do
+        upload_curl "$LOAD_CPU" "$D/warm.bin" \
+            "http://127.0.0.1:$GW4/$v/warm" "$T/up.out" > /dev/null
+    done
+
+    read -r UP_RSS0 _ < <(upload_mem upload)
+    upload_sampler upload "$T/rss-a.tsv" &
+    sampler=$!
+
+    # (a) one upload of UPLOAD_MB at a time, rounds interleaved
+    echo "== upload: ${UPLOAD_MB} MiB, $ROUNDS rounds of direct, proxy, cloudauth"
+    : > "$T/upload.tsv"
+    for r in $(seq "$ROUNDS"); do
+        for v in direct proxy cloudauth; do
+            if [ $v = direct ]; then
+                # curl takes the gateway's core, the stand-in keeps its own
+                pin=$GW_CPU
+                url="http://127.0.0.1:$SINKP/upload/storage/v1/b/bench/o?uploadType=media&name=direct-$r"
+            else
+                pin=$LOAD_CPU
+                url="http://127.0.0.1:$GW4/$v/$v-$r"
+            fi
+            cpu0=$(upload_cpu upload)
+            res=$(upload_curl "$pin" "$D/upload.bin" "$url" "$T/up.out")
+            res="$res $(awk -v a="$cpu0" -v b="$(upload_cpu upload)" \
+                        'BEGIN { printf "%.2f", b - a }')"
+            # the answer names the whole size
+            grep -Eq "\"size\": *\"?$UPLOAD_BYTES\"?[,}]" "$T/up.out" \
+                || res="$res BAD"
+            echo "$v $r $res" | tee -a "$T/upload.tsv"
+        done
+    done
+
+    kill "$sampler"
+    wait "$sampler" 2> /dev/null || true
+    stop_nginx upload
+
+    # (b) CONC concurrent uploads of CONC_MB through cloudauth, a fresh
+    # nginx each round
+    echo "== upload: $CONC concurrent ${CONC_MB} MiB uploads, $ROUNDS rounds"
+    : > "$T/conc.tsv"
+    for r in $(seq "$ROUNDS"); do
+        upload_conf | start_nginx upload "$GW_CPU"
+        wait_port "$GW4"
+        upload_curl "$LOAD_CPU" "$D/warm.bin" \
+            "http://127.0.0.1:$GW4/cloudauth/warm" "$T/up.out" > /dev/null
+        read -r rss0 _ < <(upload_mem upload)
+        upload_sampler upload "$T/rss-b-$r.tsv" &
+        sampler=$!
+        cpu0=$(upload_cpu upload)
+        t0=$(date +%s.%N)
+        local curls=()
+        for i in $(seq "$CONC"); do
+            upload_curl "$LOAD_CPU" "$D/conc.bin" \
+                "http://127.0.0.1:$GW4/cloudauth/conc-$r-$i" \
+                "$T/conc-$i.out" > "$T/conc-$i.res" &
+            curls+=($!)
+        done
+        wait "${curls[@]}" || true
+        t1=$(date +%s.%N)
+        sleep 0.2
+        kill "$sampler"
+        wait "$sampler" 2> /dev/null || true
+        read -r _ hwm < <(upload_mem upload)
+        cpu0=$(awk -v a="$cpu0" -v b="$(upload_cpu upload)" \
+                   'BEGIN { printf "%.2f", b - a }')
+        ok=0
+        for i in $(seq "$CONC"); do
+            grep -Eq "\"size\": *$CONC_BYTES[,}]" "$T/conc-$i.out" \
+                && ok=$((ok + 1))
+        done
+        peak=$(awk '$2 > m {m = $2} END {print m + 0}' "$T/rss-b-$r.tsv")
+        awk -v r="$r" -v n="$CONC" -v b="$CONC_BYTES" -v t0="$t0" \
+            -v t1="$t1" -v ok="$ok" -v rss0="$rss0" -v peak="$peak" \
+            -v hwm="$hwm" -v cpu="$cpu0" 'BEGIN {
+                printf "%d %.1f %d %d %d %d %.2f %.2f %.2f\n", r,
+                       n * b / (t1 - t0) / 1e6, ok, rss0, peak, hwm,
+                       (peak - rss0) / n / 1024, (hwm - rss0) / n / 1024,
+                       cpu }' \
+            | tee -a "$T/conc.tsv"
+        stop_nginx upload
+    done
+
+    upload_results
+    UP_SECONDS=$(( $(date +%s) - t_start ))
+    echo "== upload: section took $UP_SECONDS s"
+}
+
+upload_results() {
+    col() { awk -v v="$1" -v c="$2" '$1 == v {print $c}' "$3" | median; }
+    U_DIRECT=$(col direct 3 "$T/upload.tsv")
+    U_PROXY=$(col proxy 3 "$T/upload.tsv")
+    U_CA=$(col cloudauth 3 "$T/upload.tsv")
+    U_PROXY_CPU=$(awk -v m="$UPLOAD_MB" '$1 == "proxy" {print $7 * 1024 / m}' \
+                  "$T/upload.tsv" | median)
+    U_CA_CPU=$(awk -v m="$UPLOAD_MB" '$1 == "cloudauth" {print $7 * 1024 / m}' \
+               "$T/upload.tsv" | median)
+    C_CPU=$(awk -v b="$((CONC * CONC_MB))" '{print $9 * 1024 / b}' \
+            "$T/conc.tsv" | median)
+    U_BAD=$(awk '$4 !~ /^2/ || /BAD/' "$T/upload.tsv" | wc -l)
+    S_MD5=$(col alone-md5-on 3 "$T/sink.tsv")
+    S_NOMD5=$(col alone-md5-off 3 "$T/sink.tsv")
+    S_CAP_MD5=$(col cpu-md5-on 3 "$T/sink.tsv")
+    S_CAP_NOMD5=$(col cpu-md5-off 3 "$T/sink.tsv")
+    C_AGG=$(awk '{print $2}' "$T/conc.tsv" | median)
+    C_OK=$(awk '{s += $3} END {print s + 0}' "$T/conc.tsv")
+    C_GROW=$(awk '{print $7}' "$T/conc.tsv" | median)
+    C_GROW_MAX=$(awk '{print $7}' "$T/conc.tsv" | sort -g | tail -1)
+    C_GROW_HWM=$(awk '{print $8}' "$T/conc.tsv" | median)
+    A_GROW=$(awk -v b="$UP_RSS0" '$2 > m {m = $2}
+                 END { printf "%.2f", (m - b) / 1024 }' "$T/rss-a.tsv")
+    C_PASS=$(awk -v g="$C_GROW_MAX" 'BEGIN { print g <= 16 ? "met" : "missed" }')
+
+    cat > "$T/upload.dat" <<EOF
+"curl direct" $U_DIRECT
+"proxy_pass" $U_PROXY
+"cloudauth" $U_CA
+"cloudauth ${CONC}x${CONC_MB} MiB" $C_AGG
+EOF
+
+    if command -v gnuplot > /dev/null; then
+        gnuplot <<EOF
+set terminal png size 640,400 noenhanced
+set style data histograms
+set style fill solid 0.6
+set boxwidth 0.7
+set grid ytics
+set yrange [0:*]
+set output "$B/upload-throughput.png"
+set title "Upload into the GCS stand-in: MB/s (median of $ROUNDS)"
+plot "$T/upload.dat" using 2:xtic(1) notitle
+EOF
+    fi
+
+    cat > "$T/upload.md" <<EOF
+## 4. Upload throughput and memory
+
+Raw bodies (\`curl -T\`, random bytes, length known) into
+[\`bench/gcs_sink.c\`](gcs_sink.c), a stand-in for GCS's upload API in C (one
+process, epoll, keep-alive; keeps no bytes, checks CRC32C, MD5 optional).
+MB = 10⁶ bytes. Gateway nginx on CPU 0 (one worker), the stand-in and the
+client curl on CPU 1 — except curl straight to the stand-in, which takes CPU
+0 (the gateway's) so that the stand-in keeps its own core.
+
+**The stand-in alone** (curl → stand-in, ${UPLOAD_MB} MiB, median of
+$ROUNDS): $S_NOMD5 MB/s without MD5, $S_MD5 MB/s with it; by its own CPU
+time it could take $S_CAP_NOMD5 MB/s without MD5 and $S_CAP_MD5 MB/s with
+it. MD5 would make it the bottleneck, so the runs below use it without
+(\`-M\`): it still checks the CRC32C the module sends and reports it, which
+is what the module compares; the module still computes and sends MD5.
+
+**One ${UPLOAD_MB} MiB upload** (rounds interleaved, median of $ROUNDS):
+
+| path | MB/s | vs curl → stand-in | vs proxy_pass | worker CPU s per GiB |
+|---|---|---|---|---|
+| curl → stand-in (\`uploadType=media\`) | $U_DIRECT | 1.000 | $(ratio "$U_DIRECT" "$U_PROXY") | – |
+| nginx \`proxy_pass\`, \`proxy_request_buffering off\` (media) | $U_PROXY | $(ratio "$U_PROXY" "$U_DIRECT") | 1.000 | $U_PROXY_CPU |
+| **\`cloudauth_gcs_upload\`** (resumable, \`chunk_size\` 8m) | $U_CA | **$(ratio "$U_CA" "$U_DIRECT")** | **$(ratio "$U_CA" "$U_PROXY")** | $U_CA_CPU |
+
+Failed uploads: $U_BAD. Worker RSS, one upload at a time: +$A_GROW MiB at the
+peak over the start.
+
+**$CONC concurrent ${CONC_MB} MiB uploads** through \`cloudauth_gcs_upload\`
+(a fresh nginx each round; the worker's VmRSS sampled every 100 ms; median of
+$ROUNDS rounds): **$C_AGG MB/s** aggregate; $C_OK of $((CONC * ROUNDS))
+stored whole; worker CPU $C_CPU s per GiB; worker RSS growth **$C_GROW MiB
+per upload** (peak VmRSS − VmRSS before, ÷ $CONC; worst round $C_GROW_MAX
+MiB; by VmHWM $C_GROW_HWM MiB).
+
+Target: RSS growth ≤ 2× \`chunk_size\` = 16 MiB per upload — $C_PASS.
+
+**What limits cloudauth.** Its worker spends $U_CA_CPU s of CPU per GiB (of
+$(awk -v r="$U_CA" 'BEGIN { printf "%.2f", 1073.741824 / r }') s of wall time per GiB) where proxy_pass's spends
+$U_PROXY_CPU s, and MD5 alone costs $MD5_S s per GiB on this core
+(\`openssl speed md5\`), $(awk -v a="$MD5_S" -v b="$U_CA_CPU" \
+'BEGIN { printf "%.0f", 100 * a / b }') % of the worker's time: the module
+computes MD5 over every byte besides CRC32C. What would lift
+it: MD5 only when asked for (GCS needs only \`crc32c\` in \`X-Goog-Hash\`
+and computes \`md5Hash\` itself; a client's \`Content-MD5\` still needs
+it), and more than the one worker used here. The body is not read while a
+chunk is on its way (one buffer, which is also the retry buffer), so one
+upload alternates between taking from the client and sending to GCS; on a
+busy core that costs little, with idle cores a second buffer would overlap
+them at the price of 2× \`chunk_size\` per upload.
+
+![upload MB/s](upload-throughput.png)
+
+\`\`\`
+stand-in alone (what round MB/s code bytes s; cpu-md5-*: cpu_s capacity_MB/s)
+$(cat "$T/sink.tsv")
+
+one upload (variant round MB/s code bytes s worker_cpu_s)
+$(cat "$T/upload.tsv")
+
+concurrent (round agg_MB/s stored rss0_KiB peak_KiB hwm_KiB
+            MiB/upload MiB/upload_by_hwm worker_cpu_s)
+$(cat "$T/conc.tsv")
+\`\`\`
+EOF
+}
+
+# ONLY=upload: section 4 alone, put in place of the one in RESULTS.md
+only_upload() {
+    bench_upload
+    if [ -f "$B/RESULTS.md" ] && grep -q '^## 4\. ' "$B/RESULTS.md"; then
+        perl -0pi -e '
+            BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
+            s/^## 4\. .*?(?=^## 5\. |\z)/$new\n/ms' \
+            "$T/upload.md" "$B/RESULTS.md"
+    else
+        { echo "# Benchmark results"; echo; cat "$T/upload.md"; } \
+            > "$B/RESULTS.md"
+    fi
+    echo "== wrote section 4 of $B/RESULTS.md"
+}
+
+if [ "$ONLY" = upload ]; then
+    only_upload
+    exit 0
+fi
 
 UP=$(port)
 start_nginx up "$LOAD_CPU" <<EOF
@@ -293,6 +682,10 @@ REF_ERRORS=$(awk '{s += $3} END {print s + 0}' "$T/refresh-marked.tsv")
 REF_FETCHES=$(wc -l < "$T/refresh-token.log")
 REF_NDURING=$(awk '$1 == 1' "$T/refresh-marked.tsv" | wc -l)
 
+# 4. upload throughput and memory -------------------------------------------
+
+bench_upload
+
 # 5. signing ---------------------------------------------------------------
 
 echo "== signing"
@@ -310,8 +703,6 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # results ------------------------------------------------------------------
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 S_RPS=$(hot static 3);    C_RPS=$(hot cloudauth 3)
 L_RPS=$(hot lua 3);       A_RPS=$(hot authreq 3)
@@ -408,9 +799,7 @@ $REF_NDURING slices with a refresh in them.
 
 Target: within 10 % (ratio ≤ 1.10), zero errors.
 
-## 4. Upload throughput and memory
-
-Not measured by this script yet (see the upload issue).
+$(cat "$T/upload.md")
 
 ## 5. Signing
 
