@@ -13,7 +13,12 @@
 #
 # shows an injected token at once.  Uploads (the page at / and /upload/) go
 # to the suite's fake Cloud Storage, which keeps the objects in the run's
-# temporary directory.  Ctrl-C stops everything.
+# temporary directory.  Zoom's token endpoint has a stand-in too.  Ctrl-C
+# stops everything.
+#
+# With real credentials, ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID and
+# ZOOM_CLIENT_SECRET_FILE give the Zoom app (else /zoom/ is left out), and
+# CLOUDAUTH_BUCKET the bucket uploads go to.
 
 use strict;
 use warnings;
@@ -23,6 +28,7 @@ use lib "$FindBin::Bin/../t/lib";
 
 use CloudAuth::Test;
 use CloudAuth::Upload;
+use CloudAuth::FakeProviders;
 use POSIX ();
 
 my $root = $CloudAuth::Test::ROOT;
@@ -46,6 +52,30 @@ if ($key) {
     $conf =~ s{key_file=\S+}{key_file=$key}g;
     push @notes, "Google credential: $key, against real Google";
 
+    # Zoom too when its app is given, else without the Zoom location
+    if ($ENV{ZOOM_ACCOUNT_ID} && $ENV{ZOOM_CLIENT_ID}
+        && $ENV{ZOOM_CLIENT_SECRET_FILE})
+    {
+        $conf =~ s{ZOOM_ACCOUNT_ID}{$ENV{ZOOM_ACCOUNT_ID}}g;
+        $conf =~ s{ZOOM_CLIENT_ID}{$ENV{ZOOM_CLIENT_ID}}g;
+        $conf =~ s{client_secret_file=\S+zoom\.secret}
+                  {client_secret_file=$ENV{ZOOM_CLIENT_SECRET_FILE}}g;
+        push @notes, "Zoom app: $ENV{ZOOM_CLIENT_ID}, against real Zoom";
+
+    } else {
+        $conf =~ s{\n    # A Zoom Server-to-Server.*?zoom\.secret;\n}{\n}s;
+        $conf =~ s{\n        # Zoom, side by side.*?\n        \}\n}{\n}s;
+        push @notes, 'no ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID and '
+                     . 'ZOOM_CLIENT_SECRET_FILE: no /zoom/ location';
+    }
+
+    if ($ENV{CLOUDAUTH_BUCKET}) {
+        $conf =~ s{bucket=my-bucket}{bucket=$ENV{CLOUDAUTH_BUCKET}}g;
+    }
+
+    push @notes, 'uploads go to bucket '
+                 . ($ENV{CLOUDAUTH_BUCKET} // 'my-bucket (set CLOUDAUTH_BUCKET)');
+
 } else {
     $t = CloudAuth::Test->new;
     my $up = $t->port('upstream');
@@ -56,6 +86,18 @@ if ($key) {
               {$1\n    cloudauth_trusted_certificate $dir/ca.crt;};
     $conf =~ s{proxy_pass\s+https://[^;]+;}{proxy_pass http://127.0.0.1:$up;}g;
 
+    # Zoom: the suite's fake Zoom token endpoint, with a made-up app
+    my ($zid, $zsecret, $zacct) = ('standin-client', 'standin-secret-'
+        . CloudAuth::FakeGoogle::random_hex(16), 'standin-account');
+    $t->write_file('zoom.secret', "$zsecret\n", 0600);
+    CloudAuth::FakeProviders::start($t, 'zoom',
+        apps => { $zid => { secret => $zsecret, account_id => $zacct } });
+    my $zurl = 'https://127.0.0.1:' . $t->port('zoom') . '/oauth/token';
+    $conf =~ s{account_id=ZOOM_ACCOUNT_ID}{account_id=$zacct}g;
+    $conf =~ s{client_id=ZOOM_CLIENT_ID}{client_id=$zid}g;
+    $conf =~ s{client_secret_file=\S+zoom\.secret}
+              {client_secret_file=$dir/zoom.secret token_url=$zurl}g;
+
     # uploads go to the suite's fake Cloud Storage, over TLS with that CA
     my $gcs = CloudAuth::Upload::start_gcs($t);
     $conf =~ s{(cloudauth_gcs_upload\s[^;]*?)\s*;}{$1 endpoint=$gcs;}g;
@@ -64,6 +106,7 @@ if ($key) {
         'no GOOGLE_APPLICATION_CREDENTIALS: using the local stand-ins',
         '  token endpoint ' . $t->token_url . " (CA $dir/ca.crt)",
         "  echo upstream  http://127.0.0.1:$up (shows what it received)",
+        "  zoom token     $zurl",
         "  cloud storage  $gcs, a fake; until Ctrl-C it keeps each",
         "                 uploaded object in $dir/gcs/objects/BUCKET/",
         '                 as HEX.data, its name, size and CRC32C in HEX.json';
