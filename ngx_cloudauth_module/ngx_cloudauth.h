@@ -337,12 +337,14 @@ ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase);
 ngx_int_t ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log);
 void ngx_cloudauth_log_mask_token(ngx_str_t *token);
 
+/* ngx_cloudauth_kind.c: the lifetime of a JWT someone else signed */
+ngx_int_t ngx_cloudauth_jwt_expires_in(ngx_str_t *jwt, time_t *expires_in);
+
 /* ngx_cloudauth_jwt.c */
 ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,
     const char *header, const char *claims, ngx_str_t *jwt);
 ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
     const char *header, const char *claims, ngx_str_t *jwt);
-ngx_int_t ngx_cloudauth_jwt_expires_in(ngx_str_t *jwt, time_t *expires_in);
 
 /* ngx_cloudauth_kind.c: what kinds share */
 extern ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[];

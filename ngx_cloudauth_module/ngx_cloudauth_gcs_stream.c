@@ -100,7 +100,18 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
         if (rc != NGX_OK) {
             if (r->connection->error || rc == NGX_HTTP_REQUEST_TIME_OUT) {
                 ngx_str_set(&u->status, "aborted");
-                ngx_http_cloudauth_upload_fail(u, rc, NULL, 0);
+
+                if (rc == NGX_HTTP_REQUEST_TIME_OUT) {
+                    ngx_http_cloudauth_upload_fail(u, rc,
+                                  "the client stopped sending",
+                                  sizeof("the client stopped sending") - 1);
+
+                } else {
+                    ngx_http_cloudauth_upload_fail(u, rc,
+                                  "the client closed the connection",
+                                  sizeof("the client closed the connection")
+                                  - 1);
+                }
 
             } else if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
                        && u->reason.len == 0)

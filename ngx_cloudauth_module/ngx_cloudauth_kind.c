@@ -553,3 +553,62 @@ ngx_cloudauth_error_text(ngx_pool_t *pool, ngx_cloudauth_fetch_t *f,
         }
     }
 }
+
+
+/*
+ * Seconds until the "exp" claim of a JWT someone else signed (an ID token
+ * we hand on, not one we trust): its lifetime in the cache.
+ */
+
+ngx_int_t
+ngx_cloudauth_jwt_expires_in(ngx_str_t *jwt, time_t *expires_in)
+{
+    u_char        *p, *last, buf[4096];
+    json_t        *json, *exp;
+    ngx_str_t      src, dst;
+    json_int_t     n;
+    json_error_t   jerr;
+
+    p = ngx_strlchr(jwt->data, jwt->data + jwt->len, '.');
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    src.data = ++p;
+    last = ngx_strlchr(p, jwt->data + jwt->len, '.');
+    if (last == NULL) {
+        return NGX_ERROR;
+    }
+
+    src.len = last - p;
+
+    if (ngx_base64_decoded_length(src.len) > sizeof(buf)) {
+        return NGX_ERROR;
+    }
+
+    dst.data = buf;
+
+    if (ngx_decode_base64url(&dst, &src) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    json = json_loadb((char *) dst.data, dst.len, 0, &jerr);
+    if (json == NULL) {
+        return NGX_ERROR;
+    }
+
+    exp = json_object_get(json, "exp");
+    n = json_is_integer(exp) ? json_integer_value(exp) : 0;
+
+    json_decref(json);
+
+    n -= ngx_time();
+
+    if (n <= 0 || n > 365 * 86400) {
+        return NGX_ERROR;
+    }
+
+    *expires_in = (time_t) n;
+
+    return NGX_OK;
+}

@@ -224,6 +224,8 @@ faults();
 ok($t->wait_for(sub { ((session_of('abort') // {})->{state} // '') eq 'cancelled' }),
    'client abort: the session is cancelled (DELETE)');
 ok(!CloudAuth::FakeGCS->object($t, $B, 'abort'), 'client abort: nothing');
+ok($t->wait_for(sub { $t->error_log =~ /"abort".*client closed the conn/ }),
+   'client abort: logged as such');
 
 faults(delay => 1);
 ($r, $sent) = CloudAuth::Upload::upload($t, '/up/abort2', size => 2000000,
