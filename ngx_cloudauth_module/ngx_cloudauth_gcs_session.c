@@ -258,10 +258,15 @@ ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u,
         hash.data = p;
         ngx_encode_base64(&hash, &crc);
         p += hash.len;
-        p = ngx_cpymem(p, ",md5=", 5);
-        hash.data = p;
-        ngx_encode_base64(&hash, &md5);
-        last = p + hash.len;
+
+        if (obj->md5) {
+            p = ngx_cpymem(p, ",md5=", 5);
+            hash.data = p;
+            ngx_encode_base64(&hash, &md5);
+            p += hash.len;
+        }
+
+        last = p;
 
         hash.data = hashbuf;
         hash.len = last - hashbuf;
@@ -679,13 +684,25 @@ ngx_http_cloudauth_upload_stored(ngx_http_cloudauth_upload_t *u,
         return NGX_ERROR;
     }
 
-    s.data = obj->md5_sum;
-    s.len = 16;
-    enc.data = buf;
-    ngx_encode_base64(&enc, &s);
+    if (obj->md5) {
+        s.data = obj->md5_sum;
+        s.len = 16;
+        enc.data = buf;
+        ngx_encode_base64(&enc, &s);
 
-    if (md5 && (ngx_strlen(md5) != enc.len
-                || ngx_strncmp(md5, enc.data, enc.len) != 0))
+    } else {
+        /* md5=off: GCS's own, as it is (checked by CRC32C above) */
+        enc.data = buf;
+        enc.len = 0;
+
+        if (md5 && ngx_strlen(md5) < sizeof(buf)) {
+            enc.len = ngx_strlen(md5);
+            ngx_memcpy(buf, md5, enc.len);
+        }
+    }
+
+    if (obj->md5 && md5 && (ngx_strlen(md5) != enc.len
+                            || ngx_strncmp(md5, enc.data, enc.len) != 0))
     {
         json_decref(root);
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_GATEWAY,

@@ -865,6 +865,7 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_str_set(&ucf->endpoint, NGX_HTTP_CLOUDAUTH_GCS_URL);
     ucf->overwrite = 0;
+    ucf->md5 = 1;
     ucf->chunk_size = NGX_HTTP_CLOUDAUTH_CHUNK;
 
     for (i = 2; i < cf->args->nelts; i++) {
@@ -943,6 +944,16 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         if (ngx_strcmp(value[i].data, "overwrite=off") == 0) {
             ucf->overwrite = 0;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "md5=on") == 0) {
+            ucf->md5 = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "md5=off") == 0) {
+            ucf->md5 = 0;
             continue;
         }
 

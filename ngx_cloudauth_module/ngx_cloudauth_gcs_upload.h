@@ -55,6 +55,7 @@ typedef struct {
     ngx_str_t                  endpoint;    /* without the trailing "/" */
     ngx_str_t                  origin;      /* scheme://host[:port]/ */
     ngx_flag_t                 overwrite;
+    ngx_flag_t                 md5;         /* off: only for Content-MD5 */
     size_t                     chunk_size;
     off_t                      max_size;    /* -1: client_max_body_size */
     ngx_array_t               *cors;        /* ngx_str_t origins */
@@ -73,7 +74,7 @@ typedef struct {
     ngx_uint_t                 nfields;     /* the form fields before it */
 
     uint32_t                   crc32c;
-    EVP_MD_CTX                *md5;
+    EVP_MD_CTX                *md5;        /* NULL: no MD5 computed */
     u_char                     md5_sum[16];
 
     unsigned                   open:1;

@@ -76,6 +76,11 @@ $t->run(<<'EOF');
             access_log %%TESTDIR%%/upload.log upload;
         }
 
+        location /nomd5/ {
+            cloudauth_gcs_upload google bucket=test-bucket md5=off
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
         location /nobucket/ {
             cloudauth_gcs_upload google bucket=no-such-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
@@ -329,6 +334,27 @@ ok(!CloudAuth::FakeGCS->object($t, $B, 'md5-bad'), 'nothing stored');
 ok($t->wait_for(sub { grep { $_->{method} eq 'DELETE' }
                         requests_for('md5-bad') }),
    'wrong Content-MD5: session cancelled');
+
+# md5=off: CRC32C only, unless the client sends a Content-MD5
+
+($r, $sent) = CloudAuth::Upload::put($t, '/nomd5/plain', $data);
+is($r->{status}, 201, 'md5=off: 201');
+is($r->{json}{md5Hash}, $sent->{md5}, 'md5=off: md5Hash as GCS says');
+CloudAuth::Upload::stored_ok($t, $B, 'plain', $sent, 'md5=off');
+@req = requests_for('plain');
+like($req[-1]{hash} // '', qr{^crc32c=[A-Za-z0-9+/]{6}==$},
+     'md5=off: X-Goog-Hash has crc32c only');
+
+($r) = CloudAuth::Upload::put($t, '/nomd5/off-md5-bad', $data . 'x',
+                              headers => { 'Content-MD5' => $md5 });
+is($r->{status}, 400, 'md5=off: a wrong Content-MD5 still fails');
+
+($r, $sent) = CloudAuth::Upload::put($t, '/nomd5/off-md5-good', $data,
+                                     headers => { 'Content-MD5' => $md5 });
+is($r->{status}, 201, 'md5=off: a right Content-MD5 is stored');
+@req = requests_for('off-md5-good');
+like($req[-1]{hash} // '', qr{,md5=\S{22}==$},
+     'md5=off with Content-MD5: X-Goog-Hash has the MD5');
 
 ($r) = CloudAuth::Upload::put($t, '/upload/md5-junk', $data,
                               headers => { 'Content-MD5' => 'junk' });
