@@ -202,6 +202,10 @@ http {
             cloudauth_gcs_upload google bucket=bench overwrite=on
                 endpoint=http://127.0.0.1:$SINKP;
         }
+        location /nomd5/ {
+            cloudauth_gcs_upload google bucket=bench overwrite=on md5=off
+                endpoint=http://127.0.0.1:$SINKP;
+        }
     }
 }
 EOF
@@ -278,7 +282,7 @@ bench_upload() {
     wait_port "$GW4"
 
     # warm: the token, the keep-alive connections
-    for v in proxy cloudauth; do
+    for v in proxy cloudauth nomd5; do
         upload_curl "$LOAD_CPU" "$D/warm.bin" \
             "http://127.0.0.1:$GW4/$v/warm" "$T/up.out" > /dev/null
     done
@@ -288,10 +292,10 @@ bench_upload() {
     sampler=$!
 
     # (a) one upload of UPLOAD_MB at a time, rounds interleaved
-    echo "== upload: ${UPLOAD_MB} MiB, $ROUNDS rounds of direct, proxy, cloudauth"
+    echo "== upload: ${UPLOAD_MB} MiB, $ROUNDS rounds of direct, proxy, cloudauth, nomd5"
     : > "$T/upload.tsv"
     for r in $(seq "$ROUNDS"); do
-        for v in direct proxy cloudauth; do
+        for v in direct proxy cloudauth nomd5; do
             if [ $v = direct ]; then
                 # curl takes the gateway's core, the stand-in keeps its own
                 pin=$GW_CPU
@@ -371,6 +375,9 @@ upload_results() {
     U_DIRECT=$(col direct 3 "$T/upload.tsv")
     U_PROXY=$(col proxy 3 "$T/upload.tsv")
     U_CA=$(col cloudauth 3 "$T/upload.tsv")
+    U_NOMD5=$(col nomd5 3 "$T/upload.tsv")
+    U_NOMD5_CPU=$(awk -v m="$UPLOAD_MB" '$1 == "nomd5" {printf "%.2f\n", $7 * 1024 / m}' \
+                  "$T/upload.tsv" | median)
     U_PROXY_CPU=$(awk -v m="$UPLOAD_MB" '$1 == "proxy" {printf "%.2f\n", $7 * 1024 / m}' \
                   "$T/upload.tsv" | median)
     U_CA_CPU=$(awk -v m="$UPLOAD_MB" '$1 == "cloudauth" {printf "%.2f\n", $7 * 1024 / m}' \
@@ -395,6 +402,7 @@ upload_results() {
 "curl direct" $U_DIRECT
 "proxy_pass" $U_PROXY
 "cloudauth" $U_CA
+"md5=off" $U_NOMD5
 "cloudauth x$CONC" $C_AGG
 EOF
 
@@ -438,6 +446,7 @@ is what the module compares; the module still computes and sends MD5.
 | curl → stand-in (\`uploadType=media\`) | $U_DIRECT | 1.000 | $(ratio "$U_DIRECT" "$U_PROXY") | – |
 | nginx \`proxy_pass\`, \`proxy_request_buffering off\` (media) | $U_PROXY | $(ratio "$U_PROXY" "$U_DIRECT") | 1.000 | $U_PROXY_CPU |
 | **\`cloudauth_gcs_upload\`** (resumable, \`chunk_size\` 8m) | $U_CA | **$(ratio "$U_CA" "$U_DIRECT")** | **$(ratio "$U_CA" "$U_PROXY")** | $U_CA_CPU |
+| **\`cloudauth_gcs_upload md5=off\`** (CRC32C only) | $U_NOMD5 | **$(ratio "$U_NOMD5" "$U_DIRECT")** | **$(ratio "$U_NOMD5" "$U_PROXY")** | $U_NOMD5_CPU |
 
 Failed uploads: $U_BAD. Worker RSS, one upload at a time: +$A_GROW MiB at the
 peak over the start.
@@ -455,11 +464,10 @@ Target: RSS growth ≤ 2× \`chunk_size\` = 16 MiB per upload — $C_PASS.
 $(awk -v r="$U_CA" 'BEGIN { printf "%.2f", 1073.741824 / r }') s of wall time per GiB) where proxy_pass's spends
 $U_PROXY_CPU s, and MD5 alone costs $MD5_S s per GiB on this core
 (\`openssl speed md5\`), $(awk -v a="$MD5_S" -v b="$U_CA_CPU" \
-'BEGIN { printf "%.0f", 100 * a / b }') % of the worker's time: the module
-computes MD5 over every byte besides CRC32C. What would lift
-it: MD5 only when asked for (GCS needs only \`crc32c\` in \`X-Goog-Hash\`
-and computes \`md5Hash\` itself; a client's \`Content-MD5\` still needs
-it), a larger \`client_body_buffer_size\` (fewer, larger reads: 1m gave
+'BEGIN { printf "%.0f", 100 * a / b }') % of the worker's time: by default
+the module computes MD5 over every byte besides CRC32C. \`md5=off\` (CRC32C
+only; MD5 only for a client's \`Content-MD5\`) takes that away: $U_NOMD5 MB/s,
+$U_NOMD5_CPU s of CPU per GiB. What would lift it further: a larger \`client_body_buffer_size\` (fewer, larger reads: 1m gave
 +15 % in a side run), and more than the one worker used here. The body is not read while a
 chunk is on its way (one buffer, which is also the retry buffer), so one
 upload alternates between taking from the client and sending to GCS; on a
