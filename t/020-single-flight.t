@@ -65,6 +65,8 @@ is(scalar(grep { $_->{status} == 200 } @r), 200, 'burst: all 200 answered 200')
     or diag explain [ map { "$_->{status} $_->{body}" }
                       grep { $_->{status} != 200 } @r ];
 is($t->token_count, 1, 'burst: exactly one token request');
+note sprintf 'burst of 200: slowest answer %.0f ms (token request 500 ms)',
+             1000 * (sort { $b <=> $a } map { $_->{latency} } @r)[0];
 
 my ($token) = $t->issued_tokens;
 my %auth = map { ($_->{headers}{'x-echo-authorization'} // 'none') => 1 } @r;
@@ -91,6 +93,11 @@ while (time - $start < 2) {
         $r->{status} == 200 or diag "$path: $r->{status}";
     }
 }
+
+my @sorted = sort { $a <=> $b } @lat;
+note sprintf '%d requests during the slow token request: median %.1f ms, '
+             . 'max %.1f ms', scalar @lat, 1000 * $sorted[@sorted / 2],
+             1000 * $sorted[-1];
 
 cmp_ok(scalar @lat, '>=', 12, 'requests served meanwhile');
 cmp_ok((sort { $b <=> $a } @lat)[0], '<', 0.5 * $tf,
