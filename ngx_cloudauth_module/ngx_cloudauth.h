@@ -352,6 +352,8 @@ ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     ngx_str_t *path, ngx_str_t *out, char **err);
 ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,
     ngx_pool_t *pool, ngx_cloudauth_result_t *res, const char *field);
+ngx_int_t ngx_cloudauth_set_body(ngx_pool_t *pool,
+    ngx_cloudauth_request_t *req, u_char *data, size_t len);
 ngx_int_t ngx_cloudauth_add_header(ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, const char *header);
 u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);

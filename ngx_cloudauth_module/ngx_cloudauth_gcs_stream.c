@@ -840,7 +840,6 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
     ngx_int_t               rc;
     ngx_uint_t              level;
     ngx_http_request_t     *r;
-    ngx_cloudauth_stats_t  *st;
 
     r = u->request;
 
@@ -867,16 +866,6 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
 
     ngx_http_cloudauth_upload_abort(u);
 
-    if (u->active) {
-        u->active = 0;
-
-        st = ngx_cloudauth_cache_stats();
-        if (st) {
-            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
-            (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
-        }
-    }
-
     if (r->connection->error || status == NGX_HTTP_REQUEST_TIME_OUT) {
         ngx_http_finalize_request(r, status);
         return;
@@ -889,9 +878,13 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
 }
 
 
+/* stops everything under way, cancels the session, counts a failure */
+
 static void
 ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 {
+    ngx_cloudauth_stats_t  *st;
+
     ngx_cloudauth_cancel(&u->ask);
 
     if (u->fetch) {
@@ -917,6 +910,16 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
     }
 
     ngx_http_cloudauth_upload_close(u);
+
+    if (u->active) {
+        u->active = 0;
+
+        st = ngx_cloudauth_cache_stats();
+        if (st) {
+            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
+            (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
+        }
+    }
 }
 
 
@@ -968,24 +971,12 @@ ngx_http_cloudauth_upload_cleanup(void *data)
 {
     ngx_http_cloudauth_upload_t  *u = data;
 
-    ngx_cloudauth_stats_t  *st;
-
     if (!u->finished) {
         /* the client went away: nothing half-written stays */
         ngx_str_set(&u->status, "aborted");
     }
 
     ngx_http_cloudauth_upload_abort(u);
-
-    if (u->active) {
-        u->active = 0;
-
-        st = ngx_cloudauth_cache_stats();
-        if (st) {
-            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
-            (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
-        }
-    }
 
     if (u->buf) {
         ngx_http_cloudauth_upload_buf_free(u->buf, u->conf->chunk_size,

@@ -97,6 +97,27 @@ failed:
 }
 
 
+/*
+ * The token request's body: the engine wipes a body once it is sent (it
+ * holds secrets), so each request gets its own copy of the kind's text.
+ */
+
+ngx_int_t
+ngx_cloudauth_set_body(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
+    u_char *data, size_t len)
+{
+    req->body.data = ngx_pnalloc(pool, len);
+    if (req->body.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(req->body.data, data, len);
+    req->body.len = len;
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_cloudauth_add_header(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     const char *header)

@@ -193,15 +193,12 @@ ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
 
     req->url = im->url;
 
-    /* the engine wipes the body once sent: a copy, not im->text itself */
-
-    req->body.len = ngx_strlen(im->text);
-    req->body.data = ngx_pnalloc(pool, req->body.len);
-    if (req->body.data == NULL) {
+    if (ngx_cloudauth_set_body(pool, req, (u_char *) im->text,
+                               ngx_strlen(im->text))
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
-
-    ngx_memcpy(req->body.data, im->text, req->body.len);
 
     if (ngx_cloudauth_add_header(pool, req, "Content-Type: application/json")
         != NGX_OK)

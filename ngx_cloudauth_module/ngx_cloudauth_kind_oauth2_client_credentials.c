@@ -206,11 +206,9 @@ ngx_cloudauth_oauth2_cc_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     req->url = oc->token_url;
     req->userpwd = oc->userpwd;
 
-    /* the engine wipes the body once sent: a copy */
-
-    req->body.len = oc->body.len;
-    req->body.data = ngx_pstrdup(pool, &oc->body);
-    if (req->body.data == NULL) {
+    if (ngx_cloudauth_set_body(pool, req, oc->body.data, oc->body.len)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

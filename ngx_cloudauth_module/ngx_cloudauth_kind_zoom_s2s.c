@@ -135,11 +135,9 @@ ngx_cloudauth_zoom_s2s_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     req->url = zs->token_url;
     req->userpwd = zs->userpwd;
 
-    /* the engine wipes the body once sent: a copy */
-
-    req->body.len = zs->body.len;
-    req->body.data = ngx_pstrdup(pool, &zs->body);
-    if (req->body.data == NULL) {
+    if (ngx_cloudauth_set_body(pool, req, zs->body.data, zs->body.len)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
