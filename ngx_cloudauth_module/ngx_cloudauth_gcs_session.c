@@ -745,8 +745,10 @@ ngx_http_cloudauth_upload_stored(ngx_http_cloudauth_upload_t *u,
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "cloudauth: upload: stored \"%V\" in bucket \"%V\", "
-                  "%O bytes, generation %s", &obj->name, &u->conf->bucket,
-                  obj->received, gen);
+                  "%O bytes in %M ms, %ui retries, generation %s",
+                  &obj->name, &u->conf->bucket, obj->received,
+                  (ngx_msec_t) (ngx_current_msec - obj->start), obj->retries,
+                  gen);
 
     /* gen and crc point into root */
     json_decref(root);
@@ -833,6 +835,7 @@ ngx_http_cloudauth_upload_backoff(ngx_http_cloudauth_upload_t *u,
     delay = ngx_min(delay, NGX_HTTP_CLOUDAUTH_RETRY_WINDOW - elapsed);
 
     u->attempts++;
+    u->obj.retries++;
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "cloudauth: upload: GCS answered %l%s%s, retrying in "

@@ -566,6 +566,7 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     obj = &u->obj;
 
     ngx_memzero(obj, sizeof(ngx_http_cloudauth_object_t));
+    obj->start = ngx_current_msec;
     obj->total = total;
     obj->nfields = u->fields ? u->fields->nelts : 0;
 

@@ -72,6 +72,8 @@ typedef struct {
     off_t                      received;    /* bytes taken from the body */
     off_t                      total;       /* declared, or -1 */
     ngx_uint_t                 nfields;     /* the form fields before it */
+    ngx_msec_t                 start;       /* for the log line */
+    ngx_uint_t                 retries;
 
     uint32_t                   crc32c;
     EVP_MD_CTX                *md5;        /* NULL: no MD5 computed */

@@ -112,6 +112,9 @@ like(shape(@s), qr{PUT\(524288-786431/\*\)=503 PUT\(\*/\*\)=308 PUT\(524288-7864
 my $took = time - $start;
 cmp_ok($took, '>=', 0.5, 'back-off before the retry');
 cmp_ok($took, '<', 5 * $tf, 'one back-off only') or diag shape(@s);
+like($t->error_log,
+     qr/\[info\].*stored "503" in bucket "test-bucket", 2000000 bytes in \d+ ms, 1 retries/,
+     'info log line: object, bytes, duration, retries');
 
 # resumed: 503 on the final chunk
 
