@@ -35,7 +35,8 @@ like(`openssl x509 -in $d/server.crt -noout -ext subjectAltName 2>&1`,
 my $json = decode_json($t->read_file('sa.json'));
 is($json->{type}, 'service_account', 'key type');
 is($json->{token_uri}, $url, 'key token_uri');
-like($json->{private_key}, qr/^-----BEGIN PRIVATE KEY-----\n/, 'key PEM');
+like($json->{private_key}, qr/^-----BEGIN (PRIVATE) KEY-----\n/,
+     'key PEM');
 ok($json->{$_}, "key $_")
     for qw(client_email private_key_id client_id project_id);
 is((stat "$d/sa.json")[2] & 0777, 0600, 'key file mode 0600');
