@@ -48,7 +48,9 @@ $(NGX_TREE)/objs/Makefile: config
 $(MODULE): $(NGX_TREE)/objs/Makefile $(SOURCES)
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
 	mkdir -p $(BUILD)
-	cp $(NGX_TREE)/objs/ngx_http_cloudauth_module.so $(MODULE)
+	@# a new file renamed into place: an nginx running the old one keeps it
+	cp $(NGX_TREE)/objs/ngx_http_cloudauth_module.so $(MODULE).new
+	mv -f $(MODULE).new $(MODULE)
 
 run: test-deps all
 	@CLOUDAUTH_MODULE=$(MODULE) tools/run.pl
