@@ -352,8 +352,11 @@ ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     ngx_str_t *path, ngx_str_t *out, char **err);
 ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,
     ngx_pool_t *pool, ngx_cloudauth_result_t *res, const char *field);
+#define NGX_CLOUDAUTH_FORM  "Content-Type: application/x-www-form-urlencoded"
+#define NGX_CLOUDAUTH_JSON  "Content-Type: application/json"
 ngx_int_t ngx_cloudauth_set_body(ngx_pool_t *pool,
-    ngx_cloudauth_request_t *req, u_char *data, size_t len);
+    ngx_cloudauth_request_t *req, u_char *data, size_t len,
+    const char *content_type);
 ngx_int_t ngx_cloudauth_add_header(ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, const char *header);
 u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);

@@ -98,13 +98,14 @@ failed:
 
 
 /*
- * The token request's body: the engine wipes a body once it is sent (it
- * holds secrets), so each request gets its own copy of the kind's text.
+ * The token request's body and its "Content-Type: ..." header line: the
+ * engine wipes a body once it is sent (it holds secrets), so each request
+ * gets its own copy of the kind's text.
  */
 
 ngx_int_t
 ngx_cloudauth_set_body(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
-    u_char *data, size_t len)
+    u_char *data, size_t len, const char *content_type)
 {
     req->body.data = ngx_pnalloc(pool, len);
     if (req->body.data == NULL) {
@@ -114,7 +115,7 @@ ngx_cloudauth_set_body(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_memcpy(req->body.data, data, len);
     req->body.len = len;
 
-    return NGX_OK;
+    return ngx_cloudauth_add_header(pool, req, content_type);
 }
 
 

@@ -194,13 +194,7 @@ ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
     req->url = im->url;
 
     if (ngx_cloudauth_set_body(pool, req, (u_char *) im->text,
-                               ngx_strlen(im->text))
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (ngx_cloudauth_add_header(pool, req, "Content-Type: application/json")
+                               ngx_strlen(im->text), NGX_CLOUDAUTH_JSON)
         != NGX_OK)
     {
         return NGX_ERROR;

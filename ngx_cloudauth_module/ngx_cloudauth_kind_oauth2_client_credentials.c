@@ -206,20 +206,14 @@ ngx_cloudauth_oauth2_cc_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     req->url = oc->token_url;
     req->userpwd = oc->userpwd;
 
-    if (ngx_cloudauth_set_body(pool, req, oc->body.data, oc->body.len)
+    if (ngx_cloudauth_set_body(pool, req, oc->body.data, oc->body.len,
+                               NGX_CLOUDAUTH_FORM)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (ngx_cloudauth_add_header(pool, req, "Accept: application/json")
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return ngx_cloudauth_add_header(pool, req, "Content-Type: "
-                                    "application/x-www-form-urlencoded");
+    return ngx_cloudauth_add_header(pool, req, "Accept: application/json");
 }
 
 

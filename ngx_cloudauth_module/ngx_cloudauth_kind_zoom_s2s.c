@@ -135,14 +135,8 @@ ngx_cloudauth_zoom_s2s_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     req->url = zs->token_url;
     req->userpwd = zs->userpwd;
 
-    if (ngx_cloudauth_set_body(pool, req, zs->body.data, zs->body.len)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return ngx_cloudauth_add_header(pool, req, "Content-Type: "
-                                    "application/x-www-form-urlencoded");
+    return ngx_cloudauth_set_body(pool, req, zs->body.data, zs->body.len,
+                                  NGX_CLOUDAUTH_FORM);
 }
 
 
