@@ -33,6 +33,10 @@ my $B = 'test-bucket';
 my $t = CloudAuth::Test->new;
 CloudAuth::Upload::start_gcs($t);
 
+# the page from a copy in the test directory: the workers (nobody) may not
+# be able to enter the checkout (a clone in /root)
+my $html = $t->copy_in('html');
+
 $t->run(<<"EOF");
     cloudauth_trusted_certificate %%CA%%;
     cloudauth_timeout 5s;
@@ -45,7 +49,7 @@ $t->run(<<"EOF");
         client_max_body_size 20m;
 
         location / {
-            root $root/html;
+            root $html;
             index upload.html;
         }
 

@@ -29,6 +29,8 @@ use lib "$FindBin::Bin/../t/lib";
 use CloudAuth::Test;
 use CloudAuth::Upload;
 use CloudAuth::FakeProviders;
+use File::Path qw(make_path);
+use File::Temp qw(tempdir);
 use POSIX ();
 
 my $root = $CloudAuth::Test::ROOT;
@@ -37,8 +39,7 @@ my $prefix = "$root/build/run";
 my $port = $ENV{CLOUDAUTH_PORT} || 8080;
 my $key = $ENV{GOOGLE_APPLICATION_CREDENTIALS};
 
-mkdir $prefix;
-mkdir "$prefix/logs";
+make_path("$prefix/logs");
 
 open my $fh, '<', "$root/conf.example" or die "conf.example: $!\n";
 my $conf = do { local $/; <$fh> };
@@ -112,8 +113,21 @@ if ($key) {
         '                 as HEX.data, its name, size and CRC32C in HEX.json';
 }
 
+# What the workers read or write at run time (the page, the CA, temporary
+# files) lives in a directory of the run's own in /tmp, open to all: nginx
+# started as root runs its workers as nobody, and the checkout may sit where
+# nobody cannot enter (a clone in /root, which is 0700 on Debian).  The
+# master alone reads the configuration and the keys and opens the logs, so
+# those may stay in build/run/.
+my $rundir = $t ? $t->dir : tempdir('cloudauth-run-XXXXXX', TMPDIR => 1,
+                                    CLEANUP => 1);
+chmod 0755, $rundir;
+system('cp', '-R', "$root/html", "$rundir/") == 0
+    && system('chmod', '-R', 'a+rX', "$rundir/html") == 0
+    or die "cannot copy html/ to $rundir\n";
+
 $conf =~ s{listen\s+127\.0\.0\.1:8080}{listen 127.0.0.1:$port}g;
-$conf =~ s{root\s+html;}{root $root/html;}g;
+$conf =~ s{root\s+html;}{root $rundir/html;}g;
 
 $conf = <<"EOF2" . $conf;
 load_module $module;
@@ -125,11 +139,11 @@ error_log stderr info;
 EOF2
 
 $conf =~ s{(http\s*\{)}{$1
-    client_body_temp_path $prefix/body;
-    proxy_temp_path $prefix/proxy;
-    fastcgi_temp_path $prefix/fastcgi;
-    uwsgi_temp_path $prefix/uwsgi;
-    scgi_temp_path $prefix/scgi;
+    client_body_temp_path $rundir/body;
+    proxy_temp_path $rundir/proxy;
+    fastcgi_temp_path $rundir/fastcgi;
+    uwsgi_temp_path $rundir/uwsgi;
+    scgi_temp_path $rundir/scgi;
 };
 
 open $fh, '>', "$prefix/nginx.conf" or die "$prefix/nginx.conf: $!\n";
@@ -137,6 +151,7 @@ print $fh $conf;
 close $fh;
 
 print "$_\n" for @notes;
+print "run directory (page, temporary files): $rundir\n";
 print <<"EOF2";
 nginx: $prefix/nginx.conf on http://127.0.0.1:$port/  (Ctrl-C stops)
   curl http://127.0.0.1:$port/storage/b
@@ -147,7 +162,8 @@ nginx: $prefix/nginx.conf on http://127.0.0.1:$port/  (Ctrl-C stops)
 
 EOF2
 
-my @cmd = ('/usr/sbin/nginx', '-e', 'stderr', '-p', "$prefix/",
+my @cmd = ($ENV{CLOUDAUTH_NGINX} || '/usr/sbin/nginx',
+           '-e', 'stderr', '-p', "$prefix/",
            '-c', "$prefix/nginx.conf");
 
 system(@cmd, '-t', '-q') == 0 or do {
@@ -158,6 +174,8 @@ system(@cmd, '-t', '-q') == 0 or do {
 my $pid = fork // die "fork: $!\n";
 
 if (!$pid) {
+    # the ASan runtime, for the suite's run under AddressSanitizer
+    $ENV{LD_PRELOAD} = $ENV{CLOUDAUTH_PRELOAD} if $ENV{CLOUDAUTH_PRELOAD};
     { no warnings 'exec'; exec @cmd; }
     POSIX::_exit(127);
 }

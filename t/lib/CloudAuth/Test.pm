@@ -134,6 +134,24 @@ sub read_file {
     return <$fh>;
 }
 
+# copy_in(RELPATH): a copy of the checkout's file or directory RELPATH in
+# the test directory, readable by all; returns its path.  nginx started as
+# root runs its workers as nobody, and a checkout may sit under a directory
+# nobody cannot enter (root's home is 0700 on Debian), so nothing a worker
+# reads at run time (a root for static files, say) may point into it.
+sub copy_in {
+    my ($self, $rel) = @_;
+
+    (my $dst = "$self->{dir}/$rel") =~ s{/+$}{};
+
+    system('mkdir', '-p', dirname($dst)) == 0
+        && system('cp', '-R', "$ROOT/$rel", $dst) == 0
+        && system('chmod', '-R', 'a+rX', $dst) == 0
+        or die "copy_in $rel: failed\n";
+
+    return $dst;
+}
+
 sub openssl {
     my ($self, $args) = @_;
     my $out = `cd $self->{dir} && openssl $args 2>&1`;
