@@ -207,8 +207,11 @@ typedef struct {
     uint64_t                   refresh_at;
     uint64_t                   refreshed_at;
 
-    uint64_t                   claim_deadline;
+    uint64_t                   claim_deadline;  /* monotonic */
     ngx_pid_t                  claim_pid;
+    ngx_uint_t                 claim_seq;       /* which claim of pid's */
+
+    uint64_t                   invalidated_at;  /* monotonic */
 
     uint64_t                   backoff_until;
     ngx_uint_t                 failures;    /* consecutive */
@@ -219,6 +222,7 @@ typedef struct {
     ngx_atomic_uint_t          fetch_failures;
     ngx_atomic_uint_t          waiters;
     ngx_atomic_uint_t          invalidations;
+    ngx_atomic_uint_t          unauthorized_kept; /* 401s not acted on */
 
     u_char                    *token;
     uint32_t                   token_len;
@@ -239,7 +243,7 @@ ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
 ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name);
 char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char *param, ngx_str_t *url, ngx_uint_t allow_metadata);
-void ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
+char *ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
     ngx_uint_t n);
 ngx_cloudauth_main_conf_t *ngx_cloudauth_main_conf(void);
 
@@ -278,6 +282,9 @@ ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
     ngx_cloudauth_fetch_header_pt header,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
 void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
+
+/* ngx_cloudauth_utf8.c */
+ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
 
 /* ngx_cloudauth_crc32c.c */
 uint32_t ngx_cloudauth_crc32c(uint32_t crc, u_char *p, size_t len);

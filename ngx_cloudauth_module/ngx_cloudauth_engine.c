@@ -9,8 +9,13 @@
  * else waits in a per-worker wait group that is woken by the fetch when it
  * ends in this worker, or polls the entry when the fetch runs elsewhere.
  * A claim whose worker died expires at its deadline and the next poll
- * claims again.  The engine knows nothing of providers: it asks the
- * credential's kind to build the request and to read the answer.
+ * claims again; claims are timed on the monotonic clock, which all
+ * processes share and no clock step moves, and only the claim's owner (pid
+ * and sequence number) releases it.  A fetch that ends wakes its waiters
+ * through a posted event, never from inside the call that ended it, so no
+ * caller is left holding a group that was freed under it.  The engine
+ * knows nothing of providers: it asks the credential's kind to build the
+ * request and to read the answer.
  */
 
 
@@ -21,6 +26,7 @@
 #define NGX_CLOUDAUTH_CLAIM_SLACK     2000
 #define NGX_CLOUDAUTH_REFRESH_AHEAD   300000
 #define NGX_CLOUDAUTH_USABLE_MARGIN   10000
+#define NGX_CLOUDAUTH_INVALIDATE_GAP  30000
 
 
 typedef struct {
@@ -39,6 +45,7 @@ typedef struct {
     ngx_str_t                subject;
     ngx_pool_t              *pool;
     ngx_cloudauth_fetch_t   *fetch;
+    ngx_uint_t               claim;      /* claim_seq of the entry's claim */
     ngx_cloudauth_ask_t      source;     /* the source credential's token */
 } ngx_cloudauth_job_t;
 
@@ -51,17 +58,18 @@ typedef enum {
 
 
 static ngx_int_t ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred,
-    ngx_str_t *subject, ngx_log_t *log);
+    ngx_str_t *subject, ngx_uint_t claim, ngx_log_t *log);
 static void ngx_cloudauth_job_source(ngx_cloudauth_ask_t *ask);
 static void ngx_cloudauth_job_fetch(ngx_cloudauth_job_t *job);
 static void ngx_cloudauth_job_fail(ngx_cloudauth_job_t *job, char *error);
 static void ngx_cloudauth_job_done(ngx_cloudauth_fetch_t *f);
 static void ngx_cloudauth_job_free(ngx_cloudauth_job_t *job);
 static void ngx_cloudauth_store(ngx_cloudauth_cred_t *cred,
-    ngx_str_t *subject, ngx_int_t rc, ngx_cloudauth_result_t *res,
-    ngx_cloudauth_fetch_t *f);
+    ngx_str_t *subject, ngx_uint_t claim, ngx_int_t rc,
+    ngx_cloudauth_result_t *res, ngx_cloudauth_fetch_t *f);
 static void ngx_cloudauth_release(ngx_cloudauth_cred_t *cred,
-    ngx_str_t *subject);
+    ngx_str_t *subject, ngx_uint_t claim);
+static void ngx_cloudauth_job_wake(ngx_cloudauth_job_t *job);
 static ngx_cloudauth_group_t *ngx_cloudauth_group(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_uint_t create);
 static void ngx_cloudauth_group_poll(ngx_event_t *ev);
@@ -79,19 +87,46 @@ static ngx_connection_t  ngx_cloudauth_poll_conn;
 static u_char            ngx_cloudauth_buf[NGX_CLOUDAUTH_MAX_TOKEN];
 
 
-static ngx_uint_t
-ngx_cloudauth_claimed(ngx_cloudauth_node_t *node, uint64_t now)
+/* milliseconds on the clock no step moves; the same in every process */
+
+static uint64_t
+ngx_cloudauth_monotonic(void)
 {
-    return node->claim_pid != 0 && node->claim_deadline > now;
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 
-static void
-ngx_cloudauth_claim(ngx_cloudauth_node_t *node, uint64_t now)
+static ngx_uint_t
+ngx_cloudauth_claimed(ngx_cloudauth_node_t *node)
+{
+    return node->claim_pid != 0
+           && node->claim_deadline > ngx_cloudauth_monotonic();
+}
+
+
+/* a new claim of this worker's on the entry; returns its sequence number */
+
+static ngx_uint_t
+ngx_cloudauth_claim(ngx_cloudauth_node_t *node)
 {
     node->claim_pid = ngx_pid;
-    node->claim_deadline = now + ngx_cloudauth_main_conf()->timeout
+    node->claim_seq++;
+    node->claim_deadline = ngx_cloudauth_monotonic()
+                           + ngx_cloudauth_main_conf()->timeout
                            + NGX_CLOUDAUTH_CLAIM_SLACK;
+
+    return node->claim_seq;
+}
+
+
+static ngx_uint_t
+ngx_cloudauth_owns(ngx_cloudauth_node_t *node, ngx_uint_t claim)
+{
+    return node->claim_pid == ngx_pid && node->claim_seq == claim;
 }
 
 
@@ -102,7 +137,7 @@ ngx_cloudauth_get(ngx_cloudauth_ask_t *ask)
     time_t                  expires_at;
     uint64_t                now;
     ngx_int_t               rc;
-    ngx_uint_t              start, claimed, signed_once;
+    ngx_uint_t              claim, claimed, signed_once;
     ngx_cloudauth_cred_t   *cred;
     ngx_cloudauth_node_t   *node;
     ngx_cloudauth_group_t  *g;
@@ -130,16 +165,15 @@ again:
 
     if (node->token_len && now < node->usable_until) {
 
-        start = 0;
+        claim = 0;
 
         if (now >= node->refresh_at) {
             ask->cache_status = NGX_CLOUDAUTH_STALE;
 
-            if (!ngx_cloudauth_claimed(node, now)
+            if (!ngx_cloudauth_claimed(node)
                 && now >= node->backoff_until)
             {
-                ngx_cloudauth_claim(node, now);
-                start = 1;
+                claim = ngx_cloudauth_claim(node);
             }
 
         } else {
@@ -163,12 +197,12 @@ again:
         rc = ngx_cloudauth_copy_token(ask, ngx_cloudauth_buf, len,
                                       expires_at);
 
-        if (start) {
+        if (claim) {
             /* refresh ahead, in the background */
-            if (ngx_cloudauth_job_start(cred, &ask->subject, ask->log)
+            if (ngx_cloudauth_job_start(cred, &ask->subject, claim, ask->log)
                 != NGX_OK)
             {
-                ngx_cloudauth_release(cred, &ask->subject);
+                ngx_cloudauth_release(cred, &ask->subject, claim);
             }
         }
 
@@ -184,11 +218,8 @@ again:
         return NGX_DECLINED;
     }
 
-    claimed = ngx_cloudauth_claimed(node, now);
-
-    if (!claimed) {
-        ngx_cloudauth_claim(node, now);
-    }
+    claimed = ngx_cloudauth_claimed(node);
+    claim = claimed ? 0 : ngx_cloudauth_claim(node);
 
     /*
      * signed here and now, unless another worker is signing at this very
@@ -205,7 +236,12 @@ again:
         }
 
         signed_once = 1;
-        (void) ngx_cloudauth_job_start(cred, &ask->subject, ask->log);
+
+        if (ngx_cloudauth_job_start(cred, &ask->subject, claim, ask->log)
+            != NGX_OK)
+        {
+            ngx_cloudauth_release(cred, &ask->subject, claim);
+        }
 
         goto again;
     }
@@ -218,9 +254,10 @@ again:
     ask->cache_status = claimed ? NGX_CLOUDAUTH_WAIT : NGX_CLOUDAUTH_MISS;
 
     if (!claimed
-        && ngx_cloudauth_job_start(cred, &ask->subject, ask->log) != NGX_OK)
+        && ngx_cloudauth_job_start(cred, &ask->subject, claim, ask->log)
+           != NGX_OK)
     {
-        ngx_cloudauth_release(cred, &ask->subject);
+        ngx_cloudauth_release(cred, &ask->subject, claim);
         ngx_str_set(&ask->reason, "cannot start a token request");
         ask->cache_status = NGX_CLOUDAUTH_ERROR;
         return NGX_DECLINED;
@@ -253,23 +290,38 @@ void
 ngx_cloudauth_invalidate(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     ngx_str_t *token, ngx_log_t *log)
 {
+    uint64_t               now;
     ngx_uint_t             dropped;
     ngx_cloudauth_node_t  *node;
 
     dropped = 0;
+    now = ngx_cloudauth_monotonic();
 
     ngx_cloudauth_cache_lock();
 
     node = ngx_cloudauth_cache_lookup(cred->fp, &cred->name, subject, 0);
 
-    /* only the token that was refused: a newer one stays */
+    /*
+     * only the token that was refused: a newer one stays; and at most one
+     * drop per entry in NGX_CLOUDAUTH_INVALIDATE_GAP, so that an upstream
+     * that answers 401 to everything (a missing IAM role, a 401 a client
+     * can provoke) costs one token request per 30 s, not one per request
+     */
 
     if (node && node->token_len == token->len
         && ngx_memcmp(node->token, token->data, token->len) == 0)
     {
-        ngx_cloudauth_cache_drop_token(node);
-        node->invalidations++;
-        dropped = 1;
+        if (node->invalidated_at
+            && now - node->invalidated_at < NGX_CLOUDAUTH_INVALIDATE_GAP)
+        {
+            node->unauthorized_kept++;
+
+        } else {
+            ngx_cloudauth_cache_drop_token(node);
+            node->invalidations++;
+            node->invalidated_at = now;
+            dropped = 1;
+        }
     }
 
     ngx_cloudauth_cache_unlock();
@@ -285,9 +337,33 @@ ngx_cloudauth_invalidate(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 void
 ngx_cloudauth_engine_exit(void)
 {
-    ngx_queue_t            *q;
+    ngx_queue_t            *q, *entries;
     ngx_cloudauth_ask_t    *ask;
+    ngx_cloudauth_node_t   *node;
     ngx_cloudauth_group_t  *g;
+
+    /* a worker that leaves (a reload) lets the next one fetch at once */
+
+    entries = ngx_cloudauth_cache_stats() ? ngx_cloudauth_cache_entries()
+                                          : NULL;
+
+    if (entries) {
+        ngx_cloudauth_cache_lock();
+
+        for (q = ngx_queue_head(entries);
+             q != ngx_queue_sentinel(entries);
+             q = ngx_queue_next(q))
+        {
+            node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+            if (node->claim_pid == ngx_pid) {
+                node->claim_pid = 0;
+                node->claim_deadline = 0;
+            }
+        }
+
+        ngx_cloudauth_cache_unlock();
+    }
 
     while (!ngx_queue_empty(&ngx_cloudauth_jobs)) {
         q = ngx_queue_head(&ngx_cloudauth_jobs);
@@ -330,7 +406,7 @@ ngx_cloudauth_copy_token(ngx_cloudauth_ask_t *ask, u_char *token, size_t len,
 
 static ngx_int_t
 ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
-    ngx_log_t *log)
+    ngx_uint_t claim, ngx_log_t *log)
 {
     ngx_int_t                 rc;
     ngx_cloudauth_job_t      *job;
@@ -342,6 +418,7 @@ ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     }
 
     job->cred = cred;
+    job->claim = claim;
     job->subject.len = subject->len;
     job->subject.data = (u_char *) (job + 1);
     ngx_memcpy(job->subject.data, subject->data, subject->len);
@@ -358,7 +435,7 @@ ngx_cloudauth_job_start(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
         rc = cred->kind->sign(cred, &job->subject, job->pool, &res, log);
 
-        ngx_cloudauth_store(cred, &job->subject, rc, &res, NULL);
+        ngx_cloudauth_store(cred, &job->subject, claim, rc, &res, NULL);
         ngx_cloudauth_job_free(job);
 
         return NGX_OK;
@@ -449,21 +526,43 @@ ngx_cloudauth_job_fetch(ngx_cloudauth_job_t *job)
 static void
 ngx_cloudauth_job_fail(ngx_cloudauth_job_t *job, char *error)
 {
-    ngx_cloudauth_group_t   *g;
     ngx_cloudauth_result_t   res;
 
     ngx_memzero(&res, sizeof(ngx_cloudauth_result_t));
     res.error.data = (u_char *) error;
     res.error.len = ngx_strlen(error);
 
-    ngx_cloudauth_store(job->cred, &job->subject, NGX_ERROR, &res, NULL);
+    ngx_cloudauth_store(job->cred, &job->subject, job->claim, NGX_ERROR, &res,
+                        NULL);
+
+    ngx_cloudauth_job_wake(job);
+    ngx_cloudauth_job_free(job);
+}
+
+
+/*
+ * The waiters of this worker learn the outcome from a posted event: the
+ * job may end inside a call that holds the group (a take-over whose start
+ * fails at once), which must not see the group freed under it.
+ */
+
+static void
+ngx_cloudauth_job_wake(ngx_cloudauth_job_t *job)
+{
+    ngx_cloudauth_group_t  *g;
 
     g = ngx_cloudauth_group(job->cred, &job->subject, 0);
 
-    ngx_cloudauth_job_free(job);
+    if (g == NULL) {
+        return;
+    }
 
-    if (g) {
-        ngx_cloudauth_group_check(g);
+    if (g->poll.timer_set) {
+        ngx_del_timer(&g->poll);
+    }
+
+    if (!g->poll.posted) {
+        ngx_post_event(&g->poll, &ngx_posted_events);
     }
 }
 
@@ -474,22 +573,16 @@ ngx_cloudauth_job_done(ngx_cloudauth_fetch_t *f)
     ngx_cloudauth_job_t *job = f->data;
 
     ngx_int_t               rc;
-    ngx_cloudauth_group_t  *g;
     ngx_cloudauth_result_t  res;
 
     ngx_memzero(&res, sizeof(ngx_cloudauth_result_t));
 
     rc = job->cred->kind->parse(job->cred, f, job->pool, &res);
 
-    ngx_cloudauth_store(job->cred, &job->subject, rc, &res, f);
+    ngx_cloudauth_store(job->cred, &job->subject, job->claim, rc, &res, f);
 
-    g = ngx_cloudauth_group(job->cred, &job->subject, 0);
-
+    ngx_cloudauth_job_wake(job);
     ngx_cloudauth_job_free(job);
-
-    if (g) {
-        ngx_cloudauth_group_check(g);
-    }
 }
 
 
@@ -557,7 +650,8 @@ ngx_cloudauth_backoff(ngx_uint_t failures, ngx_uint_t terminal,
 
 static void
 ngx_cloudauth_store(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
-    ngx_int_t rc, ngx_cloudauth_result_t *res, ngx_cloudauth_fetch_t *f)
+    ngx_uint_t claim, ngx_int_t rc, ngx_cloudauth_result_t *res,
+    ngx_cloudauth_fetch_t *f)
 {
     time_t                 skew;
     uint64_t               now, life;
@@ -599,6 +693,16 @@ ngx_cloudauth_store(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         node->backoff_until = 0;
         node->fetches++;
 
+    } else if (!ngx_cloudauth_owns(node, claim)) {
+        /*
+         * another worker took the entry over (ours outlived its claim):
+         * its fetch decides, this failure does not put it into back-off
+         */
+
+        if (res->error.len == 0) {
+            ngx_str_set(&res->error, "internal error");
+        }
+
     } else {
         if (res->error.len == 0) {
             ngx_str_set(&res->error, "internal error");
@@ -614,8 +718,10 @@ ngx_cloudauth_store(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         ngx_cloudauth_cache_set_error(node, &res->error);
     }
 
-    node->claim_pid = 0;
-    node->claim_deadline = 0;
+    if (ngx_cloudauth_owns(node, claim)) {
+        node->claim_pid = 0;
+        node->claim_deadline = 0;
+    }
 
     ngx_cloudauth_cache_unlock();
 
@@ -650,7 +756,8 @@ ngx_cloudauth_store(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
 
 static void
-ngx_cloudauth_release(ngx_cloudauth_cred_t *cred, ngx_str_t *subject)
+ngx_cloudauth_release(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
+    ngx_uint_t claim)
 {
     ngx_cloudauth_node_t  *node;
 
@@ -658,7 +765,7 @@ ngx_cloudauth_release(ngx_cloudauth_cred_t *cred, ngx_str_t *subject)
 
     node = ngx_cloudauth_cache_lookup(cred->fp, &cred->name, subject, 0);
 
-    if (node && node->claim_pid == ngx_pid) {
+    if (node && ngx_cloudauth_owns(node, claim)) {
         node->claim_pid = 0;
         node->claim_deadline = 0;
     }
@@ -711,7 +818,8 @@ ngx_cloudauth_group(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     g->poll.handler = ngx_cloudauth_group_poll;
     g->poll.log = ngx_cycle->log;
 
-    g->deadline = ngx_cloudauth_now() + ngx_cloudauth_main_conf()->timeout
+    g->deadline = ngx_cloudauth_monotonic()
+                  + ngx_cloudauth_main_conf()->timeout
                   + NGX_CLOUDAUTH_CLAIM_SLACK;
 
     ngx_queue_insert_tail(&ngx_cloudauth_groups, &g->queue);
@@ -736,7 +844,7 @@ ngx_cloudauth_group_check(ngx_cloudauth_group_t *g)
     size_t                    len;
     time_t                    expires_at;
     uint64_t                  now;
-    ngx_uint_t                start;
+    ngx_uint_t                claim;
     ngx_queue_t              *q;
     ngx_cloudauth_ask_t      *ask;
     ngx_cloudauth_node_t     *node;
@@ -748,7 +856,7 @@ ngx_cloudauth_group_check(ngx_cloudauth_group_t *g)
     }
 
     outcome = NGX_CLOUDAUTH_WAITING;
-    start = 0;
+    claim = 0;
     len = 0;
     expires_at = 0;
 
@@ -770,24 +878,27 @@ ngx_cloudauth_group_check(ngx_cloudauth_group_t *g)
     } else if (now < node->backoff_until) {
         outcome = NGX_CLOUDAUTH_FAILED;
 
-    } else if (!ngx_cloudauth_claimed(node, now)) {
+    } else if (!ngx_cloudauth_claimed(node)) {
         /* the fetching worker died or gave up: take over */
-        ngx_cloudauth_claim(node, now);
-        start = 1;
+        claim = ngx_cloudauth_claim(node);
     }
 
     ngx_cloudauth_cache_unlock();
 
-    if (start) {
-        if (ngx_cloudauth_job_start(g->cred, &g->subject, ngx_cycle->log)
+    now = ngx_cloudauth_monotonic();
+
+    if (claim) {
+        g->deadline = now + ngx_cloudauth_main_conf()->timeout
+                      + NGX_CLOUDAUTH_CLAIM_SLACK;
+
+        /* a job that fails at once wakes this group by a posted event */
+
+        if (ngx_cloudauth_job_start(g->cred, &g->subject, claim,
+                                    ngx_cycle->log)
             != NGX_OK)
         {
-            ngx_cloudauth_release(g->cred, &g->subject);
+            ngx_cloudauth_release(g->cred, &g->subject, claim);
             outcome = NGX_CLOUDAUTH_FAILED;
-
-        } else {
-            g->deadline = now + ngx_cloudauth_main_conf()->timeout
-                          + NGX_CLOUDAUTH_CLAIM_SLACK;
         }
     }
 
@@ -807,6 +918,10 @@ ngx_cloudauth_group_check(ngx_cloudauth_group_t *g)
 
     if (g->poll.timer_set) {
         ngx_del_timer(&g->poll);
+    }
+
+    if (g->poll.posted) {
+        ngx_delete_posted_event(&g->poll);
     }
 
     /* a request woken below that asks again starts a new group */
@@ -850,6 +965,10 @@ ngx_cloudauth_group_free(ngx_cloudauth_group_t *g)
 {
     if (g->poll.timer_set) {
         ngx_del_timer(&g->poll);
+    }
+
+    if (g->poll.posted) {
+        ngx_delete_posted_event(&g->poll);
     }
 
     ngx_queue_remove(&g->queue);

@@ -85,9 +85,7 @@ ngx_cloudauth_google_id_token_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     parts[2] = it->audience;
     parts[3] = it->key.token_url;
 
-    ngx_cloudauth_fingerprint(cred, parts, 4);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, parts, 4);
 }
 
 

@@ -148,9 +148,15 @@ ngx_cloudauth_impersonate_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
             p = last;
         }
 
-        if (p > start) {
-            json_array_append_new(scopes,
-                                  json_stringn((char *) start, p - start));
+        if (p > start
+            && json_array_append_new(scopes,
+                                     json_stringn((char *) start, p - start))
+               != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": scopes= must "
+                               "be UTF-8", &cred->name);
+            return NGX_CONF_ERROR;
         }
     }
 
@@ -164,9 +170,7 @@ ngx_cloudauth_impersonate_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     parts[2].data = (u_char *) im->text;
     parts[2].len = ngx_strlen(im->text);
 
-    ngx_cloudauth_fingerprint(cred, parts, 3);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, parts, 3);
 }
 
 

@@ -126,9 +126,7 @@ ngx_cloudauth_google_metadata_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
 
     md->url.len = p - md->url.data;
 
-    ngx_cloudauth_fingerprint(cred, &md->url, 1);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, &md->url, 1);
 }
 
 

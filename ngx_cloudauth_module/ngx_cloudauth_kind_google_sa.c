@@ -86,9 +86,7 @@ ngx_cloudauth_google_sa_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     parts[2] = sa->scope;
     parts[3] = sa->key.token_url;
 
-    ngx_cloudauth_fingerprint(cred, parts, 4);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, parts, 4);
 }
 
 
@@ -302,14 +300,30 @@ ngx_cloudauth_google_assertion(ngx_cloudauth_cred_t *cred,
         goto failed;
     }
 
-    if (gk->key_id.len) {
-        json_object_set_new(h, "kid", json_stringn((char *) gk->key_id.data,
-                                                   gk->key_id.len));
+    /*
+     * json_object_set_new() fails when json_stringn() did (a subject that
+     * is not UTF-8): then no assertion at all, never one without its "sub"
+     */
+
+    if (gk->key_id.len
+        && json_object_set_new(h, "kid",
+                               json_stringn((char *) gk->key_id.data,
+                                            gk->key_id.len))
+           != 0)
+    {
+        goto failed;
     }
 
-    if (subject->len) {
-        json_object_set_new(c, "sub", json_stringn((char *) subject->data,
-                                                   subject->len));
+    if (subject->len
+        && json_object_set_new(c, "sub",
+                               json_stringn((char *) subject->data,
+                                            subject->len))
+           != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: credential \"%V\": the subject cannot be "
+                      "put into the assertion", &cred->name);
+        goto failed;
     }
 
     header = json_dumps(h, JSON_COMPACT);

@@ -178,9 +178,7 @@ ngx_cloudauth_oauth2_cc_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     parts[4] = audience ? *audience : none;
     parts[5] = basic ? oc->userpwd : none;
 
-    ngx_cloudauth_fingerprint(cred, parts, 6);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, parts, 6);
 }
 
 

@@ -106,9 +106,7 @@ ngx_cloudauth_zoom_jwt_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     parts[2].data = (u_char *) &zj->ttl;
     parts[2].len = sizeof(time_t);
 
-    ngx_cloudauth_fingerprint(cred, parts, 3);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, parts, 3);
 }
 
 

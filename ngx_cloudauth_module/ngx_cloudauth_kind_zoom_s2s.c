@@ -118,9 +118,7 @@ ngx_cloudauth_zoom_s2s_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     parts[2] = *client;
     parts[3] = secret;
 
-    ngx_cloudauth_fingerprint(cred, parts, 4);
-
-    return NGX_CONF_OK;
+    return ngx_cloudauth_fingerprint(cred, parts, 4);
 }
 
 

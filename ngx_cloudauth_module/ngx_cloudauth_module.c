@@ -32,6 +32,23 @@ typedef struct {
 } ngx_http_cloudauth_ctx_t;
 
 
+/*
+ * What outlives a location: the module's ctx is cleared by an internal
+ * redirect, and a subrequest has its own, but this record hangs off the
+ * request's pool, which the main request, its redirects and its
+ * subrequests share.  It keeps the headers as the client sent them, so
+ * that a location without "cloudauth" never forwards a token another
+ * location injected, and the reason of a refusal, for error_page.
+ */
+
+typedef struct {
+    ngx_list_t                 headers;     /* as the client sent them */
+    ngx_table_elt_t           *authorization;
+    ngx_array_t                injected;    /* elts of the lists we made */
+    ngx_str_t                  error;       /* $cloudauth_error */
+} ngx_http_cloudauth_req_t;
+
+
 static ngx_int_t ngx_http_cloudauth_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_ask(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx);
@@ -39,8 +56,13 @@ static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
 static void ngx_http_cloudauth_cleanup(void *data);
 static ngx_int_t ngx_http_cloudauth_inject(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_str_t *token);
-static ngx_int_t ngx_http_cloudauth_fail(ngx_http_request_t *r,
-    ngx_http_cloudauth_ctx_t *ctx);
+static ngx_int_t ngx_http_cloudauth_refuse(ngx_http_request_t *r,
+    ngx_http_cloudauth_ctx_t *ctx, ngx_int_t status);
+static ngx_http_cloudauth_req_t *ngx_http_cloudauth_req(ngx_http_request_t *r,
+    ngx_uint_t create);
+static void ngx_http_cloudauth_req_cleanup(void *data);
+static void ngx_http_cloudauth_restore(ngx_http_request_t *r,
+    ngx_http_cloudauth_req_t *rq);
 static ngx_int_t ngx_http_cloudauth_header_filter(ngx_http_request_t *r);
 
 static ngx_int_t ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
@@ -48,6 +70,8 @@ static ngx_int_t ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cloudauth_status_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_cloudauth_error_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 static char *ngx_http_cloudauth_credential(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -165,6 +189,10 @@ static ngx_http_variable_t  ngx_http_cloudauth_vars[] = {
       ngx_http_cloudauth_ttl_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("cloudauth_error"), NULL,
+      ngx_http_cloudauth_error_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -202,6 +230,16 @@ ngx_http_cloudauth_handler(ngx_http_request_t *r)
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_module);
 
     if (lcf->cred == NULL) {
+
+        /*
+         * only a redirected request or a subrequest can carry a token
+         * that another location put in: it goes no further
+         */
+
+        if (r->internal) {
+            ngx_http_cloudauth_restore(r, ngx_http_cloudauth_req(r, 0));
+        }
+
         return NGX_DECLINED;
     }
 
@@ -227,8 +265,12 @@ ngx_http_cloudauth_handler(ngx_http_request_t *r)
             return NGX_AGAIN;
         }
 
-        if (rc != NGX_OK && rc != NGX_DECLINED) {
-            return rc;
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return ngx_http_cloudauth_refuse(r, ctx, rc);
         }
     }
 
@@ -237,7 +279,7 @@ ngx_http_cloudauth_handler(ngx_http_request_t *r)
     }
 
     if (ctx->ask.token.len == 0) {
-        return ngx_http_cloudauth_fail(r, ctx);
+        return ngx_http_cloudauth_refuse(r, ctx, NGX_HTTP_BAD_GATEWAY);
     }
 
     if (ngx_http_cloudauth_inject(r, lcf, &ctx->ask.token) != NGX_OK) {
@@ -254,44 +296,51 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
 {
     ngx_int_t             rc;
     ngx_str_t             subject;
-    ngx_uint_t            i;
     ngx_pool_cleanup_t   *cln;
     ngx_cloudauth_cred_t *cred;
 
     cred = lcf->cred;
     subject = cred->subject;
 
+    ctx->ask.cred = cred;
+
     if (lcf->subject) {
         if (ngx_http_complex_value(r, lcf->subject, &subject) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return NGX_ERROR;
         }
 
         if (subject.len == 0) {
             subject = cred->subject;
 
-        } else {
-            for (i = 0; i < subject.len; i++) {
-                if (subject.data[i] < 0x20 || subject.data[i] == 0x7f) {
-                    break;
-                }
-            }
+        } else if (ngx_cloudauth_subject_valid(subject.data, subject.len)
+                   != NGX_OK)
+        {
+            ngx_str_set(&ctx->ask.reason, "subject is not valid UTF-8 of "
+                        "at most 256 bytes without control characters");
+            return NGX_HTTP_FORBIDDEN;
 
-            if (subject.len > NGX_CLOUDAUTH_MAX_SUBJECT || i < subject.len
-                || (cred->subjects
-                    && ngx_regex_exec(cred->subjects, &subject, NULL, 0)
-                       < 0))
-            {
-                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                              "cloudauth: credential \"%V\": subject not "
-                              "allowed by \"subjects=\"", &cred->name);
-                return NGX_HTTP_FORBIDDEN;
-            }
+        } else if (cred->subjects
+                   && ngx_regex_exec(cred->subjects, &subject, NULL, 0) < 0)
+        {
+            ngx_str_set(&ctx->ask.reason,
+                        "subject not allowed by \"subjects=\"");
+            return NGX_HTTP_FORBIDDEN;
         }
+    }
+
+    /*
+     * "subjects=" says that tokens are for those subjects only: not the
+     * service account's own token for a request that names nobody
+     */
+
+    if (subject.len == 0 && cred->subjects) {
+        ngx_str_set(&ctx->ask.reason, "no subject, and \"subjects=\" is set");
+        return NGX_HTTP_FORBIDDEN;
     }
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     ctx->ask.cred = cred;
@@ -305,10 +354,6 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
     cln->data = &ctx->ask;
 
     rc = ngx_cloudauth_get(&ctx->ask);
-
-    if (rc == NGX_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
     return rc;
 }
@@ -347,11 +392,42 @@ static ngx_int_t
 ngx_http_cloudauth_inject(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_str_t *token)
 {
-    u_char           *p;
-    ngx_uint_t        i, n;
-    ngx_list_t        list;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *header;
+    u_char                    *p;
+    void                     **elts;
+    ngx_uint_t                 i, n;
+    ngx_list_t                 list;
+    ngx_list_part_t           *part;
+    ngx_table_elt_t           *h, *header;
+    ngx_http_cloudauth_req_t  *rq;
+
+    rq = ngx_http_cloudauth_req(r, 1);
+    if (rq == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (rq->injected.elts == NULL) {
+        if (ngx_array_init(&rq->injected, r->pool, 2, sizeof(void *))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rq->headers = r->headers_in.headers;
+        rq->authorization = r->headers_in.authorization;
+
+        if (rq->headers.last == &r->headers_in.headers.part) {
+            rq->headers.last = &rq->headers.part;
+        }
+
+    } else {
+        /* another location put its token in: start from the client's */
+        ngx_http_cloudauth_restore(r, rq);
+    }
+
+    elts = ngx_array_push(&rq->injected);
+    if (elts == NULL) {
+        return NGX_ERROR;
+    }
 
     n = 1;
 
@@ -417,6 +493,8 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     r->headers_in.headers = list;
     r->headers_in.headers.last = &r->headers_in.headers.part;
 
+    *elts = list.part.elts;
+
     if (lcf->header.len == sizeof("Authorization") - 1
         && ngx_strcasecmp(lcf->lowcase.data, (u_char *) "authorization") == 0)
     {
@@ -427,41 +505,111 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
 }
 
 
+/*
+ * A refusal goes back to nginx as a status, so that error_page and the
+ * access log apply; one line in the error log says why, with the request.
+ */
+
 static ngx_int_t
-ngx_http_cloudauth_fail(ngx_http_request_t *r, ngx_http_cloudauth_ctx_t *ctx)
+ngx_http_cloudauth_refuse(ngx_http_request_t *r,
+    ngx_http_cloudauth_ctx_t *ctx, ngx_int_t status)
 {
-    u_char                    *p;
-    ngx_int_t                  rc;
-    ngx_str_t                  type;
-    ngx_http_complex_value_t   cv;
+    ngx_uint_t                 level;
+    ngx_http_cloudauth_req_t  *rq;
 
     if (ctx->ask.reason.len == 0) {
         ngx_str_set(&ctx->ask.reason, "no token");
     }
 
-    ngx_str_set(&type, "text/plain");
-    ngx_memzero(&cv, sizeof(ngx_http_complex_value_t));
+    ctx->ask.cache_status = NGX_CLOUDAUTH_ERROR;
 
-    cv.value.len = sizeof("cloudauth: credential \"\": \n") - 1
-                   + ctx->ask.cred->name.len + ctx->ask.reason.len;
-    cv.value.data = ngx_pnalloc(r->pool, cv.value.len);
-    if (cv.value.data == NULL) {
+    rq = ngx_http_cloudauth_req(r, 1);
+    if (rq == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_sprintf(cv.value.data, "cloudauth: credential \"%V\": %V\n",
-                    &ctx->ask.cred->name, &ctx->ask.reason);
-    cv.value.len = p - cv.value.data;
+    /* the reasons are the engine's and this file's own constant strings */
+    rq->error = ctx->ask.reason;
 
-    if (ngx_http_discard_request_body(r) != NGX_OK) {
-        r->keepalive = 0;
+    level = (status == NGX_HTTP_BAD_GATEWAY) ? NGX_LOG_ERR : NGX_LOG_WARN;
+
+    ngx_log_error(level, r->connection->log, 0,
+                  "cloudauth: credential \"%V\": %V, answered %i",
+                  &ctx->ask.cred->name, &ctx->ask.reason, status);
+
+    return status;
+}
+
+
+static ngx_http_cloudauth_req_t *
+ngx_http_cloudauth_req(ngx_http_request_t *r, ngx_uint_t create)
+{
+    ngx_pool_cleanup_t        *cln;
+    ngx_http_cloudauth_req_t  *rq;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_cloudauth_req_cleanup) {
+            return cln->data;
+        }
     }
 
-    rc = ngx_http_send_response(r, NGX_HTTP_BAD_GATEWAY, &type, &cv);
+    if (!create) {
+        return NULL;
+    }
 
-    ngx_http_finalize_request(r, rc);
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_cloudauth_req_t));
+    if (cln == NULL) {
+        return NULL;
+    }
 
-    return NGX_DONE;
+    rq = cln->data;
+    ngx_memzero(rq, sizeof(ngx_http_cloudauth_req_t));
+
+    cln->handler = ngx_http_cloudauth_req_cleanup;
+
+    return rq;
+}
+
+
+static void
+ngx_http_cloudauth_req_cleanup(void *data)
+{
+    /* nothing to free: the handler marks the record in the pool */
+}
+
+
+/* the headers as the client sent them, if we put a token into these */
+
+static void
+ngx_http_cloudauth_restore(ngx_http_request_t *r,
+    ngx_http_cloudauth_req_t *rq)
+{
+    void       **elts;
+    ngx_uint_t   i;
+
+    if (rq == NULL) {
+        return;
+    }
+
+    elts = rq->injected.elts;
+
+    for (i = 0; i < rq->injected.nelts; i++) {
+        if (elts[i] == r->headers_in.headers.part.elts) {
+            break;
+        }
+    }
+
+    if (i == rq->injected.nelts) {
+        return;
+    }
+
+    r->headers_in.headers = rq->headers;
+
+    if (rq->headers.last == &rq->headers.part) {
+        r->headers_in.headers.last = &r->headers_in.headers.part;
+    }
+
+    r->headers_in.authorization = rq->authorization;
 }
 
 
@@ -567,6 +715,29 @@ ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
     ttl = ctx->ask.expires_at - ngx_time();
 
     v->len = ngx_sprintf(v->data, "%T", ttl > 0 ? ttl : 0) - v->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_error_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_cloudauth_req_t  *rq;
+
+    rq = ngx_http_cloudauth_req(r, 0);
+
+    if (rq == NULL || rq->error.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = rq->error.len;
+    v->data = rq->error.data;
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
@@ -708,29 +879,36 @@ ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 }
 
 
-void
+/* the identity of a credential: its cache entries are keyed by it */
+
+char *
 ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
     ngx_uint_t n)
 {
+    ngx_int_t    ok;
     ngx_uint_t   i;
     EVP_MD_CTX  *md;
 
     md = EVP_MD_CTX_new();
     if (md == NULL) {
-        return;
+        return NGX_CONF_ERROR;
     }
 
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    EVP_DigestUpdate(md, cred->name.data, cred->name.len + 1);
-    EVP_DigestUpdate(md, cred->kind->name.data, cred->kind->name.len + 1);
+    ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL)
+         && EVP_DigestUpdate(md, cred->name.data, cred->name.len + 1)
+         && EVP_DigestUpdate(md, cred->kind->name.data,
+                             cred->kind->name.len + 1);
 
-    for (i = 0; i < n; i++) {
-        EVP_DigestUpdate(md, parts[i].data, parts[i].len);
-        EVP_DigestUpdate(md, "", 1);
+    for (i = 0; ok && i < n; i++) {
+        ok = EVP_DigestUpdate(md, parts[i].data, parts[i].len)
+             && EVP_DigestUpdate(md, "", 1);
     }
 
-    EVP_DigestFinal_ex(md, cred->fp, NULL);
+    ok = ok && EVP_DigestFinal_ex(md, cred->fp, NULL);
+
     EVP_MD_CTX_free(md);
+
+    return ok ? NGX_CONF_OK : NGX_CONF_ERROR;
 }
 
 
@@ -1155,6 +1333,17 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                       "cloudauth_subject: credential \"%V\" (type=%V) takes "
                       "no subject, in %s:%ui", &conf->name,
                       &conf->cred->kind->name, conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->subject == NULL && conf->cred->subjects
+        && conf->cred->subject.len == 0)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "cloudauth \"%V\": the credential has \"subjects=\" "
+                      "but no \"subject=\", so every request needs a "
+                      "subject: add cloudauth_subject, in %s:%ui",
+                      &conf->name, conf->file, conf->line);
         return NGX_CONF_ERROR;
     }
 

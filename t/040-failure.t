@@ -74,8 +74,7 @@ sub fails {
     $failed_at{$cred} = time;
 
     is($r->{status}, 502, "$cred: 502");
-    like($r->{headers}{'content-type'} // '', qr{^text/plain}, "$cred: text");
-    ok(length $r->{body} && length $r->{body} < 512, "$cred: short reason")
+    ok(length $r->{body} && length $r->{body} < 1024, "$cred: short answer")
         or diag $r->{body};
 
     my $got = $t->token_count - $n;
@@ -94,6 +93,12 @@ sub fails {
     is($r->{status}, 502, "$cred: backing off: 502");
     cmp_ok($r->{latency}, '<', $fast, "$cred: backing off: at once");
     is($t->token_count, $n, "$cred: backing off: no token request");
+
+    # one line per refused request, with the request (the back-off one too)
+    my @refused = grep { /\[error\].*: .*answered 502, client: 127\.0\.0\.1, .*request: "GET \/\Q$cred\E\/[xy] HTTP/ }
+                  logged($mark, $cred);
+    is(scalar @refused, 2, "$cred: each refusal logged with its request")
+        or diag explain \@refused;
 }
 
 my $desc = 'Invalid JWT: Token must be a short-lived token (60 minutes) and '

@@ -10,7 +10,9 @@ package CloudAuth::FakeGoogle;
 #             target_audience instead of scope (an ID token grant) gets
 #             {"id_token": JWT}, its exp now + expires_in.
 #   upstream  plain HTTP echo: tells what Authorization it got; 401 when the
-#             path contains "/401" or the token is listed in revoked.txt.
+#             path contains "/401" or the token is listed in revoked.txt;
+#             404 when it contains "/404"; ?accel=PATH answers with
+#             X-Accel-Redirect: PATH.
 #
 # State is shared with the test through files in the test directory, read at
 # every request:
@@ -479,7 +481,8 @@ sub upstream_handler {
 
         my ($token) = $auth =~ /^Bearer\s+(\S+)$/i;
         my $status = ($req->{path} =~ m{/401} || $revoked{ $token // '' })
-                     ? 401 : 200;
+                     ? 401 : $req->{path} =~ m{/404} ? 404 : 200;
+        my ($accel) = $req->{uri} =~ /[?&]accel=([^&]+)/;
         my ($delay) = $req->{uri} =~ /[?&]delay=([\d.]+)/;
         my $noecho = $req->{uri} =~ /[?&]noecho\b/;
 
@@ -497,6 +500,7 @@ sub upstream_handler {
                  'X-Echo-Path' => $req->{path});
         $h{'WWW-Authenticate'} = 'Bearer error="invalid_token"'
             if $status == 401;
+        $h{'X-Accel-Redirect'} = $accel if $accel;
 
         my $body = "path: $req->{uri}\nauthorization: $auth\n";
         $body .= join '', map { "header: $_->[0]: $_->[1]\n" } @{ $req->{raw} }
