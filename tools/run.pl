@@ -83,6 +83,10 @@ if ($key) {
     my $dir = $t->dir;
 
     $conf =~ s{key_file=\S+}{key_file=$dir/sa.json}g;
+
+    # the stand-in token endpoint checks the scopes each credential asks for
+    $t->token_set(expect_scopes => [ map { s/,/ /gr }
+                                     $conf =~ /\bscopes=([^\s;]+)/g ]);
     $conf =~ s{(cloudauth_timeout[^;]*;)}
               {$1\n    cloudauth_trusted_certificate $dir/ca.crt;};
     $conf =~ s{proxy_pass\s+https://[^;]+;}{proxy_pass http://127.0.0.1:$up;}g;

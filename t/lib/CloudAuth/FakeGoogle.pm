@@ -19,7 +19,7 @@ package CloudAuth::FakeGoogle;
 #
 #   fake_token.json   behaviour: {status, error, error_description, body,
 #                     delay, expires_in, retry_after, date_offset, drop,
-#                     expect_scope}
+#                     expect_scope, expect_scopes: [one of these]}
 #   fake_keys.json    {kid: {client_email, public_key}} known to the endpoint
 #   fake_token.log    one JSON line per token request
 #   upstream.log      one JSON line per upstream request
@@ -343,7 +343,9 @@ sub verify_grant {
     $rec->{claims} = $c;
     $rec->{sub} = $c->{sub};
 
-    my $scope = $b->{expect_scope} // join ' ', @SCOPES;
+    my @scopes = $b->{expect_scopes} ? @{ $b->{expect_scopes} }
+               : ($b->{expect_scope} // join ' ', @SCOPES);
+    my $scope = $scopes[0];
     my $now = time;
 
     # an ID token grant has target_audience instead of scope
@@ -358,7 +360,8 @@ sub verify_grant {
     return 'iss is not the client_email of the key'
         if ($c->{iss} // '') ne $key->{client_email};
     if ($aud_claim eq 'scope') {
-        return "scope is not \"$scope\"" if ($c->{scope} // '') ne $scope;
+        return "scope is not \"$scope\""
+            unless grep { ($c->{scope} // '') eq $_ } @scopes;
     } else {
         return 'target_audience is empty or not a string'
             if ref $c->{target_audience} || !length $c->{target_audience};
