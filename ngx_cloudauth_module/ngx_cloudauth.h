@@ -278,6 +278,8 @@ ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
     ngx_cloudauth_fetch_header_pt header,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
 void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
+char *ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata,
+    ngx_log_t *log);
 
 /* ngx_cloudauth_crc32c.c */
 uint32_t ngx_cloudauth_crc32c(uint32_t crc, u_char *p, size_t len);
