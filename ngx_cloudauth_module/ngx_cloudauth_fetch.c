@@ -503,8 +503,8 @@ ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log, char **why)
         curl_url_cleanup(u);
 
         (void) ngx_snprintf(buf, sizeof(buf) - 1,
-                            "is not a URL libcurl accepts (%s): write it as "
-                            "https://host[:port]/path%Z",
+                            "is not an https:// URL libcurl accepts (%s): "
+                            "write it as https://host[:port]/path%Z",
 #if (LIBCURL_VERSION_NUM >= 0x075000)
                             curl_url_strerror(uc)
 #else

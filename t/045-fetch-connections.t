@@ -191,7 +191,8 @@ is($r->{status}, 502, 'no connection for the token request: 502');
 like($r->{body}, qr/\S/, 'with a reason') or diag $r->{raw};
 cmp_ok($took, '<', 5, 'at once, not after cloudauth_timeout');
 ok($t->wait_for(sub {
-       logged_since($mark, qr/\[error\].*"google": token request failed: .*$full/)
+       logged_since($mark,
+                    qr/\[error\].*"google": token request failed: .*$full/)
    }, 5), 'logged with the credential and the reason')
     or diag $t->tail_error_log;
 is($t->token_count, $n, 'nothing reached the token endpoint');
@@ -221,7 +222,8 @@ $mark = length $t->error_log;
 syswrite $trigger, "\r\nhello";
 
 ok($t->wait_for(sub {
-       logged_since($mark, qr/\[warn\].*upload: GCS answered 0: .*$full.*retrying/)
+       logged_since($mark,
+                    qr/\[warn\].*upload: GCS answered 0: .*$full.*retrying/)
    }, 10), 'upload: the session start failed at once, and is retried')
     or diag $t->tail_error_log;
 

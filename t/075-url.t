@@ -85,7 +85,7 @@ bad('user only, https', sa('https://someone@oauth2.googleapis.com/token'),
 bad('fragment trick', sa('http://evil.example#@127.0.0.1/token'), undef,
     'token_url', $plain);
 bad('no scheme', sa('127.0.0.1/token'), undef, 'token_url',
-    qr/not a URL libcurl accepts.*https:\/\/host/);
+    qr/not an https:\/\/ URL libcurl accepts.*https:\/\/host/);
 bad('not loopback', sa('http://10.0.0.1/token'), undef, 'token_url', $plain);
 
 good('https', sa('https://oauth2.googleapis.com/token'));
