@@ -282,6 +282,8 @@ ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
     ngx_cloudauth_fetch_header_pt header,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
 void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
+char *ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata,
+    ngx_log_t *log);
 
 /* ngx_cloudauth_utf8.c */
 ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);

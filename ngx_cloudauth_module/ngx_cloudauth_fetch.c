@@ -8,12 +8,38 @@
  * single timeout becomes one nginx timer.  The sockets are curl's: they are
  * opened and closed through our callbacks, so a wrapper never outlives its
  * descriptor and nginx never closes one.
+ *
+ * A socket that cannot be watched (no free connection: worker_connections
+ * are not enough; epoll_ctl() failing) fails its own transfer only: the
+ * socket callback never returns -1, which would kill the multi handle and
+ * every transfer in it.  The transfer is put on the failed queue and its
+ * handler is called from a posted event, outside curl.  A multi handle that
+ * dies all the same (a curl_multi_* call answers CURLM_ABORTED_BY_CALLBACK,
+ * CURLM_INTERNAL_ERROR...) is replaced: its transfers fail the same way and
+ * the next fetch runs on a fresh one.
  */
 
 
 #include "ngx_cloudauth.h"
 
 
+static CURLM *ngx_cloudauth_fetch_multi(ngx_log_t *log);
+static CURLM *ngx_cloudauth_fetch_multi_create(ngx_log_t *log);
+static ngx_uint_t ngx_cloudauth_fetch_multi_broken(CURLMcode mc);
+static void ngx_cloudauth_fetch_restart(const char *call, CURLMcode mc,
+    ngx_log_t *log);
+static void ngx_cloudauth_fetch_check(const char *call, CURLMcode mc,
+    ngx_log_t *log);
+static void ngx_cloudauth_fetch_fail(ngx_cloudauth_fetch_t *f,
+    const char *why);
+static CURLMcode ngx_cloudauth_fetch_detach(CURLM *multi,
+    ngx_cloudauth_fetch_t *f);
+static void ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why);
+static void ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev);
+static CURLU *ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log,
+    char **why);
+static char *ngx_cloudauth_url_verify(CURLU *u, ngx_uint_t metadata,
+    ngx_uint_t *https);
 static int ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s,
     int what, void *userp, void *socketp);
 static int ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms,
@@ -24,6 +50,7 @@ static int ngx_cloudauth_fetch_close_cb(void *clientp, curl_socket_t item);
 static void ngx_cloudauth_fetch_event_handler(ngx_event_t *ev);
 static void ngx_cloudauth_fetch_timer_handler(ngx_event_t *ev);
 static void ngx_cloudauth_fetch_done(void);
+static void ngx_cloudauth_fetch_conns_free(void);
 static void ngx_cloudauth_fetch_conn_free(ngx_connection_t *c,
     ngx_uint_t closing);
 static size_t ngx_cloudauth_fetch_body_cb(char *ptr, size_t size,
@@ -33,6 +60,8 @@ static size_t ngx_cloudauth_fetch_header_cb(char *ptr, size_t size,
 static ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_create(
     ngx_cloudauth_request_t *req, ngx_cloudauth_fetch_handler_pt handler,
     void *data, ngx_log_t *log);
+static ngx_int_t ngx_cloudauth_fetch_set_url(ngx_cloudauth_fetch_t *f,
+    ngx_str_t *url);
 static ngx_int_t ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f);
 static size_t ngx_cloudauth_fetch_read_cb(char *buf, size_t size,
     size_t nitems, void *userdata);
@@ -40,11 +69,23 @@ static int ngx_cloudauth_fetch_seek_cb(void *userdata, curl_off_t offset,
     int origin);
 
 
+/* a failed curl_easy_setopt() fails the fetch: nothing built wrongly goes */
+
+#define ngx_cloudauth_setopt(f, opt, val)                                     \
+    if (curl_easy_setopt((f)->easy, opt, val) != CURLE_OK) {                 \
+        ngx_log_error(NGX_LOG_ERR, (f)->log, 0,                               \
+                      "cloudauth: curl_easy_setopt(" #opt ") failed");        \
+        goto failed;                                                          \
+    }
+
+
 static CURLM             *ngx_cloudauth_multi;
 static ngx_event_t        ngx_cloudauth_timer;
+static ngx_event_t        ngx_cloudauth_fail_event;
 static ngx_connection_t   ngx_cloudauth_timer_conn;
 static ngx_queue_t        ngx_cloudauth_conns;     /* socket wrappers */
 static ngx_queue_t        ngx_cloudauth_fetches;   /* in flight */
+static ngx_queue_t        ngx_cloudauth_failed;    /* handlers due */
 
 
 ngx_int_t
@@ -56,22 +97,9 @@ ngx_cloudauth_fetch_init(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    ngx_cloudauth_multi = curl_multi_init();
-    if (ngx_cloudauth_multi == NULL) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "cloudauth: curl_multi_init() failed");
-        return NGX_ERROR;
-    }
-
-    curl_multi_setopt(ngx_cloudauth_multi, CURLMOPT_SOCKETFUNCTION,
-                      ngx_cloudauth_fetch_socket_cb);
-    curl_multi_setopt(ngx_cloudauth_multi, CURLMOPT_TIMERFUNCTION,
-                      ngx_cloudauth_fetch_timer_cb);
-    curl_multi_setopt(ngx_cloudauth_multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                      8L);
-
     ngx_queue_init(&ngx_cloudauth_conns);
     ngx_queue_init(&ngx_cloudauth_fetches);
+    ngx_queue_init(&ngx_cloudauth_failed);
 
     /* timer events log the fd of ev->data in debug builds */
     ngx_cloudauth_timer_conn.fd = (ngx_socket_t) -1;
@@ -80,6 +108,15 @@ ngx_cloudauth_fetch_init(ngx_cycle_t *cycle)
     ngx_cloudauth_timer.log = cycle->log;
     ngx_cloudauth_timer.cancelable = 1;
 
+    ngx_cloudauth_fail_event.data = &ngx_cloudauth_timer_conn;
+    ngx_cloudauth_fail_event.handler = ngx_cloudauth_fetch_fail_handler;
+    ngx_cloudauth_fail_event.log = cycle->log;
+
+    ngx_cloudauth_multi = ngx_cloudauth_fetch_multi_create(cycle->log);
+    if (ngx_cloudauth_multi == NULL) {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -87,10 +124,12 @@ ngx_cloudauth_fetch_init(ngx_cycle_t *cycle)
 void
 ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle)
 {
+    CURLMcode               mc;
     ngx_queue_t            *q;
     ngx_cloudauth_fetch_t  *f;
 
-    if (ngx_cloudauth_multi == NULL) {
+    if (ngx_cloudauth_timer.handler == NULL) {
+        /* ngx_cloudauth_fetch_init() never ran */
         return;
     }
 
@@ -100,33 +139,497 @@ ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle)
         ngx_cloudauth_fetch_free(f);
     }
 
-    curl_multi_cleanup(ngx_cloudauth_multi);
-    ngx_cloudauth_multi = NULL;
-
-    while (!ngx_queue_empty(&ngx_cloudauth_conns)) {
-        q = ngx_queue_head(&ngx_cloudauth_conns);
-        ngx_cloudauth_fetch_conn_free(
-                         ngx_queue_data(q, ngx_connection_t, queue), 1);
+    while (!ngx_queue_empty(&ngx_cloudauth_failed)) {
+        q = ngx_queue_head(&ngx_cloudauth_failed);
+        f = ngx_queue_data(q, ngx_cloudauth_fetch_t, queue);
+        ngx_cloudauth_fetch_free(f);
     }
 
-    if (ngx_cloudauth_timer.timer_set) {
-        ngx_del_timer(&ngx_cloudauth_timer);
+    if (ngx_cloudauth_multi) {
+        mc = curl_multi_cleanup(ngx_cloudauth_multi);
+        ngx_cloudauth_multi = NULL;
+
+        if (mc != CURLM_OK) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                          "cloudauth: curl_multi_cleanup() failed: %s",
+                          curl_multi_strerror(mc));
+        }
     }
 
-    if (ngx_cloudauth_timer.posted) {
-        ngx_delete_posted_event(&ngx_cloudauth_timer);
+    ngx_cloudauth_fetch_conns_free();
+
+    if (ngx_cloudauth_fail_event.posted) {
+        ngx_delete_posted_event(&ngx_cloudauth_fail_event);
     }
 
     curl_global_cleanup();
 }
 
 
-static ngx_uint_t
-ngx_cloudauth_is_plain_http_allowed(ngx_str_t *url)
+/* the worker's multi handle; a fresh one if the last one was dropped */
+
+static CURLM *
+ngx_cloudauth_fetch_multi(ngx_log_t *log)
 {
-    /* checked at configuration time; here only http vs https */
-    return (url->len > 7 && ngx_strncasecmp(url->data, (u_char *) "http://", 7)
-                            == 0);
+    if (ngx_cloudauth_multi == NULL) {
+        ngx_cloudauth_multi = ngx_cloudauth_fetch_multi_create(log);
+    }
+
+    return ngx_cloudauth_multi;
+}
+
+
+static CURLM *
+ngx_cloudauth_fetch_multi_create(ngx_log_t *log)
+{
+    CURLM      *multi;
+    CURLMcode   mc;
+
+    multi = curl_multi_init();
+    if (multi == NULL) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: curl_multi_init() failed");
+        return NULL;
+    }
+
+    /* the callbacks get the multi handle they serve */
+
+    mc = curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION,
+                           ngx_cloudauth_fetch_socket_cb);
+
+    if (mc == CURLM_OK) {
+        mc = curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, multi);
+    }
+
+    if (mc == CURLM_OK) {
+        mc = curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION,
+                               ngx_cloudauth_fetch_timer_cb);
+    }
+
+    if (mc == CURLM_OK) {
+        mc = curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 8L);
+    }
+
+    if (mc != CURLM_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: curl_multi_setopt() failed: %s",
+                      curl_multi_strerror(mc));
+
+        mc = curl_multi_cleanup(multi);
+
+        if (mc != CURLM_OK) {
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "cloudauth: curl_multi_cleanup() failed: %s",
+                          curl_multi_strerror(mc));
+        }
+
+        return NULL;
+    }
+
+    return multi;
+}
+
+
+/* codes after which the multi handle is no use any more */
+
+static ngx_uint_t
+ngx_cloudauth_fetch_multi_broken(CURLMcode mc)
+{
+    switch (mc) {
+
+    case CURLM_BAD_HANDLE:
+    case CURLM_OUT_OF_MEMORY:
+    case CURLM_INTERNAL_ERROR:
+    case CURLM_ABORTED_BY_CALLBACK:
+#if (LIBCURL_VERSION_NUM >= 0x075400)
+    case CURLM_UNRECOVERABLE_POLL:
+#endif
+        return 1;
+
+    default:
+        return 0;
+    }
+}
+
+
+/* what a curl_multi_* call answered: a dead multi handle is replaced */
+
+static void
+ngx_cloudauth_fetch_check(const char *call, CURLMcode mc, ngx_log_t *log)
+{
+    if (mc == CURLM_OK) {
+        return;
+    }
+
+    if (ngx_cloudauth_fetch_multi_broken(mc)) {
+        ngx_cloudauth_fetch_restart(call, mc, log);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, log, 0, "cloudauth: %s() failed: %s", call,
+                  curl_multi_strerror(mc));
+}
+
+
+/*
+ * The multi handle is dead: every transfer in it fails (their handlers are
+ * called from the posted event), the handle and its connections go, and the
+ * next fetch gets a fresh one.
+ */
+
+static void
+ngx_cloudauth_fetch_restart(const char *call, CURLMcode mc, ngx_log_t *log)
+{
+    CURLM                  *old;
+    CURLMcode               rc;
+    ngx_uint_t              n;
+    ngx_queue_t            *q;
+    ngx_cloudauth_fetch_t  *f;
+
+    old = ngx_cloudauth_multi;
+
+    if (old == NULL) {
+        return;
+    }
+
+    ngx_cloudauth_multi = NULL;
+
+    n = 0;
+
+    while (!ngx_queue_empty(&ngx_cloudauth_fetches)) {
+        q = ngx_queue_head(&ngx_cloudauth_fetches);
+        f = ngx_queue_data(q, ngx_cloudauth_fetch_t, queue);
+
+        ngx_cloudauth_fetch_fail(f, "the worker's fetch client failed and "
+                                 "was replaced");
+
+        if (ngx_queue_head(&ngx_cloudauth_fetches) == q) {
+            /* not moved by ngx_cloudauth_fetch_fail(): never loop on it */
+            ngx_queue_remove(q);
+            ngx_queue_insert_tail(&ngx_cloudauth_failed, q);
+        }
+
+        n++;
+    }
+
+    for (q = ngx_queue_head(&ngx_cloudauth_failed);
+         q != ngx_queue_sentinel(&ngx_cloudauth_failed);
+         q = ngx_queue_next(q))
+    {
+        f = ngx_queue_data(q, ngx_cloudauth_fetch_t, queue);
+
+        rc = ngx_cloudauth_fetch_detach(old, f);
+
+        if (rc != CURLM_OK) {
+            /* curl_multi_cleanup() below detaches it all the same */
+            ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
+                           "cloudauth: curl_multi_remove_handle() failed: %s",
+                           curl_multi_strerror(rc));
+        }
+    }
+
+    rc = curl_multi_cleanup(old);
+
+    if (rc != CURLM_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: curl_multi_cleanup() failed: %s",
+                      curl_multi_strerror(rc));
+    }
+
+    ngx_cloudauth_fetch_conns_free();
+
+    ngx_log_error(NGX_LOG_ERR, log, 0,
+                  "cloudauth: %s() failed: %s; the fetch client is replaced, "
+                  "%ui transfer(s) in it failed", call,
+                  curl_multi_strerror(mc), n);
+
+    if (!ngx_queue_empty(&ngx_cloudauth_failed)
+        && !ngx_cloudauth_fail_event.posted)
+    {
+        ngx_post_event(&ngx_cloudauth_fail_event, &ngx_posted_events);
+    }
+
+    ngx_cloudauth_multi = ngx_cloudauth_fetch_multi_create(log);
+}
+
+
+/* the transfer fails; its handler is called outside curl, from an event */
+
+static void
+ngx_cloudauth_fetch_fail(ngx_cloudauth_fetch_t *f, const char *why)
+{
+    if (!f->active || f->code != CURLE_OK) {
+        /* not in flight, or failed already */
+        return;
+    }
+
+    f->code = CURLE_COULDNT_CONNECT;
+    ngx_cpystrn((u_char *) f->errbuf, (u_char *) why, CURL_ERROR_SIZE);
+
+    ngx_queue_remove(&f->queue);
+    ngx_queue_insert_tail(&ngx_cloudauth_failed, &f->queue);
+
+    if (!ngx_cloudauth_fail_event.posted) {
+        ngx_post_event(&ngx_cloudauth_fail_event, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why)
+{
+    ngx_cloudauth_fetch_t  *f;
+
+    f = NULL;
+
+    if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &f) != CURLE_OK
+        || f == NULL)
+    {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "cloudauth: a transfer without its fetch: %s", why);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0, "cloudauth: %s", why);
+
+    ngx_cloudauth_fetch_fail(f, why);
+}
+
+
+/* removes f's easy handle from multi, keeping the reason it failed */
+
+static CURLMcode
+ngx_cloudauth_fetch_detach(CURLM *multi, ngx_cloudauth_fetch_t *f)
+{
+    char       why[CURL_ERROR_SIZE];
+    CURLMcode  mc;
+
+    ngx_memcpy(why, f->errbuf, CURL_ERROR_SIZE);
+
+    mc = curl_multi_remove_handle(multi, f->easy);
+
+    ngx_memcpy(f->errbuf, why, CURL_ERROR_SIZE);
+
+    return mc;
+}
+
+
+static void
+ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev)
+{
+    CURLMcode               mc;
+    ngx_queue_t            *q;
+    ngx_cloudauth_fetch_t  *f;
+
+    while (!ngx_queue_empty(&ngx_cloudauth_failed)) {
+        q = ngx_queue_head(&ngx_cloudauth_failed);
+        f = ngx_queue_data(q, ngx_cloudauth_fetch_t, queue);
+
+        ngx_queue_remove(q);
+        f->active = 0;
+
+        if (ngx_cloudauth_multi) {
+            mc = ngx_cloudauth_fetch_detach(ngx_cloudauth_multi, f);
+            ngx_cloudauth_fetch_check("curl_multi_remove_handle", mc, f->log);
+        }
+
+        f->status = 0;
+        f->duration = ngx_current_msec - f->start;
+
+        f->handler(f);
+    }
+}
+
+
+/*
+ * URLs as libcurl itself parses them: http or https only, no user name or
+ * password, plain http only to a loopback address or, where allowed, to the
+ * metadata server.  The same check runs at configuration time
+ * (ngx_cloudauth_check_url()) and on every URL a request is sent to.
+ */
+
+char *
+ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata, ngx_log_t *log)
+{
+    char   *why;
+    CURLU  *u;
+
+    u = ngx_cloudauth_url_parse(url, log, &why);
+    if (u == NULL) {
+        return why;
+    }
+
+    why = ngx_cloudauth_url_verify(u, metadata, NULL);
+
+    curl_url_cleanup(u);
+
+    return why;
+}
+
+
+static CURLU *
+ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log, char **why)
+{
+    char       *s;
+    CURLU      *u;
+    CURLUcode   uc;
+
+    static u_char  buf[128];
+
+    u = curl_url();
+    s = ngx_alloc(url->len + 1, log);
+
+    if (u == NULL || s == NULL) {
+        if (u) {
+            curl_url_cleanup(u);
+        }
+
+        if (s) {
+            ngx_free(s);
+        }
+
+        *why = "cannot be checked: out of memory";
+        return NULL;
+    }
+
+    ngx_cpystrn((u_char *) s, url->data, url->len + 1);
+
+    uc = (ngx_strlen(s) == url->len) ? curl_url_set(u, CURLUPART_URL, s, 0)
+                                     : CURLUE_MALFORMED_INPUT;
+
+    ngx_free(s);
+
+    if (uc != CURLUE_OK) {
+        curl_url_cleanup(u);
+
+        (void) ngx_snprintf(buf, sizeof(buf) - 1,
+                            "is not an https:// URL libcurl accepts (%s): "
+                            "write it as https://host[:port]/path%Z",
+#if (LIBCURL_VERSION_NUM >= 0x075000)
+                            curl_url_strerror(uc)
+#else
+                            "malformed"
+#endif
+                            );
+
+        *why = (char *) buf;
+        return NULL;
+    }
+
+    return u;
+}
+
+
+static char *
+ngx_cloudauth_url_verify(CURLU *u, ngx_uint_t metadata, ngx_uint_t *https)
+{
+    char       *scheme, *host, *user, *password;
+    size_t      len;
+    in_addr_t   addr;
+    ngx_uint_t  plain, ok;
+#if (NGX_HAVE_INET6)
+    struct in6_addr  addr6;
+#endif
+
+    scheme = NULL;
+    host = NULL;
+    user = NULL;
+    password = NULL;
+    ok = 0;
+    plain = 0;
+
+    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK
+        || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+    {
+        return "is not a URL with a scheme and a host: write it as "
+               "https://host[:port]/path";
+    }
+
+    if (ngx_strcasecmp((u_char *) scheme, (u_char *) "https") == 0) {
+        ok = 1;
+
+    } else if (ngx_strcasecmp((u_char *) scheme, (u_char *) "http") == 0) {
+        plain = 1;
+        ok = 1;
+    }
+
+    curl_free(scheme);
+
+    if (!ok) {
+        curl_free(host);
+        return "is not an http:// or https:// URL: use https://";
+    }
+
+    /* CURLUE_NO_USER, CURLUE_NO_PASSWORD: none there, as it must be */
+
+    if (curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER
+        || curl_url_get(u, CURLUPART_PASSWORD, &password, 0)
+           != CURLUE_NO_PASSWORD)
+    {
+        curl_free(user);
+        curl_free(password);
+        curl_free(host);
+
+        return "has a user name or password in it (\"...@\"): remove it; "
+               "the credential's secrets are never put into a URL";
+    }
+
+    if (https) {
+        *https = !plain;
+    }
+
+    if (!plain) {
+        curl_free(host);
+        return NULL;
+    }
+
+    len = ngx_strlen(host);
+    ok = 0;
+
+    if (len == 9
+        && ngx_strncasecmp((u_char *) host, (u_char *) "localhost", 9) == 0)
+    {
+        ok = 1;
+
+    } else if (host[0] == '[') {
+#if (NGX_HAVE_INET6)
+        /* libcurl gives IPv6 addresses in brackets, without a zone id */
+        ok = (len > 2 && host[len - 1] == ']'
+              && ngx_inet6_addr((u_char *) host + 1, len - 2, addr6.s6_addr)
+                 == NGX_OK
+              && IN6_IS_ADDR_LOOPBACK(&addr6));
+#endif
+
+    } else {
+        addr = ngx_inet_addr((u_char *) host, len);
+
+        ok = (addr != INADDR_NONE
+              && (ntohl(addr) & 0xff000000) == 0x7f000000);
+
+        if (!ok && metadata) {
+            ok = ((len == 15
+                   && ngx_strncmp(host, "169.254.169.254", 15) == 0)
+                  || (len == 24
+                      && ngx_strncasecmp((u_char *) host,
+                                         (u_char *) "metadata.google.internal",
+                                         24) == 0));
+        }
+    }
+
+    curl_free(host);
+
+    if (ok) {
+        return NULL;
+    }
+
+    return metadata
+           ? "is plain http:// to a host that is neither loopback nor the "
+             "metadata server: use https:// (plain http is allowed only to "
+             "127.0.0.0/8, [::1], localhost, 169.254.169.254 and "
+             "metadata.google.internal)"
+           : "is plain http:// to a host that is not loopback: use https:// "
+             "(plain http is allowed only to 127.0.0.0/8, [::1] and "
+             "localhost)";
 }
 
 
@@ -167,6 +670,7 @@ ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
 {
     char                       *s;
     long                        stall;
+    CURLcode                    rc;
     ngx_cloudauth_fetch_t      *f;
     ngx_cloudauth_main_conf_t  *cmcf;
 
@@ -191,28 +695,34 @@ ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
         }
 
         ngx_cpystrn((u_char *) s, req->method.data, req->method.len + 1);
-        curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, s);
+        rc = curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, s);
         ngx_free(s);
+
+        if (rc != CURLE_OK) {
+            ngx_log_error(NGX_LOG_ERR, log, 0, "cloudauth: curl_easy_setopt"
+                          "(CURLOPT_CUSTOMREQUEST) failed: %s",
+                          curl_easy_strerror(rc));
+            goto failed;
+        }
     }
 
     if (length >= 0) {
-        /* CURLOPT_UPLOAD makes it a PUT unless a custom method is set */
-        curl_easy_setopt(f->easy, CURLOPT_UPLOAD, 1L);
-        curl_easy_setopt(f->easy, CURLOPT_INFILESIZE_LARGE,
-                         (curl_off_t) length);
-        curl_easy_setopt(f->easy, CURLOPT_READFUNCTION,
-                         ngx_cloudauth_fetch_read_cb);
-        curl_easy_setopt(f->easy, CURLOPT_READDATA, f);
-        curl_easy_setopt(f->easy, CURLOPT_SEEKFUNCTION,
-                         ngx_cloudauth_fetch_seek_cb);
-        curl_easy_setopt(f->easy, CURLOPT_SEEKDATA, f);
-
         cmcf = ngx_cloudauth_main_conf();
         stall = (long) (cmcf->timeout + 999) / 1000;
 
-        curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, 0L);
-        curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_TIME, stall);
+        /* CURLOPT_UPLOAD makes it a PUT unless a custom method is set */
+        ngx_cloudauth_setopt(f, CURLOPT_UPLOAD, 1L);
+        ngx_cloudauth_setopt(f, CURLOPT_INFILESIZE_LARGE,
+                             (curl_off_t) length);
+        ngx_cloudauth_setopt(f, CURLOPT_READFUNCTION,
+                             ngx_cloudauth_fetch_read_cb);
+        ngx_cloudauth_setopt(f, CURLOPT_READDATA, f);
+        ngx_cloudauth_setopt(f, CURLOPT_SEEKFUNCTION,
+                             ngx_cloudauth_fetch_seek_cb);
+        ngx_cloudauth_setopt(f, CURLOPT_SEEKDATA, f);
+        ngx_cloudauth_setopt(f, CURLOPT_TIMEOUT_MS, 0L);
+        ngx_cloudauth_setopt(f, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        ngx_cloudauth_setopt(f, CURLOPT_LOW_SPEED_TIME, stall);
     }
 
     if (ngx_cloudauth_fetch_add(f) != NGX_OK) {
@@ -232,9 +742,31 @@ failed:
 void
 ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f)
 {
-    if (f->active) {
-        curl_easy_pause(f->easy, CURLPAUSE_CONT);
+    CURLcode  rc;
+
+    if (!f->active || f->code != CURLE_OK) {
+        /* done, or failed and its handler is due */
+        return;
     }
+
+    rc = curl_easy_pause(f->easy, CURLPAUSE_CONT);
+
+    if (rc == CURLE_OK) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                  "cloudauth: curl_easy_pause() failed: %s",
+                  curl_easy_strerror(rc));
+
+    if (rc == CURLE_ABORTED_BY_CALLBACK) {
+        /* curl's socket or timer callback failed: the multi handle is dead */
+        ngx_cloudauth_fetch_restart("curl_easy_pause",
+                                    CURLM_ABORTED_BY_CALLBACK, f->log);
+        return;
+    }
+
+    ngx_cloudauth_fetch_fail(f, "cannot resume the transfer");
 }
 
 
@@ -280,16 +812,12 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log)
 {
     char                       *s;
+    CURLcode                    rc;
     ngx_str_t                  *h;
     ngx_uint_t                  i;
     struct curl_slist          *l;
     ngx_cloudauth_fetch_t      *f;
     ngx_cloudauth_main_conf_t  *cmcf;
-
-    if (ngx_cloudauth_multi == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, log, 0, "cloudauth: no fetch client");
-        return NULL;
-    }
 
     cmcf = ngx_cloudauth_main_conf();
 
@@ -305,63 +833,48 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
 
     f->easy = curl_easy_init();
     if (f->easy == NULL) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: curl_easy_init() failed");
         goto failed;
     }
 
     /* the strings are copied by curl (CURLOPT_COPYPOSTFIELDS too) */
 
-    s = ngx_alloc(req->url.len + 1, log);
-    if (s == NULL) {
+    if (ngx_cloudauth_fetch_set_url(f, &req->url) != NGX_OK) {
         goto failed;
     }
 
-    ngx_cpystrn((u_char *) s, req->url.data, req->url.len + 1);
-    curl_easy_setopt(f->easy, CURLOPT_URL, s);
-    ngx_free(s);
-
-#if (LIBCURL_VERSION_NUM >= 0x075500)
-    curl_easy_setopt(f->easy, CURLOPT_PROTOCOLS_STR,
-                     ngx_cloudauth_is_plain_http_allowed(&req->url)
-                     ? "http" : "https");
-#else
-    curl_easy_setopt(f->easy, CURLOPT_PROTOCOLS,
-                     ngx_cloudauth_is_plain_http_allowed(&req->url)
-                     ? CURLPROTO_HTTP : CURLPROTO_HTTPS);
-#endif
-
-    curl_easy_setopt(f->easy, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(f->easy, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(f->easy, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(f->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, (long) cmcf->timeout);
-    curl_easy_setopt(f->easy, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long) cmcf->timeout);
-    curl_easy_setopt(f->easy, CURLOPT_USERAGENT, "ngx_cloudauth/0.1");
-    curl_easy_setopt(f->easy, CURLOPT_ERRORBUFFER, f->errbuf);
-    curl_easy_setopt(f->easy, CURLOPT_PRIVATE, f);
-    curl_easy_setopt(f->easy, CURLOPT_WRITEFUNCTION,
-                     ngx_cloudauth_fetch_body_cb);
-    curl_easy_setopt(f->easy, CURLOPT_WRITEDATA, f);
-    curl_easy_setopt(f->easy, CURLOPT_HEADERFUNCTION,
-                     ngx_cloudauth_fetch_header_cb);
-    curl_easy_setopt(f->easy, CURLOPT_HEADERDATA, f);
-    curl_easy_setopt(f->easy, CURLOPT_OPENSOCKETFUNCTION,
-                     ngx_cloudauth_fetch_open_cb);
-    curl_easy_setopt(f->easy, CURLOPT_CLOSESOCKETFUNCTION,
-                     ngx_cloudauth_fetch_close_cb);
+    ngx_cloudauth_setopt(f, CURLOPT_FOLLOWLOCATION, 0L);
+    ngx_cloudauth_setopt(f, CURLOPT_SSL_VERIFYPEER, 1L);
+    ngx_cloudauth_setopt(f, CURLOPT_SSL_VERIFYHOST, 2L);
+    ngx_cloudauth_setopt(f, CURLOPT_NOSIGNAL, 1L);
+    ngx_cloudauth_setopt(f, CURLOPT_TIMEOUT_MS, (long) cmcf->timeout);
+    ngx_cloudauth_setopt(f, CURLOPT_CONNECTTIMEOUT_MS, (long) cmcf->timeout);
+    ngx_cloudauth_setopt(f, CURLOPT_USERAGENT, "ngx_cloudauth/0.1");
+    ngx_cloudauth_setopt(f, CURLOPT_ERRORBUFFER, f->errbuf);
+    ngx_cloudauth_setopt(f, CURLOPT_PRIVATE, f);
+    ngx_cloudauth_setopt(f, CURLOPT_WRITEFUNCTION,
+                         ngx_cloudauth_fetch_body_cb);
+    ngx_cloudauth_setopt(f, CURLOPT_WRITEDATA, f);
+    ngx_cloudauth_setopt(f, CURLOPT_HEADERFUNCTION,
+                         ngx_cloudauth_fetch_header_cb);
+    ngx_cloudauth_setopt(f, CURLOPT_HEADERDATA, f);
+    ngx_cloudauth_setopt(f, CURLOPT_OPENSOCKETFUNCTION,
+                         ngx_cloudauth_fetch_open_cb);
+    ngx_cloudauth_setopt(f, CURLOPT_CLOSESOCKETFUNCTION,
+                         ngx_cloudauth_fetch_close_cb);
 
     if (cmcf->trusted_certificate.len) {
-        curl_easy_setopt(f->easy, CURLOPT_CAINFO,
-                         cmcf->trusted_certificate.data);
+        ngx_cloudauth_setopt(f, CURLOPT_CAINFO,
+                             cmcf->trusted_certificate.data);
     }
 
     if (req->body.len || (req->method.len == 4
                           && ngx_strncmp(req->method.data, "POST", 4) == 0))
     {
-        curl_easy_setopt(f->easy, CURLOPT_POSTFIELDSIZE,
-                         (long) req->body.len);
-        curl_easy_setopt(f->easy, CURLOPT_COPYPOSTFIELDS,
-                         req->body.len ? (char *) req->body.data : "");
+        ngx_cloudauth_setopt(f, CURLOPT_POSTFIELDSIZE, (long) req->body.len);
+        ngx_cloudauth_setopt(f, CURLOPT_COPYPOSTFIELDS,
+                             req->body.len ? (char *) req->body.data : "");
     }
 
     if (req->userpwd.len) {
@@ -371,10 +884,22 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
         }
 
         ngx_cpystrn((u_char *) s, req->userpwd.data, req->userpwd.len + 1);
-        curl_easy_setopt(f->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
-        curl_easy_setopt(f->easy, CURLOPT_USERPWD, s);
+
+        rc = curl_easy_setopt(f->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+
+        if (rc == CURLE_OK) {
+            rc = curl_easy_setopt(f->easy, CURLOPT_USERPWD, s);
+        }
+
         ngx_explicit_memzero(s, req->userpwd.len);
         ngx_free(s);
+
+        if (rc != CURLE_OK) {
+            ngx_log_error(NGX_LOG_ERR, log, 0, "cloudauth: curl_easy_setopt"
+                          "(CURLOPT_USERPWD) failed: %s",
+                          curl_easy_strerror(rc));
+            goto failed;
+        }
     }
 
     /* no "Expect: 100-continue" round trip for small bodies */
@@ -407,7 +932,7 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
         }
     }
 
-    curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->headers);
+    ngx_cloudauth_setopt(f, CURLOPT_HTTPHEADER, f->headers);
 
     return f;
 
@@ -419,35 +944,128 @@ failed:
 }
 
 
+/*
+ * The URL goes to curl as curl's own parser read it, after the same check
+ * as at configuration time, and only its scheme is allowed for the transfer:
+ * whatever a kind or the upload appended to a checked endpoint, or a session
+ * URI a server gave, the request goes where it was checked to go.  Whether
+ * plain http to the metadata server is allowed was decided per credential
+ * at configuration time; here the metadata server passes.
+ */
+
 static ngx_int_t
-ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f)
+ngx_cloudauth_fetch_set_url(ngx_cloudauth_fetch_t *f, ngx_str_t *url)
 {
-    CURLMcode  mc;
+    char        *why, *s;
+    CURLU       *u;
+    CURLcode     rc;
+    CURLUcode    uc;
+    ngx_uint_t   https;
 
-    f->start = ngx_current_msec;
+    u = ngx_cloudauth_url_parse(url, f->log, &why);
 
-    mc = curl_multi_add_handle(ngx_cloudauth_multi, f->easy);
-    if (mc != CURLM_OK) {
+    if (u) {
+        why = ngx_cloudauth_url_verify(u, 1, &https);
+    }
+
+    if (why) {
+        /* the URL itself may carry what no log should: not logged */
         ngx_log_error(NGX_LOG_ERR, f->log, 0,
-                      "cloudauth: curl_multi_add_handle() failed: %s",
-                      curl_multi_strerror(mc));
+                      "cloudauth: refusing a request whose URL %s", why);
+
+        if (u) {
+            curl_url_cleanup(u);
+        }
+
         return NGX_ERROR;
     }
 
-    f->active = 1;
-    ngx_queue_insert_tail(&ngx_cloudauth_fetches, &f->queue);
+    s = NULL;
+    uc = curl_url_get(u, CURLUPART_URL, &s, 0);
+    curl_url_cleanup(u);
+
+    if (uc != CURLUE_OK) {
+        ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                      "cloudauth: curl_url_get() failed");
+        return NGX_ERROR;
+    }
+
+    rc = curl_easy_setopt(f->easy, CURLOPT_URL, s);
+    curl_free(s);
+
+    if (rc == CURLE_OK) {
+#if (LIBCURL_VERSION_NUM >= 0x075500)
+        rc = curl_easy_setopt(f->easy, CURLOPT_PROTOCOLS_STR,
+                              https ? "https" : "http");
+#else
+        rc = curl_easy_setopt(f->easy, CURLOPT_PROTOCOLS,
+                              https ? CURLPROTO_HTTPS : CURLPROTO_HTTP);
+#endif
+    }
+
+    if (rc != CURLE_OK) {
+        ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                      "cloudauth: curl_easy_setopt(CURLOPT_URL) failed: %s",
+                      curl_easy_strerror(rc));
+        return NGX_ERROR;
+    }
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f)
+{
+    CURLM       *multi;
+    CURLMcode    mc;
+    ngx_uint_t   tries;
+
+    f->start = ngx_current_msec;
+
+    for (tries = 0; tries < 2; tries++) {
+
+        multi = ngx_cloudauth_fetch_multi(f->log);
+        if (multi == NULL) {
+            return NGX_ERROR;
+        }
+
+        mc = curl_multi_add_handle(multi, f->easy);
+
+        if (mc == CURLM_OK) {
+            f->active = 1;
+            ngx_queue_insert_tail(&ngx_cloudauth_fetches, &f->queue);
+            return NGX_OK;
+        }
+
+        if (!ngx_cloudauth_fetch_multi_broken(mc)) {
+            ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                          "cloudauth: curl_multi_add_handle() failed: %s",
+                          curl_multi_strerror(mc));
+            return NGX_ERROR;
+        }
+
+        /* a dead multi handle: replaced, and this fetch tried on the new */
+        ngx_cloudauth_fetch_restart("curl_multi_add_handle", mc, f->log);
+    }
+
+    return NGX_ERROR;
 }
 
 
 void
 ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f)
 {
+    CURLMcode  mc;
+
     if (f->active) {
-        curl_multi_remove_handle(ngx_cloudauth_multi, f->easy);
         ngx_queue_remove(&f->queue);
         f->active = 0;
+
+        if (ngx_cloudauth_multi) {
+            mc = curl_multi_remove_handle(ngx_cloudauth_multi, f->easy);
+            ngx_cloudauth_fetch_check("curl_multi_remove_handle", mc, f->log);
+        }
     }
 
     if (f->easy) {
@@ -583,6 +1201,29 @@ ngx_cloudauth_fetch_close_cb(void *clientp, curl_socket_t item)
 
 
 static void
+ngx_cloudauth_fetch_conns_free(void)
+{
+    ngx_queue_t  *q;
+
+    /* after curl_multi_cleanup(): curl has closed the sockets */
+
+    while (!ngx_queue_empty(&ngx_cloudauth_conns)) {
+        q = ngx_queue_head(&ngx_cloudauth_conns);
+        ngx_cloudauth_fetch_conn_free(
+                         ngx_queue_data(q, ngx_connection_t, queue), 1);
+    }
+
+    if (ngx_cloudauth_timer.timer_set) {
+        ngx_del_timer(&ngx_cloudauth_timer);
+    }
+
+    if (ngx_cloudauth_timer.posted) {
+        ngx_delete_posted_event(&ngx_cloudauth_timer);
+    }
+}
+
+
+static void
 ngx_cloudauth_fetch_conn_free(ngx_connection_t *c, ngx_uint_t closing)
 {
     ngx_uint_t  flags;
@@ -612,15 +1253,31 @@ ngx_cloudauth_fetch_conn_free(ngx_connection_t *c, ngx_uint_t closing)
 }
 
 
+/*
+ * Never returns -1: that would make libcurl mark the whole multi handle
+ * dead.  A socket that cannot be watched fails its own transfer instead.
+ */
+
 static int
 ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
     void *userp, void *socketp)
 {
+    CURLM             *multi = userp;
     ngx_connection_t  *c = socketp;
+
+    CURLMcode  mc;
 
     if (what == CURL_POLL_REMOVE) {
         if (c) {
-            curl_multi_assign(ngx_cloudauth_multi, s, NULL);
+            mc = curl_multi_assign(multi, s, NULL);
+
+            if (mc != CURLM_OK) {
+                /* the socket is leaving curl's hash all the same */
+                ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                               "cloudauth: curl_multi_assign() failed: %s",
+                               curl_multi_strerror(mc));
+            }
+
             ngx_cloudauth_fetch_conn_free(c, 0);
         }
 
@@ -629,8 +1286,14 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
 
     if (c == NULL) {
         c = ngx_get_connection(s, ngx_cycle->log);
+
         if (c == NULL) {
-            return -1;
+            /* nginx has logged "worker_connections are not enough" */
+            ngx_cloudauth_fetch_fail_easy(easy, "no free connection for the "
+                                          "request's socket: "
+                                          "worker_connections are not "
+                                          "enough");
+            return 0;
         }
 
         c->read->handler = ngx_cloudauth_fetch_event_handler;
@@ -639,7 +1302,19 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
         c->write->log = ngx_cycle->log;
 
         ngx_queue_insert_tail(&ngx_cloudauth_conns, &c->queue);
-        curl_multi_assign(ngx_cloudauth_multi, s, c);
+
+        mc = curl_multi_assign(multi, s, c);
+
+        if (mc != CURLM_OK) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "cloudauth: curl_multi_assign() failed: %s",
+                          curl_multi_strerror(mc));
+
+            ngx_cloudauth_fetch_conn_free(c, 0);
+            ngx_cloudauth_fetch_fail_easy(easy, "cannot watch the request's "
+                                          "socket");
+            return 0;
+        }
     }
 
     /* curl expects level-triggered readiness */
@@ -648,22 +1323,34 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
         if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
             != NGX_OK)
         {
-            return -1;
+            ngx_cloudauth_fetch_fail_easy(easy, "cannot watch the request's "
+                                          "socket for reading");
+            return 0;
         }
 
     } else if (!(what & CURL_POLL_IN) && c->read->active) {
-        ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            ngx_cloudauth_fetch_fail_easy(easy, "cannot stop watching the "
+                                          "request's socket for reading");
+            return 0;
+        }
     }
 
     if ((what & CURL_POLL_OUT) && !c->write->active) {
         if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
             != NGX_OK)
         {
-            return -1;
+            ngx_cloudauth_fetch_fail_easy(easy, "cannot watch the request's "
+                                          "socket for writing");
+            return 0;
         }
 
     } else if (!(what & CURL_POLL_OUT) && c->write->active) {
-        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            ngx_cloudauth_fetch_fail_easy(easy, "cannot stop watching the "
+                                          "request's socket for writing");
+            return 0;
+        }
     }
 
     return 0;
@@ -704,15 +1391,23 @@ static void
 ngx_cloudauth_fetch_event_handler(ngx_event_t *ev)
 {
     int                running;
+    CURLMcode          mc;
     ngx_connection_t  *c;
 
     c = ev->data;
 
+    if (ngx_cloudauth_multi == NULL) {
+        return;
+    }
+
     /* c may be freed inside: curl can close the socket */
 
-    curl_multi_socket_action(ngx_cloudauth_multi, c->fd,
-                             ev->write ? CURL_CSELECT_OUT : CURL_CSELECT_IN,
-                             &running);
+    mc = curl_multi_socket_action(ngx_cloudauth_multi, c->fd,
+                                  ev->write ? CURL_CSELECT_OUT
+                                            : CURL_CSELECT_IN,
+                                  &running);
+
+    ngx_cloudauth_fetch_check("curl_multi_socket_action", mc, ngx_cycle->log);
 
     ngx_cloudauth_fetch_done();
 }
@@ -721,14 +1416,17 @@ ngx_cloudauth_fetch_event_handler(ngx_event_t *ev)
 static void
 ngx_cloudauth_fetch_timer_handler(ngx_event_t *ev)
 {
-    int  running;
+    int        running;
+    CURLMcode  mc;
 
     if (ngx_cloudauth_multi == NULL) {
         return;
     }
 
-    curl_multi_socket_action(ngx_cloudauth_multi, CURL_SOCKET_TIMEOUT, 0,
-                             &running);
+    mc = curl_multi_socket_action(ngx_cloudauth_multi, CURL_SOCKET_TIMEOUT, 0,
+                                  &running);
+
+    ngx_cloudauth_fetch_check("curl_multi_socket_action", mc, ngx_cycle->log);
 
     ngx_cloudauth_fetch_done();
 }
@@ -738,10 +1436,16 @@ static void
 ngx_cloudauth_fetch_done(void)
 {
     int                     pending;
+    CURL                   *easy;
     CURLMsg                *msg;
+    CURLcode                result;
+    CURLMcode               mc;
     ngx_cloudauth_fetch_t  *f;
 
-    for ( ;; ) {
+    /* a handler may start fetches, or replace the multi handle */
+
+    while (ngx_cloudauth_multi) {
+
         msg = curl_multi_info_read(ngx_cloudauth_multi, &pending);
         if (msg == NULL) {
             break;
@@ -751,21 +1455,38 @@ ngx_cloudauth_fetch_done(void)
             continue;
         }
 
-        f = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &f);
+        easy = msg->easy_handle;
+        result = msg->data.result;
 
-        if (f == NULL) {
+        f = NULL;
+
+        if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &f)
+            != CURLE_OK
+            || f == NULL)
+        {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                          "cloudauth: a finished transfer without its fetch");
             continue;
         }
 
-        f->code = msg->data.result;
+        /* msg is gone once the handle is removed */
 
-        curl_multi_remove_handle(ngx_cloudauth_multi, f->easy);
         ngx_queue_remove(&f->queue);
         f->active = 0;
 
+        mc = curl_multi_remove_handle(ngx_cloudauth_multi, easy);
+
+        f->code = result;
+
         if (f->code == CURLE_OK) {
-            curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
+            if (curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &f->status)
+                != CURLE_OK)
+            {
+                f->code = CURLE_BAD_FUNCTION_ARGUMENT;
+                f->status = 0;
+                ngx_cpystrn((u_char *) f->errbuf,
+                            (u_char *) "no response status", CURL_ERROR_SIZE);
+            }
 
         } else {
             f->status = 0;
@@ -778,6 +1499,8 @@ ngx_cloudauth_fetch_done(void)
         }
 
         f->duration = ngx_current_msec - f->start;
+
+        ngx_cloudauth_fetch_check("curl_multi_remove_handle", mc, f->log);
 
         f->handler(f);
     }

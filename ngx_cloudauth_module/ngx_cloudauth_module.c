@@ -801,79 +801,58 @@ ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name)
 }
 
 
-static ngx_uint_t
-ngx_cloudauth_loopback(ngx_str_t *host)
-{
-    if (host->len == 9 && ngx_strncasecmp(host->data, (u_char *) "localhost",
-                                          9) == 0)
-    {
-        return 1;
-    }
-
-    if (host->len == 5 && ngx_strncmp(host->data, "[::1]", 5) == 0) {
-        return 1;
-    }
-
-    return host->len >= 4 && ngx_strncmp(host->data, "127.", 4) == 0
-           && ngx_inet_addr(host->data, host->len) != INADDR_NONE;
-}
-
+/*
+ * A URL a credential's requests go to, checked with libcurl's own parser
+ * (ngx_cloudauth_url_check()): https://, or plain http:// to a loopback
+ * address (with allow_metadata also to the metadata server); never a user
+ * name or password.  The URL is shown with what could be one masked.
+ */
 
 char *
 ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char *param, ngx_str_t *url, ngx_uint_t allow_metadata)
 {
-    u_char     *p, *last;
-    ngx_str_t   host;
+    u_char     *p, *q, *at, *host, *last;
+    char       *why;
+    ngx_str_t   shown;
 
-    if (url->len > 8 && ngx_strncasecmp(url->data, (u_char *) "https://", 8)
-                        == 0)
-    {
+    why = ngx_cloudauth_url_check(url, allow_metadata, cf->log);
+
+    if (why == NULL) {
         return NGX_CONF_OK;
     }
 
-    if (url->len <= 7
-        || ngx_strncasecmp(url->data, (u_char *) "http://", 7) != 0)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cloudauth_credential \"%V\": %s \"%V\" is not an "
-                           "https:// URL", &cred->name, param, url);
-        return NGX_CONF_ERROR;
-    }
+    /* "scheme://user:password@host..." is shown as "scheme://...@host..." */
 
-    host.data = url->data + 7;
+    shown = *url;
     last = url->data + url->len;
 
-    if (*host.data == '[') {
-        p = ngx_strlchr(host.data, last, ']');
-        p = p ? p + 1 : last;
+    host = ngx_strlcasestrn(url->data, last, (u_char *) "://", 3 - 1);
+    host = host ? host + 3 : url->data;
 
-    } else {
-        for (p = host.data; p < last && *p != ':' && *p != '/'; p++) {
-            /* void */
+    at = NULL;
+
+    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
+        if (*p == '@') {
+            at = p;
         }
     }
 
-    host.len = p - host.data;
+    if (at) {
+        shown.len = (host - url->data) + 3 + (last - at);
+        shown.data = ngx_pnalloc(cf->pool, shown.len);
+        if (shown.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
 
-    if (ngx_cloudauth_loopback(&host)) {
-        return NGX_CONF_OK;
-    }
-
-    if (allow_metadata
-        && ((host.len == 15
-             && ngx_strncmp(host.data, "169.254.169.254", 15) == 0)
-            || (host.len == 24
-                && ngx_strncmp(host.data, "metadata.google.internal", 24)
-                   == 0)))
-    {
-        return NGX_CONF_OK;
+        q = ngx_cpymem(shown.data, url->data, host - url->data);
+        q = ngx_cpymem(q, "...", 3);
+        ngx_memcpy(q, at, last - at);
     }
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "cloudauth_credential \"%V\": %s \"%V\": plain http "
-                       "is allowed only to loopback addresses; use https://",
-                       &cred->name, param, url);
+                       "cloudauth_credential \"%V\": %s \"%V\" %s",
+                       &cred->name, param, &shown, why);
 
     return NGX_CONF_ERROR;
 }
