@@ -30,6 +30,8 @@ static ngx_int_t ngx_http_cloudauth_upload_backoff(
 static void ngx_http_cloudauth_upload_gcs_error(
     ngx_http_cloudauth_upload_t *u, ngx_cloudauth_fetch_t *f,
     ngx_uint_t status, const char *what);
+static size_t ngx_http_cloudauth_upload_printable(u_char *dst, size_t size,
+    u_char *src, size_t len);
 static void ngx_http_cloudauth_upload_cancelled(ngx_cloudauth_fetch_t *f);
 static u_char *ngx_http_cloudauth_upload_escape(u_char *dst, u_char *src,
     size_t len, ngx_uint_t path);
@@ -940,14 +942,21 @@ ngx_http_cloudauth_upload_stall(ngx_event_t *ev)
 }
 
 
+/*
+ * A failure GCS answered: the client gets our reason and the status, GCS's
+ * own words (which may name the service account, the project, the bucket's
+ * policy) go to the error log only, bounded and without control characters
+ */
+
 static void
 ngx_http_cloudauth_upload_gcs_error(ngx_http_cloudauth_upload_t *u,
     ngx_cloudauth_fetch_t *f, ngx_uint_t status, const char *what)
 {
-    u_char      *p;
+    u_char      *p, *said;
+    size_t       len;
     json_t      *root;
     const char  *msg;
-    u_char       buf[512];
+    u_char       buf[128];
 
     msg = NULL;
     root = NULL;
@@ -961,20 +970,78 @@ ngx_http_cloudauth_upload_gcs_error(ngx_http_cloudauth_upload_t *u,
     }
 
     if (f->status == 0) {
-        p = ngx_snprintf(buf, sizeof(buf), "%s: %s", what, f->errbuf);
+        said = (u_char *) f->errbuf;
+        len = ngx_strlen(f->errbuf);
 
     } else if (msg) {
-        p = ngx_snprintf(buf, sizeof(buf), "%s: %l %s", what, f->status, msg);
+        said = (u_char *) msg;
+        len = ngx_strlen(msg);
 
     } else {
-        p = ngx_snprintf(buf, sizeof(buf), "%s: %l %*s", what, f->status,
-                         ngx_min(f->body_len, 200), f->body ? f->body
-                                                            : (u_char *) "");
+        said = f->body ? f->body : (u_char *) "";
+        len = f->body ? f->body_len : 0;
+    }
+
+    /* escaped, a byte may take 4 */
+
+    u->said.data = ngx_pnalloc(u->request->pool,
+                               4 * NGX_HTTP_CLOUDAUTH_SAID_MAX + 3);
+    if (u->said.data) {
+        u->said.len = ngx_http_cloudauth_upload_printable(u->said.data,
+                                              4 * NGX_HTTP_CLOUDAUTH_SAID_MAX,
+                                              said, len);
     }
 
     json_decref(root);
 
+    if (f->status == 0) {
+        p = ngx_snprintf(buf, sizeof(buf), "%s (no answer)", what);
+
+    } else {
+        p = ngx_snprintf(buf, sizeof(buf), "%s (HTTP %l)", what, f->status);
+    }
+
     ngx_http_cloudauth_upload_fail(u, status, (char *) buf, p - buf);
+}
+
+
+/*
+ * At most NGX_HTTP_CLOUDAUTH_SAID_MAX bytes of src for a log line: control
+ * characters as \xNN, "..." when cut; dst has room for 4 bytes each and 3
+ */
+
+static size_t
+ngx_http_cloudauth_upload_printable(u_char *dst, size_t size, u_char *src,
+    size_t len)
+{
+    static u_char  hex[] = "0123456789abcdef";
+
+    u_char  *p, *last, c;
+    size_t   n;
+
+    p = dst;
+    last = dst + size;
+    n = ngx_min(len, NGX_HTTP_CLOUDAUTH_SAID_MAX);
+
+    while (n-- && last - p >= 4) {
+        c = *src++;
+
+        if (c < 0x20 || c == 0x7f) {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+            continue;
+        }
+
+        *p++ = c;
+    }
+
+    if (len > NGX_HTTP_CLOUDAUTH_SAID_MAX) {
+        p = ngx_cpymem(p, "...", 3);
+    }
+
+    return p - dst;
 }
 
 

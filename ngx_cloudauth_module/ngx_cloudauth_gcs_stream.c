@@ -875,9 +875,12 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
 
     level = r->connection->error ? NGX_LOG_INFO : NGX_LOG_ERR;
 
+    /* GCS's own words to the log, never to the client */
+
     ngx_log_error(level, r->connection->log, 0,
-                  "cloudauth: upload of \"%V\" failed (%ui): %*s",
-                  &u->obj.name, status, len, reason);
+                  "cloudauth: upload of \"%V\" failed (%ui): %*s%s%V",
+                  &u->obj.name, status, len, reason,
+                  u->said.len ? "; GCS said: " : "", &u->said);
 
     ngx_http_cloudauth_upload_abort(u);
 

@@ -27,6 +27,7 @@
 #define NGX_HTTP_CLOUDAUTH_TOKEN_LEFT     120
 #define NGX_HTTP_CLOUDAUTH_FILES_MAX      1000
 #define NGX_HTTP_CLOUDAUTH_NAMES_MAX      4096
+#define NGX_HTTP_CLOUDAUTH_SAID_MAX       256
 
 #define NGX_HTTP_CLOUDAUTH_GCS_URL        "https://storage.googleapis.com"
 
@@ -138,6 +139,7 @@ typedef struct {
     ngx_str_t                          names;       /* stored, for the log */
     ngx_str_t                          status;      /* for the log */
     ngx_str_t                          reason;      /* of a 4xx */
+    ngx_str_t                          said;        /* GCS's, for the log */
 
     unsigned                           multipart:1;
     unsigned                           pending:1;   /* a file part waits */

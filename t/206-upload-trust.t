@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 
-# cloudauth_gcs_upload and what it must not trust: a Content-MD5 that would
-# not decode to 16 bytes.
+# cloudauth_gcs_upload and what it must not trust: GCS's error words (they
+# go to the log, not to the client) and a Content-MD5 that would not decode
+# to 16 bytes.
 
 use strict;
 use warnings;
@@ -36,10 +37,17 @@ $t->run(<<'EOF');
             cloudauth_gcs_upload google bucket=test-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
+
+        location /chunks/ {
+            cloudauth_gcs_upload google bucket=test-bucket chunk_size=256k
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
     }
 EOF
 
 my $port = $t->port('nginx');
+
+sub faults { CloudAuth::FakeGCS->faults($t, @_) }
 
 # session starts at the fake GCS for the object NAME
 sub sessions_for {
@@ -63,6 +71,37 @@ my $BOUNDARY = '----WebKitFormBoundaryCsrf0123456789';
 my $FORM_CT = "multipart/form-data; boundary=$BOUNDARY";
 
 my $r;
+
+###############################################################################
+# GCS's error words go to the log only
+
+my $marker = 'gcs-said-' . CloudAuth::FakeGoogle::random_hex(8);
+my $said = "$marker: sa\@project-x.iam.gserviceaccount.com does not have "
+           . "storage.objects.create access\nforged: log line\x01";
+
+faults(init_status => 403, error_message => $said);
+$r = put('/up/refused', 'x');
+is($r->{status}, 502, 'GCS 403 on the session start: 502');
+is($r->{json}{error}{message}, 'GCS refused the upload (HTTP 403)',
+   'the client gets our reason and the status');
+unlike($r->{raw}, qr/\Q$marker\E|iam\.gserviceaccount/,
+       'the client does not get GCS\'s words');
+
+faults(fail_after => 300000, fail_status => 400, error_message => $said);
+($r) = CloudAuth::Upload::upload($t, '/chunks/refused-chunk', size => 600000,
+                                 chunked => 1);
+is($r->{status}, 502, 'GCS 400 on a chunk: 502');
+is($r->{json}{error}{message}, 'GCS refused a chunk (HTTP 400)',
+   'a chunk: our reason and the status');
+unlike($r->{raw}, qr/\Q$marker\E/, 'a chunk: not GCS\'s words');
+faults();
+
+my $log = $t->error_log;
+my $want = 'upload of "refused" failed (502): GCS refused the upload '
+           . "(HTTP 403); GCS said: $marker: sa\@project-x";
+like($log, qr/\[error\].*\Q$want\E.*access\\x0aforged: log line\\x01/,
+     'the error log has GCS\'s words, control characters escaped');
+unlike($log, qr/^forged: log line/m, 'no line forged into the log');
 
 ###############################################################################
 # Content-MD5 that is not 16 bytes in base64
