@@ -1031,23 +1031,26 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* the origin of the endpoint: session URIs must stay there */
 
-    p = ngx_strnstr(ucf->endpoint.data, "://", ucf->endpoint.len);
+    p = ngx_pnalloc(cf->pool, ucf->endpoint.len + 1);
     if (p == NULL) {
-        return "has an invalid \"endpoint=\"";
-    }
-
-    p += 3;
-    last = ucf->endpoint.data + ucf->endpoint.len;
-    q = ngx_strlchr(p, last, '/');
-
-    ucf->origin.len = (q ? q : last) - ucf->endpoint.data + 1;
-    ucf->origin.data = ngx_pnalloc(cf->pool, ucf->origin.len);
-    if (ucf->origin.data == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ngx_memcpy(ucf->origin.data, ucf->endpoint.data, ucf->origin.len - 1);
-    ucf->origin.data[ucf->origin.len - 1] = '/';
+    ngx_memcpy(p, ucf->endpoint.data, ucf->endpoint.len);
+    p[ucf->endpoint.len] = '\0';
+
+    switch (ngx_http_cloudauth_upload_origin(cf->pool, p, &ucf->origin)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        return "has an invalid \"endpoint=\": not an absolute URL without "
+               "user information";
+
+    default:
+        return NGX_CONF_ERROR;
+    }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cloudauth_upload_handler;

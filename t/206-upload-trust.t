@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 
 # cloudauth_gcs_upload and what it must not trust: GCS's error words (they
-# go to the log, not to the client) and a Content-MD5 that would not decode
-# to 16 bytes.
+# go to the log, not to the client), a Content-MD5 that would not decode to
+# 16 bytes, and session URIs off the endpoint's origin.
 
 use strict;
 use warnings;
@@ -20,6 +20,18 @@ my $gcs = CloudAuth::Upload::start_gcs($t);
 
 my $B = 'test-bucket';
 my $dir = $t->dir;
+
+# a server session URIs must never lead to: it logs what reaches it
+
+$t->start_fake(evil => tls => { cert => "$dir/server.crt",
+                                key => "$dir/server.key" },
+    handler => sub {
+        my ($req) = @_;
+        open my $fh, '>>', "$dir/evil.log" or die "evil.log: $!";
+        print $fh "$req->{method} $req->{uri}\n";
+        close $fh;
+        return { status => 308 };
+    });
 
 $t->run(<<'EOF');
     cloudauth_trusted_certificate %%CA%%;
@@ -130,6 +142,57 @@ $r = put('/up/form-md5/', $part, -method => 'POST',
          'Content-Type' => $FORM_CT);
 is($r->{status}, 400, 'a form part\'s unpadded Content-MD5: 400');
 is(sessions_for('form-md5/p.txt'), 0, 'a form part\'s: no session opened');
+
+###############################################################################
+# session URIs off the endpoint's origin
+
+my $sent;
+my $gport = $t->port('gcs');
+my $eport = $t->port('evil');
+
+for my $c (["https://127.0.0.1:$gport\@127.0.0.1:$eport", 'user information'],
+           ["https://127.0.0.1:$gport:\@127.0.0.1:$eport",
+            'user information, empty password'],
+           ["https://127.0.0.1:$eport", 'another port'],
+           ["https://localhost:$gport", 'another host name'],
+           ["http://127.0.0.1:$gport", 'http://'],
+           ["https://127.0.0.1:$gport.evil.example", 'a host suffix'],
+           ['', 'a relative URI'])
+{
+    my ($loc, $what) = @$c;
+    (my $name = "loc-$what") =~ s/\W/-/g;
+
+    faults(location => $loc);
+    ($r) = CloudAuth::Upload::upload($t, "/chunks/$name", size => 300000);
+    is($r->{status}, 502, "session URI with $what: 502");
+    like($r->{json}{error}{message} // '', qr/no session URI at the endpoint/,
+         "session URI with $what: the reason");
+}
+
+# the origin is the one libcurl connects to, however it is spelled
+
+for my $c (["https://127.1:$gport", '127.1 for 127.0.0.1'],
+           ["HTTPS://127.0.0.1:0$gport", 'HTTPS:// and a port with a 0'])
+{
+    my ($loc, $what) = @$c;
+    (my $name = "loc-$what") =~ s/\W/-/g;
+
+    faults(location => $loc);
+    ($r, $sent) = CloudAuth::Upload::upload($t, "/chunks/$name",
+                                            size => 300000);
+    is($r->{status}, 201, "session URI with $what: 201");
+    CloudAuth::Upload::stored_ok($t, $B, $name, $sent,
+                                 "session URI with $what");
+}
+
+faults();
+
+is($t->read_file('evil.log'), '', 'nothing went to another server');
+$want = "session URI on https://127.0.0.1:$eport, not on the endpoint's "
+        . "https://127.0.0.1:$gport";
+like($t->error_log, qr/\Q$want\E/,
+     'the origin of a session URI elsewhere is logged');
+unlike($t->error_log, qr/upload_id=/, 'no session URI in the log');
 
 $r = put('/up/after.txt', 'after');
 is($r->{status}, 201, 'uploads work after all that');

@@ -40,6 +40,9 @@ package CloudAuth::FakeGCS;
 #   error_message => TEXT                  the message of the injected
 #                                          failures above (init_status,
 #                                          fail_status)
+#   location => URL                        session starts answer with a
+#                                          Location on URL (instead of the
+#                                          fake's own), path and query kept
 #
 # State under DIR/gcs/: sessions/ID.json + ID.data, objects/BUCKET/HEX.json
 # + HEX.data (HEX: the name in hex), requests.log (one JSON line each).
@@ -375,7 +378,8 @@ sub init {
     open my $fh, '>', "$dir/gcs/sessions/$id.data" or die "$id: $!";
     close $fh;
 
-    my $loc = "$o->{url}/upload/storage/v1/b/$bucket/o?uploadType=resumable"
+    my $loc = ($f->{location} // $o->{url})
+              . "/upload/storage/v1/b/$bucket/o?uploadType=resumable"
               . "&upload_id=$id";
 
     return { status => 200, headers => { Location => $loc,
