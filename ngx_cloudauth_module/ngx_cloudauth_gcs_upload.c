@@ -28,6 +28,7 @@ static ngx_int_t ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
 static ngx_str_t *ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf);
+static ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf);
@@ -148,6 +149,20 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
         return ngx_http_cloudauth_upload_reject(r, origin,
                                  NGX_HTTP_NOT_ALLOWED, "use PUT or POST",
                                  sizeof("use PUT or POST") - 1);
+    }
+
+    if (ngx_http_cloudauth_upload_consumed(r)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cloudauth: upload: the request body was read or "
+                      "discarded before it reached the upload location "
+                      "(an error_page after client_max_body_size, "
+                      "another module?)");
+
+        return ngx_http_cloudauth_upload_reject(r, origin,
+                                 NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 "the request body is no longer there",
+                                 sizeof("the request body is no longer "
+                                        "there") - 1);
     }
 
     max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
@@ -547,6 +562,43 @@ ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     }
 
     return NULL;
+}
+
+
+/*
+ * The body is gone when the request comes here after another location
+ * read or discarded it (client_max_body_size, then "error_page 413 =
+ * @upload;"): a discarded body of a known length leaves less of the
+ * declared length than the header says
+ */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r)
+{
+    off_t             declared;
+    ngx_table_elt_t  *h;
+
+    if (r->request_body || r->discard_body) {
+        return 1;
+    }
+
+#if (NGX_HTTP_V2)
+    if (r->stream && r->stream->skip_data) {
+        return 1;
+    }
+#endif
+
+    h = r->headers_in.content_length;
+
+    if (h) {
+        declared = ngx_atoof(h->value.data, h->value.len);
+
+        if (declared != r->headers_in.content_length_n) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

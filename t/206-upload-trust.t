@@ -2,7 +2,9 @@
 
 # cloudauth_gcs_upload and what it must not trust: GCS's error words (they
 # go to the log, not to the client), a Content-MD5 that would not decode to
-# 16 bytes, and session URIs off the endpoint's origin.
+# 16 bytes, a request whose body another location already discarded
+# (client_max_body_size, then error_page into the upload location), and
+# session URIs off the endpoint's origin.
 
 use strict;
 use warnings;
@@ -52,6 +54,24 @@ $t->run(<<'EOF');
 
         location /chunks/ {
             cloudauth_gcs_upload google bucket=test-bucket chunk_size=256k
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
+        # the body is discarded for the 413, then the request goes on to
+        # the upload location, still a POST
+        location /small/ {
+            client_max_body_size 1k;
+            error_page 413 = @upload;
+        }
+
+        # an error_page alone leaves the body unread: that works
+        location /teapot/ {
+            error_page 418 = @upload;
+            return 418;
+        }
+
+        location @upload {
+            cloudauth_gcs_upload google bucket=test-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
     }
@@ -144,9 +164,34 @@ is($r->{status}, 400, 'a form part\'s unpadded Content-MD5: 400');
 is(sessions_for('form-md5/p.txt'), 0, 'a form part\'s: no session opened');
 
 ###############################################################################
+# the body discarded before the upload location
+
+$r = $t->http_get('/small/discarded', -method => 'POST',
+                  -body => 'd' x 2000);
+is($r->{status}, 500, 'a body discarded whole, then error_page: 500');
+like($r->{body}, qr/no longer there/, 'discarded: the reason');
+is(sessions_for('small/discarded'), 0, 'discarded: no session opened');
+ok(!CloudAuth::FakeGCS->object($t, $B, 'small/discarded'),
+   'discarded: no empty object stored for it');
+
+($r) = CloudAuth::Upload::upload($t, '/small/discarding', size => 300000,
+                                 method => 'POST', piece => 1000);
+is($r->{status}, 500, 'a body being discarded, then error_page: 500');
+is(sessions_for('small/discarding'), 0, 'discarding: no session opened');
+
+like($t->error_log, qr/\[error\].*request body was read or discarded/,
+     'discarded: logged');
+
+($r, my $sent) = CloudAuth::Upload::upload($t, '/teapot/kept', size => 5000,
+                                           method => 'POST');
+is($r->{status}, 201, 'error_page into the upload location, body kept: 201');
+CloudAuth::Upload::stored_ok($t, $B, 'teapot/kept', $sent,
+                             'error_page, body kept');
+is(sessions_for('teapot/kept'), 1, 'error_page, body kept: one session');
+
+###############################################################################
 # session URIs off the endpoint's origin
 
-my $sent;
 my $gport = $t->port('gcs');
 my $eport = $t->port('evil');
 
