@@ -28,6 +28,12 @@ static ngx_int_t ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
 static ngx_str_t *ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf);
+static ngx_uint_t ngx_http_cloudauth_upload_listed(
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
+static ngx_int_t ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf);
+static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
+    ngx_str_t *origin);
 static ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -149,6 +155,12 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
         return ngx_http_cloudauth_upload_reject(r, origin,
                                  NGX_HTTP_NOT_ALLOWED, "use PUT or POST",
                                  sizeof("use PUT or POST") - 1);
+    }
+
+    if (ngx_http_cloudauth_upload_csrf(r, conf) != NGX_OK) {
+        return ngx_http_cloudauth_upload_reject(r, NULL, NGX_HTTP_FORBIDDEN,
+                                 "cross-site upload refused",
+                                 sizeof("cross-site upload refused") - 1);
     }
 
     if (ngx_http_cloudauth_upload_consumed(r)) {
@@ -522,7 +534,7 @@ static ngx_str_t *
 ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf)
 {
-    ngx_str_t        *o, *origin;
+    ngx_str_t        *origin;
     ngx_uint_t        i;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
@@ -546,22 +558,168 @@ ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
         }
     }
 
-    if (origin == NULL) {
+    if (origin == NULL || !ngx_http_cloudauth_upload_listed(conf, origin)) {
         return NULL;
     }
+
+    return origin;
+}
+
+
+/* an origin cors= allows; "null" only with "*" */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_listed(ngx_http_cloudauth_upload_conf_t *conf,
+    ngx_str_t *origin)
+{
+    ngx_str_t   *o;
+    ngx_uint_t   i, null;
+
+    if (conf->cors == NULL) {
+        return 0;
+    }
+
+    null = (origin->len == 4 && ngx_strncmp(origin->data, "null", 4) == 0);
 
     o = conf->cors->elts;
 
     for (i = 0; i < conf->cors->nelts; i++) {
-        if ((o[i].len == 1 && o[i].data[0] == '*')
-            || (o[i].len == origin->len
-                && ngx_strncasecmp(o[i].data, origin->data, o[i].len) == 0))
+        if (o[i].len == 1 && o[i].data[0] == '*') {
+            return 1;
+        }
+
+        if (!null && o[i].len == origin->len
+            && ngx_strncasecmp(o[i].data, origin->data, o[i].len) == 0)
         {
-            return origin;
+            return 1;
         }
     }
 
-    return NULL;
+    return 0;
+}
+
+
+/*
+ * Cross-site request forgery: a form or a text/plain POST is a "simple
+ * request" a browser sends from any page, without a preflight; CORS only
+ * keeps the answer from the page.  An upload a browser sends is taken from
+ * the request's own origin and those of cors= only: every Origin must be
+ * one of them, and "Sec-Fetch-Site: cross-site" needs a listed Origin.
+ * Clients that send neither (curl, scripts) are not browsers' victims.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf)
+{
+    ngx_str_t        *origin;
+    ngx_uint_t        i, cross, listed;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    cross = 0;
+    listed = 0;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+
+            if (h[i].key.len == 14
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "Sec-Fetch-Site",
+                                   14) == 0)
+            {
+                if (h[i].value.len == 10
+                    && ngx_strncasecmp(h[i].value.data,
+                                       (u_char *) "cross-site", 10) == 0)
+                {
+                    cross = 1;
+                }
+
+                continue;
+            }
+
+            if (h[i].key.len != 6
+                || ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6) != 0)
+            {
+                continue;
+            }
+
+            origin = &h[i].value;
+
+            if (ngx_http_cloudauth_upload_listed(conf, origin)) {
+                listed = 1;
+                continue;
+            }
+
+            if (!ngx_http_cloudauth_upload_same_origin(r, origin)) {
+                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                              "cloudauth: upload: refused, Origin \"%V\" "
+                              "is neither the request's own nor in cors=",
+                              origin);
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    if (cross && !listed) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: refused, \"Sec-Fetch-Site: "
+                      "cross-site\" without an Origin in cors=");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request's own origin: the scheme of the connection and the Host,
+ * a default port (":80", ":443") spelled out or not
+ */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
+    ngx_str_t *origin)
+{
+    ngx_str_t  scheme, port, host, o;
+
+    ngx_str_set(&scheme, "http://");
+    ngx_str_set(&port, ":80");
+
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl) {
+        ngx_str_set(&scheme, "https://");
+        ngx_str_set(&port, ":443");
+    }
+#endif
+
+    if (r->headers_in.host == NULL
+        || origin->len <= scheme.len
+        || ngx_strncasecmp(origin->data, scheme.data, scheme.len) != 0)
+    {
+        return 0;
+    }
+
+    o.data = origin->data + scheme.len;
+    o.len = origin->len - scheme.len;
+    host = r->headers_in.host->value;
+
+    if (o.len > port.len
+        && ngx_strncmp(o.data + o.len - port.len, port.data, port.len) == 0)
+    {
+        o.len -= port.len;
+    }
+
+    if (host.len > port.len
+        && ngx_strncmp(host.data + host.len - port.len, port.data, port.len)
+           == 0)
+    {
+        host.len -= port.len;
+    }
+
+    return o.len == host.len
+           && ngx_strncasecmp(o.data, host.data, o.len) == 0;
 }
 
 

@@ -407,6 +407,7 @@ is($r->{headers}{'access-control-allow-origin'}, 'https://other.example',
 
 ($r) = CloudAuth::Upload::put($t, '/upload/cors2.txt', 'c',
                               headers => { Origin => 'https://evil.example' });
+is($r->{status}, 403, 'upload from another origin: 403 (t/206)');
 ok(!$r->{headers}{'access-control-allow-origin'},
    'no Allow-Origin for another origin');
 

@@ -1,10 +1,12 @@
 #!/usr/bin/perl
 
-# cloudauth_gcs_upload and what it must not trust: GCS's error words (they
-# go to the log, not to the client), a Content-MD5 that would not decode to
-# 16 bytes, a request whose body another location already discarded
-# (client_max_body_size, then error_page into the upload location), and
-# session URIs off the endpoint's origin.
+# cloudauth_gcs_upload and what it must not trust: cross-site requests (a
+# form or text/plain POST needs no preflight, so any page a user visits
+# could store objects), GCS's error words (they go to the log, not to the
+# client), a Content-MD5 that would not decode to 16 bytes, a request whose
+# body another location already discarded (client_max_body_size, then
+# error_page into the upload location), and session URIs off the endpoint's
+# origin.
 
 use strict;
 use warnings;
@@ -44,12 +46,23 @@ $t->run(<<'EOF');
 
     server {
         listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT_TLS%% ssl;
+        listen 127.0.0.1:%%PORT_H2%% http2;
+
+        ssl_certificate %%TESTDIR%%/server.crt;
+        ssl_certificate_key %%TESTDIR%%/server.key;
 
         client_max_body_size 20m;
 
         location /up/ {
             cloudauth_gcs_upload google bucket=test-bucket
-                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+                endpoint=https://127.0.0.1:%%PORT_GCS%%
+                cors=https://app.example;
+        }
+
+        location /any/ {
+            cloudauth_gcs_upload google bucket=test-bucket overwrite=on
+                endpoint=https://127.0.0.1:%%PORT_GCS%% cors=*;
         }
 
         location /chunks/ {
@@ -78,6 +91,7 @@ $t->run(<<'EOF');
 EOF
 
 my $port = $t->port('nginx');
+my $self = "http://127.0.0.1:$port";
 
 sub faults { CloudAuth::FakeGCS->faults($t, @_) }
 
@@ -100,9 +114,125 @@ sub put {
 }
 
 my $BOUNDARY = '----WebKitFormBoundaryCsrf0123456789';
+my $FORM = "--$BOUNDARY\r\n"
+           . "Content-Disposition: form-data; name=\"f\"; filename=\"x.txt\""
+           . "\r\nContent-Type: text/plain\r\n\r\nforged\r\n--$BOUNDARY--\r\n";
 my $FORM_CT = "multipart/form-data; boundary=$BOUNDARY";
 
-my $r;
+###############################################################################
+# cross-site requests
+
+# what a page on another site can send without a preflight: a form, a
+# text/plain body; and a PUT, which a browser would preflight
+
+for my $c (['form', 'POST', $FORM_CT, $FORM],
+           ['text/plain', 'POST', 'text/plain', 'forged'],
+           ['PUT', 'PUT', 'application/octet-stream', 'forged'])
+{
+    my ($what, $method, $ct, $body) = @$c;
+    (my $name = "csrf-$what") =~ s{/}{-}g;
+
+    for my $o (['https://evil.example', 'another site'],
+               ['null', 'Origin: null'],
+               ["http://127.0.0.1:" . ($port + 1), 'another port'],
+               ["https://127.0.0.1:$port", 'https for an http request'])
+    {
+        my ($origin, $from) = @$o;
+        my $r = put("/up/$name", $body, -method => $method,
+                    'Content-Type' => $ct, Origin => $origin);
+        is($r->{status}, 403, "$what from $from: 403");
+        ok(!$r->{headers}{'access-control-allow-origin'},
+           "$what from $from: no Allow-Origin");
+    }
+
+    my $r = put("/up/$name", $body, -method => $method,
+                'Content-Type' => $ct, 'Sec-Fetch-Site' => 'cross-site');
+    is($r->{status}, 403, "$what, Sec-Fetch-Site: cross-site, no Origin: 403");
+
+    $r = put("/up/$name", $body, -method => $method, 'Content-Type' => $ct,
+             Origin => $self, 'Sec-Fetch-Site' => 'cross-site');
+    is($r->{status}, 403,
+       "$what, Sec-Fetch-Site: cross-site, an Origin not listed: 403");
+
+    is(scalar(grep { $_->{uri} =~ /[?&]name=csrf-/ }
+                CloudAuth::FakeGCS->requests($t)),
+       0, "$what: no session opened at GCS");
+    ok(!grep({ $_->{name} =~ /^csrf-/ } CloudAuth::FakeGCS->objects($t)),
+       "$what: nothing stored");
+}
+
+like($t->error_log, qr/upload: refused, Origin "https:\/\/evil\.example"/,
+     'a refused Origin is logged');
+
+# the request's own origin, listed origins, no Origin at all
+
+my $r = put('/up/same.txt', 'same', -method => 'POST',
+            'Content-Type' => 'text/plain', Origin => $self,
+            'Sec-Fetch-Site' => 'same-origin');
+is($r->{status}, 201, 'same origin: 201');
+ok(CloudAuth::FakeGCS->object($t, $B, 'same.txt'), 'same origin: stored');
+is(sessions_for('same.txt'), 1, 'same origin: one session');
+
+$r = put('/up/same-form/', $FORM, -method => 'POST',
+         'Content-Type' => $FORM_CT, Origin => uc $self);
+is($r->{status}, 201, 'same origin, a form, the origin in capitals: 201');
+
+$r = put('/up/listed.txt', 'listed', -method => 'POST',
+         'Content-Type' => 'text/plain', Origin => 'https://app.example',
+         'Sec-Fetch-Site' => 'cross-site');
+is($r->{status}, 201, 'a listed origin, cross-site: 201');
+is($r->{headers}{'access-control-allow-origin'}, 'https://app.example',
+   'a listed origin: Allow-Origin');
+
+$r = put('/up/none.txt', 'none');
+is($r->{status}, 201, 'no Origin (curl, scripts): 201');
+
+$r = put('/up/none-same.txt', 'none', 'Sec-Fetch-Site' => 'same-origin');
+is($r->{status}, 201, 'no Origin, Sec-Fetch-Site: same-origin: 201');
+
+$r = put('/up/default-port.txt', 'p', Origin => 'http://localhost',
+         Host => 'localhost:80');
+is($r->{status}, 201, 'the default port spelled out in Host only: 201');
+
+$r = put('/any/star.txt', 'star', -method => 'POST',
+         'Content-Type' => 'text/plain', Origin => 'https://evil.example');
+is($r->{status}, 201, 'cors=*: any origin');
+
+$r = put('/chunks/nocors.txt', 'x', Origin => $self);
+is($r->{status}, 201, 'no cors=: same origin still works');
+$r = put('/chunks/nocors.txt', 'x', Origin => 'https://app.example');
+is($r->{status}, 403, 'no cors=: another origin 403');
+
+# over TLS the request's own origin is https://
+
+SKIP: {
+    skip 'no curl', 5 unless -x '/usr/bin/curl';
+
+    my $tls = $t->port('tls');
+    my $file = $t->write_file('tls.txt', 'tls');
+    my $curl = "curl -s -o /dev/null -w '%{http_code}' --cacert $dir/ca.crt"
+               . " -T $file";
+
+    my $url = "https://127.0.0.1:$tls/up";
+
+    is(`$curl -H 'Origin: https://127.0.0.1:$tls' $url/tls.txt`, 201,
+       'TLS, same origin: 201');
+    is(`$curl -H 'Origin: http://127.0.0.1:$tls' $url/tls-http.txt`, 403,
+       'TLS, the origin with http://: 403');
+    is(sessions_for('tls-http.txt'), 0, 'TLS, http:// origin: no session');
+
+    # HTTP/2: the Host is the :authority
+
+    my $h2 = $t->port('h2');
+    $curl = "curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge"
+            . " -T $file";
+    $url = "http://127.0.0.1:$h2/up";
+
+    is(`$curl -H 'Origin: http://127.0.0.1:$h2' $url/h2.txt`, 201,
+       'HTTP/2, same origin: 201');
+    is(`$curl -H 'Origin: https://evil.example' $url/h2-evil.txt`, 403,
+       'HTTP/2, another origin: 403');
+}
 
 ###############################################################################
 # GCS's error words go to the log only
