@@ -230,6 +230,10 @@ SKIP: {
 
     is(`$curl -H 'Origin: http://127.0.0.1:$h2' $url/h2.txt`, 201,
        'HTTP/2, same origin: 201');
+
+    # without a body: curl often loses an HTTP/2 answer that comes before
+    # the body it is sending (a "return 403;" location alike)
+    $curl =~ s/-T \S+/-X PUT --data-binary ''/;
     is(`$curl -H 'Origin: https://evil.example' $url/h2-evil.txt`, 403,
        'HTTP/2, another origin: 403');
 }
