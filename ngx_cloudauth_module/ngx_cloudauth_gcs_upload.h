@@ -49,7 +49,7 @@ typedef enum {
 } ngx_http_cloudauth_part_e;
 
 
-/* an URL's origin as libcurl, which connects to it, reads it */
+/* a URL's origin as libcurl, which connects to it, reads it */
 
 typedef struct {
     ngx_str_t                  scheme;
