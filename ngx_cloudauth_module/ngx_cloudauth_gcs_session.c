@@ -20,6 +20,8 @@ static void ngx_http_cloudauth_upload_done(ngx_cloudauth_fetch_t *f);
 static ngx_int_t ngx_http_cloudauth_upload_answer(
     ngx_http_cloudauth_upload_t *u, ngx_cloudauth_fetch_t *f,
     ngx_http_cloudauth_op_e op);
+static ngx_int_t ngx_http_cloudauth_upload_session_ok(
+    ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_ack(
     ngx_http_cloudauth_upload_t *u, ngx_http_cloudauth_op_e op);
 static ngx_int_t ngx_http_cloudauth_upload_stored(
@@ -30,6 +32,8 @@ static ngx_int_t ngx_http_cloudauth_upload_backoff(
 static void ngx_http_cloudauth_upload_gcs_error(
     ngx_http_cloudauth_upload_t *u, ngx_cloudauth_fetch_t *f,
     ngx_uint_t status, const char *what);
+static size_t ngx_http_cloudauth_upload_printable(u_char *dst, size_t size,
+    u_char *src, size_t len);
 static void ngx_http_cloudauth_upload_cancelled(ngx_cloudauth_fetch_t *f);
 static u_char *ngx_http_cloudauth_upload_escape(u_char *dst, u_char *src,
     size_t len, ngx_uint_t path);
@@ -441,11 +445,7 @@ static ngx_int_t
 ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
     ngx_cloudauth_fetch_t *f, ngx_http_cloudauth_op_e op)
 {
-    size_t                             n;
-    ngx_int_t                          rc;
-    ngx_http_cloudauth_upload_conf_t  *conf;
-
-    conf = u->conf;
+    ngx_int_t  rc;
 
     if (f->status == 401 && !u->reauth) {
 
@@ -478,12 +478,15 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
     if (op == NGX_HTTP_CLOUDAUTH_OP_INIT) {
 
         if (f->status == 200 || f->status == 201) {
-            n = conf->origin.len;
+            rc = ngx_http_cloudauth_upload_session_ok(u);
 
-            if (u->location.len <= n
-                || ngx_strncasecmp(u->location.data, conf->origin.data, n)
-                   != 0)
-            {
+            if (rc == NGX_ERROR) {
+                ngx_http_cloudauth_upload_fail(u,
+                                       NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
+                return NGX_ERROR;
+            }
+
+            if (rc != NGX_OK) {
                 ngx_http_cloudauth_upload_gcs_error(u, f, NGX_HTTP_BAD_GATEWAY,
                                    "GCS gave no session URI at the endpoint");
                 return NGX_ERROR;
@@ -555,6 +558,157 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
     ngx_http_cloudauth_upload_gcs_error(u, f, NGX_HTTP_BAD_GATEWAY,
                                         "GCS refused a chunk");
     return NGX_ERROR;
+}
+
+
+/*
+ * The session URI GCS gave stays on the endpoint's origin: scheme, host and
+ * port as libcurl, which will connect to it, reads them, and no user
+ * information ("https://storage.googleapis.com:443@evil/").  NGX_DECLINED:
+ * it does not; the URI itself is never logged.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_session_ok(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_int_t                     rc;
+    ngx_log_t                    *log;
+    ngx_http_cloudauth_origin_t   got, *want;
+
+    log = u->request->connection->log;
+    want = &u->conf->origin;
+
+    if (u->location.len == 0) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: upload: GCS answered the session start "
+                      "without a Location");
+        return NGX_DECLINED;
+    }
+
+    if (ngx_strlen(u->location.data) != u->location.len) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: upload: GCS gave a session URI with a NUL");
+        return NGX_DECLINED;
+    }
+
+    rc = ngx_http_cloudauth_upload_origin(u->request->pool, u->location.data,
+                                          &got);
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: upload: GCS gave a session URI that is not "
+                      "an absolute URL without user information");
+        return NGX_DECLINED;
+    }
+
+    if (got.scheme.len != want->scheme.len
+        || ngx_strncasecmp(got.scheme.data, want->scheme.data,
+                           got.scheme.len) != 0
+        || got.host.len != want->host.len
+        || ngx_strncasecmp(got.host.data, want->host.data, got.host.len) != 0
+        || got.port.len != want->port.len
+        || ngx_strncmp(got.port.data, want->port.data, got.port.len) != 0)
+    {
+        /* the origin only: the rest of the URI is the session's secret */
+
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cloudauth: upload: GCS gave a session URI on "
+                      "%V://%V:%V, not on the endpoint's %V://%V:%V",
+                      &got.scheme, &got.host, &got.port, &want->scheme,
+                      &want->host, &want->port);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Scheme, host and port (spelled out) of an absolute URL, parsed by
+ * libcurl.  NGX_DECLINED: not an absolute URL of a scheme libcurl knows, or
+ * one with user information; NGX_ERROR: no memory.
+ */
+
+ngx_int_t
+ngx_http_cloudauth_upload_origin(ngx_pool_t *pool, u_char *url,
+    ngx_http_cloudauth_origin_t *origin)
+{
+    static CURLUPart  parts[] = {
+        CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT
+    };
+
+    char        *part;
+    CURLU       *h;
+    CURLUcode    uc;
+    ngx_int_t    rc;
+    ngx_str_t   *dst[3];
+    ngx_uint_t   i;
+
+    dst[0] = &origin->scheme;
+    dst[1] = &origin->host;
+    dst[2] = &origin->port;
+
+    h = curl_url();
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = NGX_DECLINED;
+
+    uc = curl_url_set(h, CURLUPART_URL, (char *) url, 0);
+    if (uc != CURLUE_OK) {
+        goto done;
+    }
+
+    part = NULL;
+    uc = curl_url_get(h, CURLUPART_USER, &part, 0);
+    curl_free(part);
+
+    if (uc != CURLUE_NO_USER) {
+        goto done;
+    }
+
+    part = NULL;
+    uc = curl_url_get(h, CURLUPART_PASSWORD, &part, 0);
+    curl_free(part);
+
+    if (uc != CURLUE_NO_PASSWORD) {
+        goto done;
+    }
+
+    for (i = 0; i < 3; i++) {
+        part = NULL;
+        uc = curl_url_get(h, parts[i], &part,
+                          parts[i] == CURLUPART_PORT ? CURLU_DEFAULT_PORT : 0);
+
+        if (uc != CURLUE_OK || part == NULL || *part == '\0') {
+            curl_free(part);
+            goto done;
+        }
+
+        dst[i]->len = ngx_strlen(part);
+        dst[i]->data = ngx_pnalloc(pool, dst[i]->len);
+
+        if (dst[i]->data == NULL) {
+            curl_free(part);
+            rc = NGX_ERROR;
+            goto done;
+        }
+
+        ngx_memcpy(dst[i]->data, part, dst[i]->len);
+        curl_free(part);
+    }
+
+    rc = NGX_OK;
+
+done:
+
+    curl_url_cleanup(h);
+
+    return rc;
 }
 
 
@@ -940,14 +1094,21 @@ ngx_http_cloudauth_upload_stall(ngx_event_t *ev)
 }
 
 
+/*
+ * A failure GCS answered: the client gets our reason and the status, GCS's
+ * own words (which may name the service account, the project, the bucket's
+ * policy) go to the error log only, bounded and without control characters
+ */
+
 static void
 ngx_http_cloudauth_upload_gcs_error(ngx_http_cloudauth_upload_t *u,
     ngx_cloudauth_fetch_t *f, ngx_uint_t status, const char *what)
 {
-    u_char      *p;
+    u_char      *p, *said;
+    size_t       len;
     json_t      *root;
     const char  *msg;
-    u_char       buf[512];
+    u_char       buf[128];
 
     msg = NULL;
     root = NULL;
@@ -961,20 +1122,78 @@ ngx_http_cloudauth_upload_gcs_error(ngx_http_cloudauth_upload_t *u,
     }
 
     if (f->status == 0) {
-        p = ngx_snprintf(buf, sizeof(buf), "%s: %s", what, f->errbuf);
+        said = (u_char *) f->errbuf;
+        len = ngx_strlen(f->errbuf);
 
     } else if (msg) {
-        p = ngx_snprintf(buf, sizeof(buf), "%s: %l %s", what, f->status, msg);
+        said = (u_char *) msg;
+        len = ngx_strlen(msg);
 
     } else {
-        p = ngx_snprintf(buf, sizeof(buf), "%s: %l %*s", what, f->status,
-                         ngx_min(f->body_len, 200), f->body ? f->body
-                                                            : (u_char *) "");
+        said = f->body ? f->body : (u_char *) "";
+        len = f->body ? f->body_len : 0;
+    }
+
+    /* escaped, a byte may take 4 */
+
+    u->said.data = ngx_pnalloc(u->request->pool,
+                               4 * NGX_HTTP_CLOUDAUTH_SAID_MAX + 3);
+    if (u->said.data) {
+        u->said.len = ngx_http_cloudauth_upload_printable(u->said.data,
+                                              4 * NGX_HTTP_CLOUDAUTH_SAID_MAX,
+                                              said, len);
     }
 
     json_decref(root);
 
+    if (f->status == 0) {
+        p = ngx_snprintf(buf, sizeof(buf), "%s (no answer)", what);
+
+    } else {
+        p = ngx_snprintf(buf, sizeof(buf), "%s (HTTP %l)", what, f->status);
+    }
+
     ngx_http_cloudauth_upload_fail(u, status, (char *) buf, p - buf);
+}
+
+
+/*
+ * At most NGX_HTTP_CLOUDAUTH_SAID_MAX bytes of src for a log line: control
+ * characters as \xNN, "..." when cut; dst has room for 4 bytes each and 3
+ */
+
+static size_t
+ngx_http_cloudauth_upload_printable(u_char *dst, size_t size, u_char *src,
+    size_t len)
+{
+    static u_char  hex[] = "0123456789abcdef";
+
+    u_char  *p, *last, c;
+    size_t   n;
+
+    p = dst;
+    last = dst + size;
+    n = ngx_min(len, NGX_HTTP_CLOUDAUTH_SAID_MAX);
+
+    while (n-- && last - p >= 4) {
+        c = *src++;
+
+        if (c < 0x20 || c == 0x7f) {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+            continue;
+        }
+
+        *p++ = c;
+    }
+
+    if (len > NGX_HTTP_CLOUDAUTH_SAID_MAX) {
+        p = ngx_cpymem(p, "...", 3);
+    }
+
+    return p - dst;
 }
 
 

@@ -561,6 +561,7 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     ngx_http_request_t           *r;
     ngx_http_core_loc_conf_t     *clcf;
     ngx_http_cloudauth_object_t  *obj;
+    u_char                        raw[ngx_base64_decoded_length(24)];
 
     r = u->request;
     obj = &u->obj;
@@ -635,16 +636,29 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     }
 
     if (content_md5->len) {
-        md5.data = obj->content_md5;
+
+        /*
+         * 16 bytes are 22 base64 characters and "==": checked before
+         * decoding, as 24 characters without padding decode to 18 bytes;
+         * and decoded into a buffer with room for what 24 could become
+         */
 
         if (content_md5->len != 24
-            || ngx_decode_base64(&md5, content_md5) != NGX_OK
-            || md5.len != 16)
+            || content_md5->data[22] != '='
+            || content_md5->data[23] != '=')
         {
             ngx_str_set(&u->reason, "Content-MD5 is not a base64 MD5");
             return NGX_HTTP_BAD_REQUEST;
         }
 
+        md5.data = raw;
+
+        if (ngx_decode_base64(&md5, content_md5) != NGX_OK || md5.len != 16) {
+            ngx_str_set(&u->reason, "Content-MD5 is not a base64 MD5");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        ngx_memcpy(obj->content_md5, raw, 16);
         obj->has_md5 = 1;
     }
 
@@ -861,9 +875,12 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
 
     level = r->connection->error ? NGX_LOG_INFO : NGX_LOG_ERR;
 
+    /* GCS's own words to the log, never to the client */
+
     ngx_log_error(level, r->connection->log, 0,
-                  "cloudauth: upload of \"%V\" failed (%ui): %*s",
-                  &u->obj.name, status, len, reason);
+                  "cloudauth: upload of \"%V\" failed (%ui): %*s%s%V",
+                  &u->obj.name, status, len, reason,
+                  u->said.len ? "; GCS said: " : "", &u->said);
 
     ngx_http_cloudauth_upload_abort(u);
 

@@ -28,6 +28,13 @@ static ngx_int_t ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
 static ngx_str_t *ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf);
+static ngx_uint_t ngx_http_cloudauth_upload_listed(
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
+static ngx_int_t ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf);
+static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
+    ngx_str_t *origin);
+static ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf);
@@ -148,6 +155,26 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
         return ngx_http_cloudauth_upload_reject(r, origin,
                                  NGX_HTTP_NOT_ALLOWED, "use PUT or POST",
                                  sizeof("use PUT or POST") - 1);
+    }
+
+    if (ngx_http_cloudauth_upload_csrf(r, conf) != NGX_OK) {
+        return ngx_http_cloudauth_upload_reject(r, NULL, NGX_HTTP_FORBIDDEN,
+                                 "cross-site upload refused",
+                                 sizeof("cross-site upload refused") - 1);
+    }
+
+    if (ngx_http_cloudauth_upload_consumed(r)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cloudauth: upload: the request body was read or "
+                      "discarded before it reached the upload location "
+                      "(an error_page after client_max_body_size, "
+                      "another module?)");
+
+        return ngx_http_cloudauth_upload_reject(r, origin,
+                                 NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 "the request body is no longer there",
+                                 sizeof("the request body is no longer "
+                                        "there") - 1);
     }
 
     max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
@@ -507,7 +534,7 @@ static ngx_str_t *
 ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf)
 {
-    ngx_str_t        *o, *origin;
+    ngx_str_t        *origin;
     ngx_uint_t        i;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
@@ -531,22 +558,205 @@ ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
         }
     }
 
-    if (origin == NULL) {
+    if (origin == NULL || !ngx_http_cloudauth_upload_listed(conf, origin)) {
         return NULL;
     }
+
+    return origin;
+}
+
+
+/* an origin cors= allows; "null" only with "*" */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_listed(ngx_http_cloudauth_upload_conf_t *conf,
+    ngx_str_t *origin)
+{
+    ngx_str_t   *o;
+    ngx_uint_t   i, null;
+
+    if (conf->cors == NULL) {
+        return 0;
+    }
+
+    null = (origin->len == 4 && ngx_strncmp(origin->data, "null", 4) == 0);
 
     o = conf->cors->elts;
 
     for (i = 0; i < conf->cors->nelts; i++) {
-        if ((o[i].len == 1 && o[i].data[0] == '*')
-            || (o[i].len == origin->len
-                && ngx_strncasecmp(o[i].data, origin->data, o[i].len) == 0))
+        if (o[i].len == 1 && o[i].data[0] == '*') {
+            return 1;
+        }
+
+        if (!null && o[i].len == origin->len
+            && ngx_strncasecmp(o[i].data, origin->data, o[i].len) == 0)
         {
-            return origin;
+            return 1;
         }
     }
 
-    return NULL;
+    return 0;
+}
+
+
+/*
+ * Cross-site request forgery: a form or a text/plain POST is a "simple
+ * request" a browser sends from any page, without a preflight; CORS only
+ * keeps the answer from the page.  An upload a browser sends is taken from
+ * the request's own origin and those of cors= only: every Origin must be
+ * one of them, and "Sec-Fetch-Site: cross-site" needs a listed Origin.
+ * Clients that send neither (curl, scripts) are not browsers' victims.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf)
+{
+    ngx_str_t        *origin;
+    ngx_uint_t        i, cross, listed;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    cross = 0;
+    listed = 0;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+
+            if (h[i].key.len == 14
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "Sec-Fetch-Site",
+                                   14) == 0)
+            {
+                if (h[i].value.len == 10
+                    && ngx_strncasecmp(h[i].value.data,
+                                       (u_char *) "cross-site", 10) == 0)
+                {
+                    cross = 1;
+                }
+
+                continue;
+            }
+
+            if (h[i].key.len != 6
+                || ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6) != 0)
+            {
+                continue;
+            }
+
+            origin = &h[i].value;
+
+            if (ngx_http_cloudauth_upload_listed(conf, origin)) {
+                listed = 1;
+                continue;
+            }
+
+            if (!ngx_http_cloudauth_upload_same_origin(r, origin)) {
+                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                              "cloudauth: upload: refused, Origin \"%V\" "
+                              "is neither the request's own nor in cors=",
+                              origin);
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    if (cross && !listed) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: refused, \"Sec-Fetch-Site: "
+                      "cross-site\" without an Origin in cors=");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request's own origin: the scheme of the connection and the Host,
+ * a default port (":80", ":443") spelled out or not
+ */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
+    ngx_str_t *origin)
+{
+    ngx_str_t  scheme, port, host, o;
+
+    ngx_str_set(&scheme, "http://");
+    ngx_str_set(&port, ":80");
+
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl) {
+        ngx_str_set(&scheme, "https://");
+        ngx_str_set(&port, ":443");
+    }
+#endif
+
+    if (r->headers_in.host == NULL
+        || origin->len <= scheme.len
+        || ngx_strncasecmp(origin->data, scheme.data, scheme.len) != 0)
+    {
+        return 0;
+    }
+
+    o.data = origin->data + scheme.len;
+    o.len = origin->len - scheme.len;
+    host = r->headers_in.host->value;
+
+    if (o.len > port.len
+        && ngx_strncmp(o.data + o.len - port.len, port.data, port.len) == 0)
+    {
+        o.len -= port.len;
+    }
+
+    if (host.len > port.len
+        && ngx_strncmp(host.data + host.len - port.len, port.data, port.len)
+           == 0)
+    {
+        host.len -= port.len;
+    }
+
+    return o.len == host.len
+           && ngx_strncasecmp(o.data, host.data, o.len) == 0;
+}
+
+
+/*
+ * The body is gone when the request comes here after another location
+ * read or discarded it (client_max_body_size, then "error_page 413 =
+ * @upload;"): a discarded body of a known length leaves less of the
+ * declared length than the header says
+ */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r)
+{
+    off_t             declared;
+    ngx_table_elt_t  *h;
+
+    if (r->request_body || r->discard_body) {
+        return 1;
+    }
+
+#if (NGX_HTTP_V2)
+    if (r->stream && r->stream->skip_data) {
+        return 1;
+    }
+#endif
+
+    h = r->headers_in.content_length;
+
+    if (h) {
+        declared = ngx_atoof(h->value.data, h->value.len);
+
+        if (declared != r->headers_in.content_length_n) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -1031,23 +1241,26 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* the origin of the endpoint: session URIs must stay there */
 
-    p = ngx_strnstr(ucf->endpoint.data, "://", ucf->endpoint.len);
+    p = ngx_pnalloc(cf->pool, ucf->endpoint.len + 1);
     if (p == NULL) {
-        return "has an invalid \"endpoint=\"";
-    }
-
-    p += 3;
-    last = ucf->endpoint.data + ucf->endpoint.len;
-    q = ngx_strlchr(p, last, '/');
-
-    ucf->origin.len = (q ? q : last) - ucf->endpoint.data + 1;
-    ucf->origin.data = ngx_pnalloc(cf->pool, ucf->origin.len);
-    if (ucf->origin.data == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ngx_memcpy(ucf->origin.data, ucf->endpoint.data, ucf->origin.len - 1);
-    ucf->origin.data[ucf->origin.len - 1] = '/';
+    ngx_memcpy(p, ucf->endpoint.data, ucf->endpoint.len);
+    p[ucf->endpoint.len] = '\0';
+
+    switch (ngx_http_cloudauth_upload_origin(cf->pool, p, &ucf->origin)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        return "has an invalid \"endpoint=\": not an absolute URL without "
+               "user information";
+
+    default:
+        return NGX_CONF_ERROR;
+    }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cloudauth_upload_handler;

@@ -27,6 +27,7 @@
 #define NGX_HTTP_CLOUDAUTH_TOKEN_LEFT     120
 #define NGX_HTTP_CLOUDAUTH_FILES_MAX      1000
 #define NGX_HTTP_CLOUDAUTH_NAMES_MAX      4096
+#define NGX_HTTP_CLOUDAUTH_SAID_MAX       256
 
 #define NGX_HTTP_CLOUDAUTH_GCS_URL        "https://storage.googleapis.com"
 
@@ -48,17 +49,26 @@ typedef enum {
 } ngx_http_cloudauth_part_e;
 
 
+/* a URL's origin as libcurl, which connects to it, reads it */
+
 typedef struct {
-    ngx_cloudauth_cred_t      *cred;
-    ngx_str_t                  bucket;
-    ngx_http_complex_value_t  *object;      /* NULL: URI below location */
-    ngx_str_t                  endpoint;    /* without the trailing "/" */
-    ngx_str_t                  origin;      /* scheme://host[:port]/ */
-    ngx_flag_t                 overwrite;
-    ngx_flag_t                 md5;         /* off: only for Content-MD5 */
-    size_t                     chunk_size;
-    off_t                      max_size;    /* -1: client_max_body_size */
-    ngx_array_t               *cors;        /* ngx_str_t origins */
+    ngx_str_t                  scheme;
+    ngx_str_t                  host;
+    ngx_str_t                  port;        /* spelled out, "443" */
+} ngx_http_cloudauth_origin_t;
+
+
+typedef struct {
+    ngx_cloudauth_cred_t         *cred;
+    ngx_str_t                     bucket;
+    ngx_http_complex_value_t     *object;   /* NULL: URI below location */
+    ngx_str_t                     endpoint; /* without the trailing "/" */
+    ngx_http_cloudauth_origin_t   origin;   /* session URIs stay there */
+    ngx_flag_t                    overwrite;
+    ngx_flag_t                    md5;      /* off: only for Content-MD5 */
+    size_t                        chunk_size;
+    off_t                         max_size; /* -1: client_max_body_size */
+    ngx_array_t                  *cors;     /* ngx_str_t origins */
 } ngx_http_cloudauth_upload_conf_t;
 
 
@@ -138,6 +148,7 @@ typedef struct {
     ngx_str_t                          names;       /* stored, for the log */
     ngx_str_t                          status;      /* for the log */
     ngx_str_t                          reason;      /* of a 4xx */
+    ngx_str_t                          said;        /* GCS's, for the log */
 
     unsigned                           multipart:1;
     unsigned                           pending:1;   /* a file part waits */
@@ -166,6 +177,8 @@ void ngx_http_cloudauth_upload_guard(ngx_event_t *ev);
 void ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
     ngx_uint_t status, const char *reason, size_t len);
 void ngx_http_cloudauth_upload_cancel(ngx_http_cloudauth_upload_t *u);
+ngx_int_t ngx_http_cloudauth_upload_origin(ngx_pool_t *pool, u_char *url,
+    ngx_http_cloudauth_origin_t *origin);
 void ngx_http_cloudauth_upload_cleanup(void *data);
 ngx_int_t ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status, json_t *body);

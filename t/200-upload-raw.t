@@ -285,12 +285,14 @@ is($r->{status}, 201, 'overwrite=on: 201');
 is(CloudAuth::FakeGCS->object($t, $B, 'exists.txt')->{data}, 'new',
    'overwrite=on: replaced');
 
-# GCS refuses: 502 with GCS's words
+# GCS refuses: 502 with our reason; GCS's words go to the log only
 
 ($r) = CloudAuth::Upload::put($t, '/nobucket/x', 'x');
 is($r->{status}, 502, 'no such bucket: 502');
-like($r->{json}{error}{message}, qr/specified bucket does not exist/,
-     '502 carries GCS\'s message');
+is($r->{json}{error}{message}, 'GCS refused the upload (HTTP 404)',
+   '502: our reason and GCS\'s status');
+like($t->error_log, qr/GCS said: The specified bucket does not exist/,
+     'GCS\'s message is in the error log');
 
 # max_size
 
@@ -405,6 +407,7 @@ is($r->{headers}{'access-control-allow-origin'}, 'https://other.example',
 
 ($r) = CloudAuth::Upload::put($t, '/upload/cors2.txt', 'c',
                               headers => { Origin => 'https://evil.example' });
+is($r->{status}, 403, 'upload from another origin: 403 (t/206)');
 ok(!$r->{headers}{'access-control-allow-origin'},
    'no Allow-Origin for another origin');
 

@@ -197,8 +197,10 @@ faults(fail_after => 300000, fail_status => 400);
 ($r) = CloudAuth::Upload::upload($t, '/up/400', size => 1000000,
                                  chunked => 1);
 is($r->{status}, 502, 'GCS 400 on a chunk: 502');
-like($r->{json}{error}{message}, qr/GCS refused a chunk: 400 injected/,
-     '502 with GCS\'s message');
+is($r->{json}{error}{message}, 'GCS refused a chunk (HTTP 400)',
+   '502 with our reason and GCS\'s status');
+like($t->error_log, qr/"400" failed \(502\): .*; GCS said: injected failure/,
+     'GCS\'s message in the error log');
 
 # failed: the session is gone
 
@@ -214,8 +216,10 @@ ok(!CloudAuth::FakeGCS->object($t, $B, 'gone'), 'session 404: nothing');
 faults(corrupt => 1);
 ($r) = CloudAuth::Upload::upload($t, '/up/corrupt', size => 700000);
 is($r->{status}, 502, 'GCS got other bytes: 502');
-like($r->{json}{error}{message}, qr/CRC32C .* doesn't match/,
-     'the hash mismatch is reported');
+is($r->{json}{error}{message}, 'GCS refused a chunk (HTTP 400)',
+   'the hash mismatch: GCS refused the final chunk');
+like($t->error_log, qr/"corrupt" failed .*GCS said: Provided CRC32C .* doesn't match/,
+     'the hash mismatch is logged');
 ok(!CloudAuth::FakeGCS->object($t, $B, 'corrupt'), 'corrupt: not stored');
 
 faults();

@@ -37,6 +37,12 @@ package CloudAuth::FakeGCS;
 #                                          stored altered (the final hash
 #                                          check then fails)
 #   delay => SECS                          every chunk is answered late
+#   error_message => TEXT                  the message of the injected
+#                                          failures above (init_status,
+#                                          fail_status)
+#   location => URL                        session starts answer with a
+#                                          Location on URL (instead of the
+#                                          fake's own), path and query kept
 #
 # State under DIR/gcs/: sessions/ID.json + ID.data, objects/BUCKET/HEX.json
 # + HEX.data (HEX: the name in hex), requests.log (one JSON line each).
@@ -324,7 +330,8 @@ sub init {
     if ($f->{init_status}
         && counter($dir, 'init') <= ($f->{init_times} // 1))
     {
-        return error($f->{init_status}, 'injected failure');
+        return error($f->{init_status},
+                     $f->{error_message} // 'injected failure');
     }
 
     return error(404, 'The specified bucket does not exist.')
@@ -371,7 +378,8 @@ sub init {
     open my $fh, '>', "$dir/gcs/sessions/$id.data" or die "$id: $!";
     close $fh;
 
-    my $loc = "$o->{url}/upload/storage/v1/b/$bucket/o?uploadType=resumable"
+    my $loc = ($f->{location} // $o->{url})
+              . "/upload/storage/v1/b/$bucket/o?uploadType=resumable"
               . "&upload_id=$id";
 
     return { status => 200, headers => { Location => $loc,
@@ -513,7 +521,8 @@ sub chunk {
         return { drop => 1, delay => $f->{stall} // 5 } if $fault eq 'stall';
         return { status => 308, headers => range_header($s->{persisted}) }
             if $fault eq 'zero';
-        return error($f->{fail_status} // 503, 'injected failure');
+        return error($f->{fail_status} // 503,
+                     $f->{error_message} // 'injected failure');
     }
 
     if (!$final) {
