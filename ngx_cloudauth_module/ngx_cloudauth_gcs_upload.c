@@ -1073,6 +1073,16 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ucf->cred->subjects && ucf->cred->subject.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_gcs_upload: credential \"%V\" has "
+                           "\"subjects=\" but no \"subject=\": an upload "
+                           "acts as the credential's subject=; give it one, "
+                           "or use a credential without \"subjects=\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
     ngx_str_set(&ucf->endpoint, NGX_HTTP_CLOUDAUTH_GCS_URL);
     ucf->overwrite = 0;
     ucf->md5 = 1;

@@ -138,6 +138,24 @@ isnt($rc, 0, 'subjects= without a subject in a location: nginx -t fails');
 like($out, qr/"subjects=" but no "subject=".*add cloudauth_subject/,
      'and says what to add');
 
+($rc, $out) = $t->nginx_t(<<'EOF');
+    cloudauth_trusted_certificate %%CA%%;
+
+    cloudauth_credential people type=google_service_account
+        key_file=%%KEY_FILE%% scopes=%%SCOPES%% "subjects=.+@example\.com";
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location / {
+            cloudauth_gcs_upload people bucket=b;
+        }
+    }
+EOF
+isnt($rc, 0, 'an upload with such a credential: nginx -t fails');
+like($out, qr/cloudauth_gcs_upload: credential "people" has "subjects="/,
+     'and says why');
+
 $t->token_verified_ok;
 $t->check_log_ok;
 
