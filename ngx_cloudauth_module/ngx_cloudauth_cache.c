@@ -348,7 +348,11 @@ ngx_cloudauth_cache_stats(void)
 
 /*
  * Allocates from the zone; when it is full, lets the least recently used
- * entries go, except those a worker is fetching for right now.
+ * entries go, one after another until the allocation fits, except those a
+ * worker is fetching for right now.  Freed slots make a page free only
+ * when all of its slots are, and a large token needs whole pages next to
+ * each other, so no fixed number of evictions is enough.  NULL when even
+ * an emptied zone has no room: the caller fails that one entry.
  */
 
 static void *
@@ -356,7 +360,6 @@ ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size)
 {
     void                   *p;
     uint64_t                now;
-    ngx_uint_t              n;
     ngx_queue_t            *q, *prev;
     ngx_slab_pool_t        *shpool;
     ngx_cloudauth_node_t   *cn;
@@ -372,25 +375,18 @@ ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size)
 
     now = ngx_cloudauth_now();
 
-    for (n = 0; n < 16; n++) {
+    for (q = ngx_queue_last(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = prev)
+    {
+        prev = ngx_queue_prev(q);
+        cn = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
-        q = ngx_queue_last(&sh->lru);
-
-        while (q != ngx_queue_sentinel(&sh->lru)) {
-            prev = ngx_queue_prev(q);
-            cn = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
-
-            if (cn->claim_pid == 0 || cn->claim_deadline < now) {
-                ngx_cloudauth_cache_free_node(zone, cn);
-                break;
-            }
-
-            q = prev;
+        if (cn->claim_pid != 0 && cn->claim_deadline >= now) {
+            continue;
         }
 
-        if (q == ngx_queue_sentinel(&sh->lru)) {
-            return NULL;
-        }
+        ngx_cloudauth_cache_free_node(zone, cn);
 
         p = ngx_slab_alloc_locked(shpool, size);
         if (p) {
