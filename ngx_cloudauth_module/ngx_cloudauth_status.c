@@ -313,7 +313,30 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
 
     for (i = 0; i < cmcf->creds.nelts; i++) {
 
-        c = json_object();
+        /* the sums count every entry, also one that cannot be shown */
+
+        ngx_memzero(&sum, sizeof(sum));
+
+        for (k = 0; k < snaps->nelts; k++) {
+            if (s[k].cred == cp[i]) {
+                sum.hits += s[k].hits;
+                sum.misses += s[k].misses;
+                sum.fetches += s[k].fetches;
+                sum.fetch_failures += s[k].fetch_failures;
+                sum.waiters += s[k].waiters;
+                sum.invalidations += s[k].invalidations;
+            }
+        }
+
+        c = json_pack("{s:s%, s:[], s:I, s:I, s:I, s:I, s:I, s:I}",
+                      "type", cp[i]->kind->name.data, cp[i]->kind->name.len,
+                      "entries",
+                      "hits", sum.hits, "misses", sum.misses,
+                      "fetches", sum.fetches,
+                      "fetch_failures", sum.fetch_failures,
+                      "waiters", sum.waiters,
+                      "invalidations", sum.invalidations);
+
         if (json_object_setn_new(creds, (char *) cp[i]->name.data,
                                  cp[i]->name.len, c)
             != 0)
@@ -321,20 +344,7 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
             goto failed;
         }
 
-        if (json_object_set_new(c, "type",
-                                json_stringn((char *) cp[i]->kind->name.data,
-                                             cp[i]->kind->name.len))
-            != 0)
-        {
-            goto failed;
-        }
-
-        list = json_array();
-        if (json_object_set_new(c, "entries", list) != 0) {
-            goto failed;
-        }
-
-        ngx_memzero(&sum, sizeof(sum));
+        list = json_object_get(c, "entries");
 
         for (k = 0; k < snaps->nelts; k++) {
             if (s[k].cred != cp[i]) {
@@ -345,32 +355,7 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
 
             if (e == NULL || json_array_append_new(list, e) != 0) {
                 skipped++;
-                continue;
             }
-
-            sum.hits += s[k].hits;
-            sum.misses += s[k].misses;
-            sum.fetches += s[k].fetches;
-            sum.fetch_failures += s[k].fetch_failures;
-            sum.waiters += s[k].waiters;
-            sum.invalidations += s[k].invalidations;
-        }
-
-        if (json_object_set_new(c, "hits", json_integer(sum.hits)) != 0
-            || json_object_set_new(c, "misses", json_integer(sum.misses))
-               != 0
-            || json_object_set_new(c, "fetches", json_integer(sum.fetches))
-               != 0
-            || json_object_set_new(c, "fetch_failures",
-                                   json_integer(sum.fetch_failures))
-               != 0
-            || json_object_set_new(c, "waiters", json_integer(sum.waiters))
-               != 0
-            || json_object_set_new(c, "invalidations",
-                                   json_integer(sum.invalidations))
-               != 0)
-        {
-            goto failed;
         }
     }
 
