@@ -146,6 +146,7 @@ typedef struct {
     ngx_shm_zone_t            *shm_zone;
     ngx_str_t                  trusted_certificate;
     ngx_msec_t                 timeout;
+    ngx_array_t               *masked;      /* ngx_str_t "name:" of header= */
 } ngx_cloudauth_main_conf_t;
 
 

@@ -6,6 +6,11 @@
  * keyed by (credential fingerprint, subject), and an LRU queue that lets
  * old entries go when the zone is full.  Every function here but the
  * zone initialisation is called with the zone's mutex held.
+ *
+ * The zone is reached through the current cycle (its main configuration's
+ * shm_zone), never through a static: a reload that fails after it made a
+ * new zone frees that zone, and the workers the master starts later run
+ * the old cycle with the old zone.
  */
 
 
@@ -22,12 +27,34 @@ typedef struct {
 
 static void ngx_cloudauth_cache_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static void *ngx_cloudauth_cache_alloc(size_t size);
-static void ngx_cloudauth_cache_free_node(ngx_cloudauth_node_t *node);
+static void *ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size);
+static void ngx_cloudauth_cache_free_node(ngx_shm_zone_t *zone,
+    ngx_cloudauth_node_t *node);
 
 
-static ngx_cloudauth_shctx_t  *ngx_cloudauth_sh;
-static ngx_slab_pool_t        *ngx_cloudauth_shpool;
+#define ngx_cloudauth_cache_sh(zone)                                         \
+    ((ngx_cloudauth_shctx_t *) (zone)->data)
+#define ngx_cloudauth_cache_shpool(zone)                                     \
+    ((ngx_slab_pool_t *) (zone)->shm.addr)
+
+
+/* the zone of the cycle this process runs, or NULL: no credentials */
+
+static ngx_shm_zone_t *
+ngx_cloudauth_cache_zone(void)
+{
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    cmcf = ngx_cloudauth_main_conf();
+
+    if (cmcf == NULL || cmcf->shm_zone == NULL
+        || cmcf->shm_zone->data == NULL)
+    {
+        return NULL;
+    }
+
+    return cmcf->shm_zone;
+}
 
 
 ngx_int_t
@@ -39,8 +66,6 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (data) {
         /* reload: the tokens stay */
         shm_zone->data = data;
-        ngx_cloudauth_sh = data;
-        ngx_cloudauth_shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
         return NGX_OK;
     }
 
@@ -48,8 +73,6 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     if (shm_zone->shm.exists) {
         shm_zone->data = shpool->data;
-        ngx_cloudauth_sh = shpool->data;
-        ngx_cloudauth_shpool = shpool;
         return NGX_OK;
     }
 
@@ -72,9 +95,6 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_sprintf(shpool->log_ctx, " in cloudauth zone%Z");
 
-    ngx_cloudauth_sh = sh;
-    ngx_cloudauth_shpool = shpool;
-
     return NGX_OK;
 }
 
@@ -82,14 +102,22 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 void
 ngx_cloudauth_cache_lock(void)
 {
-    ngx_shmtx_lock(&ngx_cloudauth_shpool->mutex);
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_cloudauth_cache_zone();
+
+    ngx_shmtx_lock(&ngx_cloudauth_cache_shpool(zone)->mutex);
 }
 
 
 void
 ngx_cloudauth_cache_unlock(void)
 {
-    ngx_shmtx_unlock(&ngx_cloudauth_shpool->mutex);
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_cloudauth_cache_zone();
+
+    ngx_shmtx_unlock(&ngx_cloudauth_cache_shpool(zone)->mutex);
 }
 
 
@@ -169,18 +197,23 @@ ngx_cloudauth_node_t *
 ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
     ngx_uint_t create)
 {
-    uint32_t               hash;
-    ngx_int_t              rc;
-    ngx_rbtree_node_t     *node, *sentinel;
-    ngx_cloudauth_node_t  *cn;
+    uint32_t                hash;
+    ngx_int_t               rc;
+    ngx_shm_zone_t         *zone;
+    ngx_rbtree_node_t      *node, *sentinel;
+    ngx_cloudauth_node_t   *cn;
+    ngx_cloudauth_shctx_t  *sh;
+
+    zone = ngx_cloudauth_cache_zone();
+    sh = ngx_cloudauth_cache_sh(zone);
 
     ngx_crc32_init(hash);
     ngx_crc32_update(&hash, fp, NGX_CLOUDAUTH_FP_LEN);
     ngx_crc32_update(&hash, subject->data, subject->len);
     ngx_crc32_final(hash);
 
-    node = ngx_cloudauth_sh->rbtree.root;
-    sentinel = ngx_cloudauth_sh->rbtree.sentinel;
+    node = sh->rbtree.root;
+    sentinel = sh->rbtree.sentinel;
 
     while (node != sentinel) {
 
@@ -200,7 +233,7 @@ ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
 
         if (rc == 0) {
             ngx_queue_remove(&cn->lru);
-            ngx_queue_insert_head(&ngx_cloudauth_sh->lru, &cn->lru);
+            ngx_queue_insert_head(&sh->lru, &cn->lru);
             return cn;
         }
 
@@ -211,8 +244,8 @@ ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
         return NULL;
     }
 
-    cn = ngx_cloudauth_cache_alloc(offsetof(ngx_cloudauth_node_t, data)
-                                   + name->len + subject->len);
+    cn = ngx_cloudauth_cache_alloc(zone, offsetof(ngx_cloudauth_node_t, data)
+                                         + name->len + subject->len);
     if (cn == NULL) {
         return NULL;
     }
@@ -226,8 +259,8 @@ ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
     ngx_memcpy(cn->data, name->data, name->len);
     ngx_memcpy(cn->data + name->len, subject->data, subject->len);
 
-    ngx_rbtree_insert(&ngx_cloudauth_sh->rbtree, &cn->node);
-    ngx_queue_insert_head(&ngx_cloudauth_sh->lru, &cn->lru);
+    ngx_rbtree_insert(&sh->rbtree, &cn->node);
+    ngx_queue_insert_head(&sh->lru, &cn->lru);
 
     return cn;
 }
@@ -236,22 +269,26 @@ ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
 ngx_int_t
 ngx_cloudauth_cache_set_token(ngx_cloudauth_node_t *node, ngx_str_t *token)
 {
-    u_char  *p;
+    u_char          *p;
+    ngx_shm_zone_t  *zone;
 
     if (token->len > node->token_cap) {
+        zone = ngx_cloudauth_cache_zone();
+
         /* keep the node itself out of the eviction */
         ngx_queue_remove(&node->lru);
 
-        p = ngx_cloudauth_cache_alloc(token->len);
+        p = ngx_cloudauth_cache_alloc(zone, token->len);
 
-        ngx_queue_insert_head(&ngx_cloudauth_sh->lru, &node->lru);
+        ngx_queue_insert_head(&ngx_cloudauth_cache_sh(zone)->lru, &node->lru);
 
         if (p == NULL) {
             return NGX_ERROR;
         }
 
         if (node->token) {
-            ngx_slab_free_locked(ngx_cloudauth_shpool, node->token);
+            ngx_slab_free_locked(ngx_cloudauth_cache_shpool(zone),
+                                 node->token);
         }
 
         node->token = p;
@@ -290,59 +327,68 @@ ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node, ngx_str_t *error)
 ngx_queue_t *
 ngx_cloudauth_cache_entries(void)
 {
-    return &ngx_cloudauth_sh->lru;
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_cloudauth_cache_zone();
+
+    return &ngx_cloudauth_cache_sh(zone)->lru;
 }
 
 
 ngx_cloudauth_stats_t *
 ngx_cloudauth_cache_stats(void)
 {
-    return ngx_cloudauth_sh ? &ngx_cloudauth_sh->stats : NULL;
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_cloudauth_cache_zone();
+
+    return zone ? &ngx_cloudauth_cache_sh(zone)->stats : NULL;
 }
 
 
 /*
  * Allocates from the zone; when it is full, lets the least recently used
- * entries go, except those a worker is fetching for right now.
+ * entries go, one after another until the allocation fits, except those a
+ * worker is fetching for right now.  Freed slots make a page free only
+ * when all of its slots are, and a large token needs whole pages next to
+ * each other, so no fixed number of evictions is enough.  NULL when even
+ * an emptied zone has no room: the caller fails that one entry.
  */
 
 static void *
-ngx_cloudauth_cache_alloc(size_t size)
+ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size)
 {
-    void                  *p;
-    uint64_t               now;
-    ngx_uint_t             n;
-    ngx_queue_t           *q, *prev;
-    ngx_cloudauth_node_t  *cn;
+    void                   *p;
+    uint64_t                now;
+    ngx_queue_t            *q, *prev;
+    ngx_slab_pool_t        *shpool;
+    ngx_cloudauth_node_t   *cn;
+    ngx_cloudauth_shctx_t  *sh;
 
-    p = ngx_slab_alloc_locked(ngx_cloudauth_shpool, size);
+    sh = ngx_cloudauth_cache_sh(zone);
+    shpool = ngx_cloudauth_cache_shpool(zone);
+
+    p = ngx_slab_alloc_locked(shpool, size);
     if (p) {
         return p;
     }
 
     now = ngx_cloudauth_now();
 
-    for (n = 0; n < 16; n++) {
+    for (q = ngx_queue_last(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = prev)
+    {
+        prev = ngx_queue_prev(q);
+        cn = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
-        q = ngx_queue_last(&ngx_cloudauth_sh->lru);
-
-        while (q != ngx_queue_sentinel(&ngx_cloudauth_sh->lru)) {
-            prev = ngx_queue_prev(q);
-            cn = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
-
-            if (cn->claim_pid == 0 || cn->claim_deadline < now) {
-                ngx_cloudauth_cache_free_node(cn);
-                break;
-            }
-
-            q = prev;
+        if (cn->claim_pid != 0 && cn->claim_deadline >= now) {
+            continue;
         }
 
-        if (q == ngx_queue_sentinel(&ngx_cloudauth_sh->lru)) {
-            return NULL;
-        }
+        ngx_cloudauth_cache_free_node(zone, cn);
 
-        p = ngx_slab_alloc_locked(ngx_cloudauth_shpool, size);
+        p = ngx_slab_alloc_locked(shpool, size);
         if (p) {
             return p;
         }
@@ -353,15 +399,19 @@ ngx_cloudauth_cache_alloc(size_t size)
 
 
 static void
-ngx_cloudauth_cache_free_node(ngx_cloudauth_node_t *cn)
+ngx_cloudauth_cache_free_node(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *cn)
 {
+    ngx_slab_pool_t  *shpool;
+
+    shpool = ngx_cloudauth_cache_shpool(zone);
+
     ngx_queue_remove(&cn->lru);
-    ngx_rbtree_delete(&ngx_cloudauth_sh->rbtree, &cn->node);
+    ngx_rbtree_delete(&ngx_cloudauth_cache_sh(zone)->rbtree, &cn->node);
 
     if (cn->token) {
         ngx_explicit_memzero(cn->token, cn->token_cap);
-        ngx_slab_free_locked(ngx_cloudauth_shpool, cn->token);
+        ngx_slab_free_locked(shpool, cn->token);
     }
 
-    ngx_slab_free_locked(ngx_cloudauth_shpool, cn);
+    ngx_slab_free_locked(shpool, cn);
 }

@@ -11,6 +11,11 @@
  * through $cloudauth_token can end up anywhere (nginx logs variable values
  * and the headers it proxies), so the worker also remembers the last few
  * of them and masks them wherever they appear.
+ *
+ * The names of "header=" belong to the configuration that has them: they
+ * live in its main configuration, allocated from its pool, and each writer
+ * reaches them through the configuration it was installed for.  Only the
+ * recent tokens are the worker's own, kept as copies.
  */
 
 
@@ -23,23 +28,31 @@
 
 
 typedef struct {
-    ngx_log_t         *log;
-    ngx_log_writer_pt  writer;
-    void              *wdata;
+    ngx_log_t                  *log;
+    ngx_log_writer_pt           writer;
+    void                       *wdata;
+    ngx_cloudauth_main_conf_t  *cmcf;       /* its "header=" names */
 } ngx_cloudauth_log_ctx_t;
 
 
 static void ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
 static void ngx_cloudauth_log_unwrap(void *data);
-static size_t ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len);
+static ngx_str_t *ngx_cloudauth_log_match(ngx_cloudauth_log_ctx_t *ctx,
+    u_char *s, u_char *end);
+static size_t ngx_cloudauth_log_scrub(ngx_cloudauth_log_ctx_t *ctx,
+    u_char *dst, u_char *src, size_t len);
 
 
-static ngx_str_t   ngx_cloudauth_masked[NGX_CLOUDAUTH_MAX_MASKED] = {
+/* masked in every configuration; "header=" names add to these */
+
+static ngx_str_t  ngx_cloudauth_masked[] = {
     ngx_string("authorization:"),
     ngx_string("bearer ")
 };
-static ngx_uint_t  ngx_cloudauth_nmasked = 2;
+
+#define NGX_CLOUDAUTH_NDEFAULT                                               \
+    (sizeof(ngx_cloudauth_masked) / sizeof(ngx_cloudauth_masked[0]))
 
 
 /* tokens handed out through $cloudauth_token: a prefix and the length */
@@ -92,20 +105,42 @@ ngx_cloudauth_log_mask_token(ngx_str_t *token)
 ngx_int_t
 ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
 {
-    u_char      *p;
-    ngx_uint_t   i;
+    u_char                     *p;
+    ngx_str_t                  *m;
+    ngx_uint_t                  i, n;
+    ngx_cloudauth_main_conf_t  *cmcf;
 
-    for (i = 0; i < ngx_cloudauth_nmasked; i++) {
-        if (ngx_cloudauth_masked[i].len == lowcase->len + 1
-            && ngx_strncmp(ngx_cloudauth_masked[i].data, lowcase->data,
-                           lowcase->len)
-               == 0)
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+
+    for (i = 0; i < NGX_CLOUDAUTH_NDEFAULT; i++) {
+        m = &ngx_cloudauth_masked[i];
+
+        if (m->len == lowcase->len + 1 && m->data[lowcase->len] == ':'
+            && ngx_strncmp(m->data, lowcase->data, lowcase->len) == 0)
         {
             return NGX_OK;
         }
     }
 
-    if (ngx_cloudauth_nmasked == NGX_CLOUDAUTH_MAX_MASKED) {
+    if (cmcf->masked == NULL) {
+        cmcf->masked = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+        if (cmcf->masked == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    m = cmcf->masked->elts;
+    n = cmcf->masked->nelts;
+
+    for (i = 0; i < n; i++) {
+        if (m[i].len == lowcase->len + 1
+            && ngx_strncmp(m[i].data, lowcase->data, lowcase->len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    if (NGX_CLOUDAUTH_NDEFAULT + n == NGX_CLOUDAUTH_MAX_MASKED) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "cloudauth: too many different \"header=\" names");
         return NGX_ERROR;
@@ -119,9 +154,13 @@ ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
     ngx_memcpy(p, lowcase->data, lowcase->len);
     p[lowcase->len] = ':';
 
-    ngx_cloudauth_masked[ngx_cloudauth_nmasked].data = p;
-    ngx_cloudauth_masked[ngx_cloudauth_nmasked].len = lowcase->len + 1;
-    ngx_cloudauth_nmasked++;
+    m = ngx_array_push(cmcf->masked);
+    if (m == NULL) {
+        return NGX_ERROR;
+    }
+
+    m->data = p;
+    m->len = lowcase->len + 1;
 
     return NGX_OK;
 }
@@ -130,8 +169,11 @@ ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
 ngx_int_t
 ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log)
 {
-    ngx_pool_cleanup_t       *cln;
-    ngx_cloudauth_log_ctx_t  *ctx;
+    ngx_pool_cleanup_t         *cln;
+    ngx_cloudauth_log_ctx_t    *ctx;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
 
     for ( /* void */ ; log; log = log->next) {
 
@@ -153,6 +195,7 @@ ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log)
         ctx->log = log;
         ctx->writer = log->writer;
         ctx->wdata = log->wdata;
+        ctx->cmcf = cmcf;
 
         cln->handler = ngx_cloudauth_log_unwrap;
 
@@ -185,7 +228,8 @@ ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
 
     ctx = log->wdata;
 
-    n = ngx_cloudauth_log_scrub(out, buf, ngx_min(len, NGX_MAX_ERROR_STR));
+    n = ngx_cloudauth_log_scrub(ctx, out, buf,
+                                ngx_min(len, NGX_MAX_ERROR_STR));
 
     if (ctx->writer) {
         orig = *log;
@@ -211,8 +255,43 @@ ngx_cloudauth_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
 }
 
 
+static ngx_str_t *
+ngx_cloudauth_log_match(ngx_cloudauth_log_ctx_t *ctx, u_char *s, u_char *end)
+{
+    ngx_str_t   *m;
+    ngx_uint_t   i;
+
+    for (i = 0; i < NGX_CLOUDAUTH_NDEFAULT; i++) {
+        m = &ngx_cloudauth_masked[i];
+
+        if ((size_t) (end - s) >= m->len
+            && ngx_strncasecmp(s, m->data, m->len) == 0)
+        {
+            return m;
+        }
+    }
+
+    if (ctx->cmcf == NULL || ctx->cmcf->masked == NULL) {
+        return NULL;
+    }
+
+    m = ctx->cmcf->masked->elts;
+
+    for (i = 0; i < ctx->cmcf->masked->nelts; i++) {
+        if ((size_t) (end - s) >= m[i].len
+            && ngx_strncasecmp(s, m[i].data, m[i].len) == 0)
+        {
+            return &m[i];
+        }
+    }
+
+    return NULL;
+}
+
+
 static size_t
-ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len)
+ngx_cloudauth_log_scrub(ngx_cloudauth_log_ctx_t *ctx, u_char *dst,
+    u_char *src, size_t len)
 {
     u_char                  *s, *d, *end, ch;
     ngx_str_t               *m;
@@ -247,17 +326,9 @@ ngx_cloudauth_log_scrub(u_char *dst, u_char *src, size_t len)
             continue;
         }
 
-        for (i = 0; i < ngx_cloudauth_nmasked; i++) {
-            m = &ngx_cloudauth_masked[i];
+        m = ngx_cloudauth_log_match(ctx, s, end);
 
-            if ((size_t) (end - s) >= m->len
-                && ngx_strncasecmp(s, m->data, m->len) == 0)
-            {
-                break;
-            }
-        }
-
-        if (i == ngx_cloudauth_nmasked) {
+        if (m == NULL) {
             *d++ = *s++;
             continue;
         }

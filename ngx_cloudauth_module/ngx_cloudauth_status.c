@@ -5,6 +5,11 @@
  * cloudauth_status: what the gateway holds and does, as JSON or in the
  * Prometheus text format.  The entries are copied out of the zone under
  * its mutex, then formatted; no token ever leaves the zone here.
+ *
+ * It always answers: subjects come from requests and need not be UTF-8,
+ * so every string is validated and its bad bytes shown as \xNN before
+ * jansson sees it, and an entry that still cannot be shown is left out
+ * (and logged) rather than failing the whole answer.
  */
 
 
@@ -35,6 +40,11 @@ static ngx_int_t ngx_cloudauth_status_handler(ngx_http_request_t *r);
 static ngx_array_t *ngx_cloudauth_status_snapshot(ngx_http_request_t *r);
 static ngx_int_t ngx_cloudauth_status_json(ngx_http_request_t *r,
     ngx_array_t *snaps, ngx_str_t *out);
+static json_t *ngx_cloudauth_status_entry(ngx_http_request_t *r,
+    ngx_cloudauth_snap_t *s);
+static json_t *ngx_cloudauth_status_string(ngx_http_request_t *r,
+    u_char *data, size_t len);
+static size_t ngx_cloudauth_status_utf8(u_char *p, u_char *last);
 static ngx_int_t ngx_cloudauth_status_prometheus(ngx_http_request_t *r,
     ngx_array_t *snaps, ngx_str_t *out);
 
@@ -192,7 +202,7 @@ static ngx_array_t *
 ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
 {
     uint64_t                    now;
-    ngx_uint_t                  i;
+    ngx_uint_t                  i, nomem;
     ngx_queue_t                *q, *entries;
     ngx_array_t                *snaps;
     ngx_cloudauth_cred_t      **cp;
@@ -208,6 +218,7 @@ ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
     }
 
     cp = cmcf->creds.elts;
+    nomem = 0;
 
     ngx_cloudauth_cache_lock();
 
@@ -233,14 +244,17 @@ ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
 
         s = ngx_array_push(snaps);
         if (s == NULL) {
+            nomem = 1;
             break;
         }
 
+        /* lengths bounded by the copies, whatever the entry says */
+
         s->cred = cp[i];
-        s->subject_len = n->subject_len;
-        ngx_memcpy(s->subject, n->data + n->name_len, n->subject_len);
-        s->error_len = n->error_len;
-        ngx_memcpy(s->error, n->error, n->error_len);
+        s->subject_len = ngx_min(n->subject_len, NGX_CLOUDAUTH_MAX_SUBJECT);
+        ngx_memcpy(s->subject, n->data + n->name_len, s->subject_len);
+        s->error_len = ngx_min(n->error_len, NGX_CLOUDAUTH_MAX_ERROR);
+        ngx_memcpy(s->error, n->error, s->error_len);
         s->state = ngx_cloudauth_status_state(n, now);
         s->expires_in = (n->token_len && n->expires_at > now)
                         ? (time_t) ((n->expires_at - now) / 1000) : 0;
@@ -255,7 +269,7 @@ ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
 
     ngx_cloudauth_cache_unlock();
 
-    return snaps;
+    return nomem ? NULL : snaps;
 }
 
 
@@ -264,84 +278,105 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
     ngx_str_t *out)
 {
     char                       *text;
-    json_t                     *root, *creds, *c, *e, *list;
-    ngx_uint_t                  i, k;
+    json_t                     *root, *creds, *c, *e, *list, *up;
+    ngx_uint_t                  i, k, skipped;
     ngx_cloudauth_cred_t      **cp;
     ngx_cloudauth_snap_t       *s;
     ngx_cloudauth_stats_t      *st;
     ngx_cloudauth_main_conf_t  *cmcf;
 
+    struct {
+        json_int_t              hits;
+        json_int_t              misses;
+        json_int_t              fetches;
+        json_int_t              fetch_failures;
+        json_int_t              waiters;
+        json_int_t              invalidations;
+    } sum;
+
     cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
     cp = cmcf->creds.elts;
     s = snaps->elts;
+    skipped = 0;
 
     root = json_object();
+    if (root == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* json_object_set_new() takes the value even when it fails */
+
     creds = json_object();
-    json_object_set_new(root, "credentials", creds);
+    if (json_object_set_new(root, "credentials", creds) != 0) {
+        goto failed;
+    }
 
     for (i = 0; i < cmcf->creds.nelts; i++) {
-        list = json_array();
-        c = json_pack("{s:s%, s:o, s:I, s:I, s:I, s:I, s:I, s:I}",
+
+        /* the sums count every entry, also one that cannot be shown */
+
+        ngx_memzero(&sum, sizeof(sum));
+
+        for (k = 0; k < snaps->nelts; k++) {
+            if (s[k].cred == cp[i]) {
+                sum.hits += s[k].hits;
+                sum.misses += s[k].misses;
+                sum.fetches += s[k].fetches;
+                sum.fetch_failures += s[k].fetch_failures;
+                sum.waiters += s[k].waiters;
+                sum.invalidations += s[k].invalidations;
+            }
+        }
+
+        c = json_pack("{s:s%, s:[], s:I, s:I, s:I, s:I, s:I, s:I}",
                       "type", cp[i]->kind->name.data, cp[i]->kind->name.len,
-                      "entries", list,
-                      "hits", (json_int_t) 0, "misses", (json_int_t) 0,
-                      "fetches", (json_int_t) 0,
-                      "fetch_failures", (json_int_t) 0,
-                      "waiters", (json_int_t) 0,
-                      "invalidations", (json_int_t) 0);
-        if (c == NULL) {
+                      "entries",
+                      "hits", sum.hits, "misses", sum.misses,
+                      "fetches", sum.fetches,
+                      "fetch_failures", sum.fetch_failures,
+                      "waiters", sum.waiters,
+                      "invalidations", sum.invalidations);
+
+        if (json_object_setn_new(creds, (char *) cp[i]->name.data,
+                                 cp[i]->name.len, c)
+            != 0)
+        {
             goto failed;
         }
 
-        json_object_setn_new(creds, (char *) cp[i]->name.data,
-                             cp[i]->name.len, c);
+        list = json_object_get(c, "entries");
 
         for (k = 0; k < snaps->nelts; k++) {
             if (s[k].cred != cp[i]) {
                 continue;
             }
 
-            e = json_pack("{s:s%, s:s, s:I, s:I, s:s%, s:I, s:I, s:I, s:I, "
-                          "s:I, s:I}",
-                          "subject", s[k].subject, s[k].subject_len,
-                          "state", s[k].state,
-                          "expires_in", (json_int_t) s[k].expires_in,
-                          "last_refresh", (json_int_t) s[k].last_refresh,
-                          "last_error", s[k].error, s[k].error_len,
-                          "hits", (json_int_t) s[k].hits,
-                          "misses", (json_int_t) s[k].misses,
-                          "fetches", (json_int_t) s[k].fetches,
-                          "fetch_failures", (json_int_t) s[k].fetch_failures,
-                          "waiters", (json_int_t) s[k].waiters,
-                          "invalidations", (json_int_t) s[k].invalidations);
-            if (e == NULL) {
-                goto failed;
+            e = ngx_cloudauth_status_entry(r, &s[k]);
+
+            if (e == NULL || json_array_append_new(list, e) != 0) {
+                skipped++;
             }
-
-            json_array_append_new(list, e);
-
-#define ngx_cloudauth_sum(name)                                              \
-            json_object_set_new(c, #name, json_integer(                      \
-                json_integer_value(json_object_get(c, #name)) + s[k].name))
-
-            ngx_cloudauth_sum(hits);
-            ngx_cloudauth_sum(misses);
-            ngx_cloudauth_sum(fetches);
-            ngx_cloudauth_sum(fetch_failures);
-            ngx_cloudauth_sum(waiters);
-            ngx_cloudauth_sum(invalidations);
         }
+    }
+
+    if (skipped) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "cloudauth_status: %ui cache entries could not be "
+                      "shown", skipped);
     }
 
     st = ngx_cloudauth_cache_stats();
 
     if (st) {
-        json_object_set_new(root, "uploads",
-                    json_pack("{s:I, s:I, s:I, s:I}",
-                              "active", (json_int_t) st->uploads_active,
-                              "completed", (json_int_t) st->uploads_completed,
-                              "failed", (json_int_t) st->uploads_failed,
-                              "bytes", (json_int_t) st->upload_bytes));
+        up = json_pack("{s:I, s:I, s:I, s:I}",
+                       "active", (json_int_t) st->uploads_active,
+                       "completed", (json_int_t) st->uploads_completed,
+                       "failed", (json_int_t) st->uploads_failed,
+                       "bytes", (json_int_t) st->upload_bytes);
+
+        if (json_object_set_new(root, "uploads", up) != 0) {
+            goto failed;
+        }
     }
 
     text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -369,6 +404,153 @@ failed:
     json_decref(root);
 
     return NGX_ERROR;
+}
+
+
+/* one entry, or NULL when it cannot be shown */
+
+static json_t *
+ngx_cloudauth_status_entry(ngx_http_request_t *r, ngx_cloudauth_snap_t *s)
+{
+    json_t  *e, *subject, *error;
+
+    subject = ngx_cloudauth_status_string(r, s->subject, s->subject_len);
+    error = ngx_cloudauth_status_string(r, s->error, s->error_len);
+
+    if (subject == NULL || error == NULL) {
+        json_decref(subject);
+        json_decref(error);
+        return NULL;
+    }
+
+    /* "o" takes the strings, also when json_pack() fails */
+
+    e = json_pack("{s:o, s:s, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I}",
+                  "subject", subject,
+                  "state", s->state,
+                  "expires_in", (json_int_t) s->expires_in,
+                  "last_refresh", (json_int_t) s->last_refresh,
+                  "last_error", error,
+                  "hits", (json_int_t) s->hits,
+                  "misses", (json_int_t) s->misses,
+                  "fetches", (json_int_t) s->fetches,
+                  "fetch_failures", (json_int_t) s->fetch_failures,
+                  "waiters", (json_int_t) s->waiters,
+                  "invalidations", (json_int_t) s->invalidations);
+
+    return e;
+}
+
+
+/*
+ * A JSON string of bytes that need not be UTF-8: valid sequences as they
+ * are, every other byte as the four characters \xNN.
+ */
+
+static json_t *
+ngx_cloudauth_status_string(ngx_http_request_t *r, u_char *data, size_t len)
+{
+    u_char  *p, *last, *buf, *d;
+    size_t   n;
+
+    p = data;
+    last = data + len;
+
+    while (p < last) {
+        n = ngx_cloudauth_status_utf8(p, last);
+
+        if (n == 0) {
+            break;
+        }
+
+        p += n;
+    }
+
+    if (p == last) {
+        return json_stringn_nocheck((char *) data, len);
+    }
+
+    buf = ngx_pnalloc(r->pool, 4 * len);
+    if (buf == NULL) {
+        return NULL;
+    }
+
+    d = ngx_cpymem(buf, data, p - data);
+
+    while (p < last) {
+        n = ngx_cloudauth_status_utf8(p, last);
+
+        if (n) {
+            d = ngx_cpymem(d, p, n);
+            p += n;
+            continue;
+        }
+
+        d = ngx_sprintf(d, "\\x%02xd", *p++);
+    }
+
+    return json_stringn_nocheck((char *) buf, d - buf);
+}
+
+
+/*
+ * The length of the UTF-8 sequence at p, or 0 if it is not one (RFC 3629,
+ * as jansson checks: no overlong forms, no surrogates, up to U+10FFFF).
+ */
+
+static size_t
+ngx_cloudauth_status_utf8(u_char *p, u_char *last)
+{
+    u_char  c, lo, hi;
+    size_t  n, i;
+
+    c = *p;
+
+    if (c < 0x80) {
+        return 1;
+    }
+
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+
+        if (c == 0xe0) {
+            lo = 0xa0;
+
+        } else if (c == 0xed) {
+            hi = 0x9f;
+        }
+
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+
+        if (c == 0xf0) {
+            lo = 0x90;
+
+        } else if (c == 0xf4) {
+            hi = 0x8f;
+        }
+
+    } else {
+        return 0;
+    }
+
+    if ((size_t) (last - p) < n || p[1] < lo || p[1] > hi) {
+        return 0;
+    }
+
+    for (i = 2; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xbf) {
+            return 0;
+        }
+    }
+
+    return n;
 }
 
 
