@@ -263,6 +263,7 @@ void ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node,
 ngx_queue_t *ngx_cloudauth_cache_entries(void);
 ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(void);
 uint64_t ngx_cloudauth_now(void);
+uint64_t ngx_cloudauth_monotonic(void);
 
 /* ngx_cloudauth_engine.c */
 ngx_int_t ngx_cloudauth_get(ngx_cloudauth_ask_t *ask);

@@ -132,6 +132,22 @@ ngx_cloudauth_now(void)
 }
 
 
+/*
+ * Milliseconds on the clock no step moves, the same in every process of
+ * the machine: claims and the 401 gap are timed on it.
+ */
+
+uint64_t
+ngx_cloudauth_monotonic(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
 static ngx_int_t
 ngx_cloudauth_cache_cmp(ngx_cloudauth_node_t *n, u_char *fp,
     ngx_str_t *subject)
@@ -373,7 +389,7 @@ ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size)
         return p;
     }
 
-    now = ngx_cloudauth_now();
+    now = ngx_cloudauth_monotonic();
 
     for (q = ngx_queue_last(&sh->lru);
          q != ngx_queue_sentinel(&sh->lru);

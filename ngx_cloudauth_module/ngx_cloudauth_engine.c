@@ -87,19 +87,6 @@ static ngx_connection_t  ngx_cloudauth_poll_conn;
 static u_char            ngx_cloudauth_buf[NGX_CLOUDAUTH_MAX_TOKEN];
 
 
-/* milliseconds on the clock no step moves; the same in every process */
-
-static uint64_t
-ngx_cloudauth_monotonic(void)
-{
-    struct timespec  ts;
-
-    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-
 static ngx_uint_t
 ngx_cloudauth_claimed(ngx_cloudauth_node_t *node)
 {

@@ -33,6 +33,7 @@ typedef struct {
     ngx_uint_t                 fetch_failures;
     ngx_uint_t                 waiters;
     ngx_uint_t                 invalidations;
+    ngx_uint_t                 unauthorized_kept;
 } ngx_cloudauth_snap_t;
 
 
@@ -175,7 +176,8 @@ ngx_cloudauth_status_state(ngx_cloudauth_node_t *n, uint64_t now)
 {
     ngx_uint_t  claimed, usable;
 
-    claimed = (n->claim_pid != 0 && n->claim_deadline > now);
+    claimed = (n->claim_pid != 0
+               && n->claim_deadline > ngx_cloudauth_monotonic());
     usable = (n->token_len && now < n->usable_until);
 
     if (usable) {
@@ -265,6 +267,7 @@ ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
         s->fetch_failures = n->fetch_failures;
         s->waiters = n->waiters;
         s->invalidations = n->invalidations;
+        s->unauthorized_kept = n->unauthorized_kept;
     }
 
     ngx_cloudauth_cache_unlock();
@@ -292,6 +295,7 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
         json_int_t              fetch_failures;
         json_int_t              waiters;
         json_int_t              invalidations;
+        json_int_t              unauthorized_kept;
     } sum;
 
     cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
@@ -325,17 +329,19 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
                 sum.fetch_failures += s[k].fetch_failures;
                 sum.waiters += s[k].waiters;
                 sum.invalidations += s[k].invalidations;
+                sum.unauthorized_kept += s[k].unauthorized_kept;
             }
         }
 
-        c = json_pack("{s:s%, s:[], s:I, s:I, s:I, s:I, s:I, s:I}",
+        c = json_pack("{s:s%, s:[], s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                       "type", cp[i]->kind->name.data, cp[i]->kind->name.len,
                       "entries",
                       "hits", sum.hits, "misses", sum.misses,
                       "fetches", sum.fetches,
                       "fetch_failures", sum.fetch_failures,
                       "waiters", sum.waiters,
-                      "invalidations", sum.invalidations);
+                      "invalidations", sum.invalidations,
+                      "unauthorized_kept", sum.unauthorized_kept);
 
         if (json_object_setn_new(creds, (char *) cp[i]->name.data,
                                  cp[i]->name.len, c)
@@ -425,7 +431,8 @@ ngx_cloudauth_status_entry(ngx_http_request_t *r, ngx_cloudauth_snap_t *s)
 
     /* "o" takes the strings, also when json_pack() fails */
 
-    e = json_pack("{s:o, s:s, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I}",
+    e = json_pack("{s:o, s:s, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, "
+                  "s:I}",
                   "subject", subject,
                   "state", s->state,
                   "expires_in", (json_int_t) s->expires_in,
@@ -436,7 +443,8 @@ ngx_cloudauth_status_entry(ngx_http_request_t *r, ngx_cloudauth_snap_t *s)
                   "fetches", (json_int_t) s->fetches,
                   "fetch_failures", (json_int_t) s->fetch_failures,
                   "waiters", (json_int_t) s->waiters,
-                  "invalidations", (json_int_t) s->invalidations);
+                  "invalidations", (json_int_t) s->invalidations,
+                  "unauthorized_kept", (json_int_t) s->unauthorized_kept);
 
     return e;
 }
@@ -579,6 +587,7 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
         { "cloudauth_token_fetches_total", NULL, ",result=\"error\"" },
         { "cloudauth_waiters_total", "counter", "" },
         { "cloudauth_invalidations_total", "counter", "" },
+        { "cloudauth_unauthorized_kept_total", "counter", "" },
         { "cloudauth_cache_entries", "gauge", "" },
         { "cloudauth_token_expires_in_seconds", "gauge", "" }
     };
@@ -609,13 +618,14 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
             sum[3] += s[k].fetch_failures;
             sum[4] += s[k].waiters;
             sum[5] += s[k].invalidations;
-            sum[6]++;
+            sum[6] += s[k].unauthorized_kept;
+            sum[7]++;
 
             /* the soonest expiry */
             if (s[k].expires_in
-                && (sum[7] == 0 || (ngx_uint_t) s[k].expires_in < sum[7]))
+                && (sum[8] == 0 || (ngx_uint_t) s[k].expires_in < sum[8]))
             {
-                sum[7] = s[k].expires_in;
+                sum[8] = s[k].expires_in;
             }
         }
     }

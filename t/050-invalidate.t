@@ -13,6 +13,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use JSON::PP qw(decode_json);
 use CloudAuth::Test;
 
 my $t = CloudAuth::Test->new;
@@ -31,6 +32,10 @@ $t->run(<<'EOF');
         location /api/ {
             cloudauth google;
             proxy_pass http://127.0.0.1:%%UPSTREAM_PORT%%;
+        }
+
+        location = /status {
+            cloudauth_status;
         }
     }
 EOF
@@ -77,6 +82,15 @@ $t->revoke($second);
 $r = $t->http_get('/api/x');
 is("$r->{status} " . auth($r), "401 Bearer $second", 'revoked again: 401');
 is($t->token_count, 2, 'still no token request within 30 s');
+
+my $st = decode_json($t->http_get('/status')->{body});
+my $g = $st->{credentials}{google};
+is($g->{invalidations}, 1, 'status: one invalidation');
+is($g->{unauthorized_kept}, 12, 'status: twelve 401s not acted on');
+is($g->{entries}[0]{unauthorized_kept}, 12, 'per entry too');
+like($t->http_get('/status?format=prometheus')->{body},
+     qr/^cloudauth_unauthorized_kept_total\{credential="google"\} 12$/m,
+     'and in Prometheus');
 
 like($t->error_log, qr/upstream answered 401, cached token dropped/,
      'the one drop is logged');
