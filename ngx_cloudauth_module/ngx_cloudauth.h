@@ -26,6 +26,7 @@ typedef struct ngx_cloudauth_cred_s   ngx_cloudauth_cred_t;
 typedef struct ngx_cloudauth_kind_s   ngx_cloudauth_kind_t;
 typedef struct ngx_cloudauth_fetch_s  ngx_cloudauth_fetch_t;
 typedef struct ngx_cloudauth_ask_s    ngx_cloudauth_ask_t;
+typedef struct ngx_cloudauth_main_conf_s  ngx_cloudauth_main_conf_t;
 
 
 /* an outbound HTTP request, as a kind describes it */
@@ -121,6 +122,7 @@ struct ngx_cloudauth_kind_s {
 struct ngx_cloudauth_cred_s {
     ngx_str_t                  name;
     ngx_uint_t                 index;
+    ngx_cloudauth_main_conf_t *conf;        /* its zone, its timeout */
     ngx_cloudauth_kind_t      *kind;
     void                      *data;        /* the kind's own */
 
@@ -140,14 +142,14 @@ struct ngx_cloudauth_cred_s {
 };
 
 
-typedef struct {
+struct ngx_cloudauth_main_conf_s {
     ngx_array_t                creds;       /* ngx_cloudauth_cred_t * */
     size_t                     zone_size;
     ngx_shm_zone_t            *shm_zone;
     ngx_str_t                  trusted_certificate;
     ngx_msec_t                 timeout;
     ngx_array_t               *masked;      /* ngx_str_t "name:" of header= */
-} ngx_cloudauth_main_conf_t;
+};
 
 
 /* cache status of one request, for $cloudauth_cache_status */
@@ -196,46 +198,87 @@ typedef struct {
 } ngx_cloudauth_stats_t;
 
 
-/* a cache entry in shared memory; times are milliseconds since the epoch */
+/* the key of a cache entry: a credential's identity and a subject */
 
 typedef struct {
-    ngx_rbtree_node_t          node;
-    ngx_queue_t                lru;
-    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
+    u_char                    *fp;
+    ngx_str_t                 *name;
+    ngx_str_t                 *subject;
+} ngx_cloudauth_key_t;
 
+
+/* what ngx_cloudauth_cache_take() found, and did for its caller */
+
+typedef enum {
+    NGX_CLOUDAUTH_TAKE_TOKEN = 0,   /* a usable token, copied out */
+    NGX_CLOUDAUTH_TAKE_FETCH,       /* none; claimed: the caller fetches */
+    NGX_CLOUDAUTH_TAKE_WAIT,        /* none; another claim is running */
+    NGX_CLOUDAUTH_TAKE_BACKOFF,     /* none; fetches fail, do not wait */
+    NGX_CLOUDAUTH_TAKE_FULL,        /* no room for the entry */
+    NGX_CLOUDAUTH_TAKE_NOMEM        /* no memory for the token's copy */
+} ngx_cloudauth_take_e;
+
+
+#define NGX_CLOUDAUTH_COUNT_NONE     0  /* a poll: counts nothing */
+#define NGX_CLOUDAUTH_COUNT_REQUEST  1  /* a hit, or a miss that waits */
+#define NGX_CLOUDAUTH_COUNT_SIGN     2  /* a hit, or a miss signed at once */
+
+typedef struct {
+    /* in */
+    ngx_msec_t                 claim_for;   /* how long a new claim holds */
+    ngx_pool_t                *pool;        /* the token is copied here */
+    ngx_uint_t                 count;       /* NGX_CLOUDAUTH_COUNT_* */
+    unsigned                   refresh:1;   /* claim a token due for it */
+
+    /* out */
+    ngx_str_t                  token;
+    time_t                     expires_at;  /* seconds, wall clock */
+    ngx_uint_t                 claim;       /* the caller's claim, or 0 */
+    unsigned                   stale:1;     /* in its refresh window */
+} ngx_cloudauth_take_t;
+
+
+/* a fresh token and its times, milliseconds on the wall clock */
+
+typedef struct {
+    ngx_str_t                  token;
     uint64_t                   expires_at;
-    uint64_t                   usable_until;
     uint64_t                   refresh_at;
-    uint64_t                   refreshed_at;
+    uint64_t                   usable_until;
+} ngx_cloudauth_fresh_t;
 
-    uint64_t                   claim_deadline;  /* monotonic */
-    ngx_pid_t                  claim_pid;
-    ngx_uint_t                 claim_seq;       /* which claim of pid's */
 
-    uint64_t                   invalidated_at;  /* monotonic */
+typedef enum {
+    NGX_CLOUDAUTH_INVALIDATE_NONE = 0,  /* not the cached token */
+    NGX_CLOUDAUTH_INVALIDATE_DROPPED,
+    NGX_CLOUDAUTH_INVALIDATE_KEPT       /* dropped one too recently */
+} ngx_cloudauth_invalidate_e;
 
-    uint64_t                   backoff_until;
-    ngx_uint_t                 failures;    /* consecutive */
 
-    ngx_atomic_uint_t          hits;
-    ngx_atomic_uint_t          misses;
-    ngx_atomic_uint_t          fetches;
-    ngx_atomic_uint_t          fetch_failures;
-    ngx_atomic_uint_t          waiters;
-    ngx_atomic_uint_t          invalidations;
-    ngx_atomic_uint_t          unauthorized_kept; /* 401s not acted on */
+typedef ngx_msec_t (*ngx_cloudauth_backoff_pt)(ngx_uint_t failures,
+    void *data);
 
-    u_char                    *token;
-    uint32_t                   token_len;
-    uint32_t                   token_cap;
 
+/* an entry as the status page sees it: a copy, never a token */
+
+typedef struct {
+    ngx_cloudauth_cred_t      *cred;        /* the caller's, not the cache's */
+    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
+    u_char                     subject[NGX_CLOUDAUTH_MAX_SUBJECT];
+    size_t                     subject_len;
     u_char                     error[NGX_CLOUDAUTH_MAX_ERROR];
-    uint32_t                   error_len;
-
-    u_char                     name_len;
-    u_short                    subject_len;
-    u_char                     data[1];     /* name, then subject */
-} ngx_cloudauth_node_t;
+    size_t                     error_len;
+    const char                *state;
+    time_t                     expires_in;
+    time_t                     last_refresh;
+    ngx_uint_t                 hits;
+    ngx_uint_t                 misses;
+    ngx_uint_t                 fetches;
+    ngx_uint_t                 fetch_failures;
+    ngx_uint_t                 waiters;
+    ngx_uint_t                 invalidations;
+    ngx_uint_t                 unauthorized_kept;
+} ngx_cloudauth_entry_t;
 
 
 /* ngx_cloudauth_module.c */
@@ -246,34 +289,39 @@ char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char *param, ngx_str_t *url, ngx_uint_t allow_metadata);
 char *ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
     ngx_uint_t n);
-ngx_cloudauth_main_conf_t *ngx_cloudauth_main_conf(void);
 
-/* ngx_cloudauth_cache.c */
+/* ngx_cloudauth_cache.c: each function takes and drops the zone's lock */
 ngx_int_t ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
-void ngx_cloudauth_cache_lock(void);
-void ngx_cloudauth_cache_unlock(void);
-ngx_cloudauth_node_t *ngx_cloudauth_cache_lookup(u_char *fp,
-    ngx_str_t *name, ngx_str_t *subject, ngx_uint_t create);
-ngx_int_t ngx_cloudauth_cache_set_token(ngx_cloudauth_node_t *node,
-    ngx_str_t *token);
-void ngx_cloudauth_cache_drop_token(ngx_cloudauth_node_t *node);
-void ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node,
-    ngx_str_t *error);
-ngx_queue_t *ngx_cloudauth_cache_entries(void);
-ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(void);
+ngx_cloudauth_take_e ngx_cloudauth_cache_take(ngx_shm_zone_t *zone,
+    ngx_cloudauth_key_t *key, ngx_cloudauth_take_t *t);
+ngx_int_t ngx_cloudauth_cache_store(ngx_shm_zone_t *zone,
+    ngx_cloudauth_key_t *key, ngx_uint_t claim, ngx_cloudauth_fresh_t *fresh);
+ngx_msec_t ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone,
+    ngx_cloudauth_key_t *key, ngx_uint_t claim, ngx_str_t *error,
+    ngx_cloudauth_backoff_pt backoff, void *data);
+void ngx_cloudauth_cache_release(ngx_shm_zone_t *zone,
+    ngx_cloudauth_key_t *key, ngx_uint_t claim);
+void ngx_cloudauth_cache_release_all(ngx_shm_zone_t *zone, ngx_pid_t pid);
+ngx_cloudauth_invalidate_e ngx_cloudauth_cache_invalidate(
+    ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key, ngx_str_t *token,
+    ngx_msec_t gap);
+ngx_int_t ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
+    ngx_array_t *entries);
+ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone);
 uint64_t ngx_cloudauth_now(void);
 uint64_t ngx_cloudauth_monotonic(void);
 
 /* ngx_cloudauth_engine.c */
-ngx_int_t ngx_cloudauth_get(ngx_cloudauth_ask_t *ask);
-void ngx_cloudauth_cancel(ngx_cloudauth_ask_t *ask);
-void ngx_cloudauth_invalidate(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
-    ngx_str_t *token, ngx_log_t *log);
-void ngx_cloudauth_engine_exit(void);
+ngx_int_t ngx_cloudauth_engine_get(ngx_cloudauth_ask_t *ask);
+void ngx_cloudauth_engine_cancel(ngx_cloudauth_ask_t *ask);
+void ngx_cloudauth_engine_invalidate(ngx_cloudauth_cred_t *cred,
+    ngx_str_t *subject, ngx_str_t *token, ngx_log_t *log);
+void ngx_cloudauth_engine_exit(ngx_cycle_t *cycle);
 
 /* ngx_cloudauth_fetch.c */
-ngx_int_t ngx_cloudauth_fetch_init(ngx_cycle_t *cycle);
+ngx_int_t ngx_cloudauth_fetch_init(ngx_cycle_t *cycle, ngx_msec_t timeout,
+    ngx_str_t *cainfo);
 void ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle);
 ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);

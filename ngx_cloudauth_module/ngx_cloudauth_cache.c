@@ -4,17 +4,59 @@
  *
  * The token cache: one shared memory zone, a red-black tree of entries
  * keyed by (credential fingerprint, subject), and an LRU queue that lets
- * old entries go when the zone is full.  Every function here but the
- * zone initialisation is called with the zone's mutex held.
- *
- * The zone is reached through the current cycle (its main configuration's
- * shm_zone), never through a static: a reload that fails after it made a
- * new zone frees that zone, and the workers the master starts later run
- * the old cycle with the old zone.
+ * old entries go when the zone is full.  This file alone knows an entry's
+ * layout and takes the zone's mutex: each operation the engine and the
+ * status page call takes and drops it itself, as limit_req's lookup and
+ * account do.  The zone comes with each call (the credential's main
+ * configuration holds it), never from a static: a reload that fails after
+ * it made a new zone frees that zone, and the workers the master starts
+ * later run the old cycle with the old zone.
  */
 
 
 #include "ngx_cloudauth.h"
+
+
+/* an entry; wall clock times are milliseconds since the epoch */
+
+typedef struct {
+    ngx_rbtree_node_t          node;
+    ngx_queue_t                lru;
+    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
+
+    uint64_t                   expires_at;
+    uint64_t                   usable_until;
+    uint64_t                   refresh_at;
+    uint64_t                   refreshed_at;
+
+    uint64_t                   claim_deadline;  /* monotonic */
+    ngx_pid_t                  claim_pid;
+    ngx_uint_t                 claim_seq;       /* which claim of pid's */
+
+    uint64_t                   invalidated_at;  /* monotonic */
+
+    uint64_t                   backoff_until;
+    ngx_uint_t                 failures;        /* consecutive */
+
+    ngx_uint_t                 hits;
+    ngx_uint_t                 misses;
+    ngx_uint_t                 fetches;
+    ngx_uint_t                 fetch_failures;
+    ngx_uint_t                 waiters;
+    ngx_uint_t                 invalidations;
+    ngx_uint_t                 unauthorized_kept; /* 401s not acted on */
+
+    u_char                    *token;
+    uint32_t                   token_len;
+    uint32_t                   token_cap;
+
+    u_char                     error[NGX_CLOUDAUTH_MAX_ERROR];
+    uint32_t                   error_len;
+
+    u_char                     name_len;
+    u_short                    subject_len;
+    u_char                     data[1];         /* name, then subject */
+} ngx_cloudauth_node_t;
 
 
 typedef struct {
@@ -36,25 +78,6 @@ static void ngx_cloudauth_cache_free_node(ngx_shm_zone_t *zone,
     ((ngx_cloudauth_shctx_t *) (zone)->data)
 #define ngx_cloudauth_cache_shpool(zone)                                     \
     ((ngx_slab_pool_t *) (zone)->shm.addr)
-
-
-/* the zone of the cycle this process runs, or NULL: no credentials */
-
-static ngx_shm_zone_t *
-ngx_cloudauth_cache_zone(void)
-{
-    ngx_cloudauth_main_conf_t  *cmcf;
-
-    cmcf = ngx_cloudauth_main_conf();
-
-    if (cmcf == NULL || cmcf->shm_zone == NULL
-        || cmcf->shm_zone->data == NULL)
-    {
-        return NULL;
-    }
-
-    return cmcf->shm_zone;
-}
 
 
 ngx_int_t
@@ -99,26 +122,10 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-void
-ngx_cloudauth_cache_lock(void)
-{
-    ngx_shm_zone_t  *zone;
-
-    zone = ngx_cloudauth_cache_zone();
-
-    ngx_shmtx_lock(&ngx_cloudauth_cache_shpool(zone)->mutex);
-}
-
-
-void
-ngx_cloudauth_cache_unlock(void)
-{
-    ngx_shm_zone_t  *zone;
-
-    zone = ngx_cloudauth_cache_zone();
-
-    ngx_shmtx_unlock(&ngx_cloudauth_cache_shpool(zone)->mutex);
-}
+#define ngx_cloudauth_cache_lock(zone)                                       \
+    ngx_shmtx_lock(&ngx_cloudauth_cache_shpool(zone)->mutex)
+#define ngx_cloudauth_cache_unlock(zone)                                     \
+    ngx_shmtx_unlock(&ngx_cloudauth_cache_shpool(zone)->mutex)
 
 
 uint64_t
@@ -209,19 +216,24 @@ ngx_cloudauth_cache_insert(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
 }
 
 
-ngx_cloudauth_node_t *
-ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
+/* the entry of key, made if create; with the mutex held */
+
+static ngx_cloudauth_node_t *
+ngx_cloudauth_cache_lookup(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
     ngx_uint_t create)
 {
+    u_char                 *fp;
     uint32_t                hash;
     ngx_int_t               rc;
-    ngx_shm_zone_t         *zone;
+    ngx_str_t              *name, *subject;
     ngx_rbtree_node_t      *node, *sentinel;
     ngx_cloudauth_node_t   *cn;
     ngx_cloudauth_shctx_t  *sh;
 
-    zone = ngx_cloudauth_cache_zone();
     sh = ngx_cloudauth_cache_sh(zone);
+    fp = key->fp;
+    name = key->name;
+    subject = key->subject;
 
     ngx_crc32_init(hash);
     ngx_crc32_update(&hash, fp, NGX_CLOUDAUTH_FP_LEN);
@@ -282,14 +294,13 @@ ngx_cloudauth_cache_lookup(u_char *fp, ngx_str_t *name, ngx_str_t *subject,
 }
 
 
-ngx_int_t
-ngx_cloudauth_cache_set_token(ngx_cloudauth_node_t *node, ngx_str_t *token)
+static ngx_int_t
+ngx_cloudauth_cache_set_token(ngx_shm_zone_t *zone,
+    ngx_cloudauth_node_t *node, ngx_str_t *token)
 {
-    u_char          *p;
-    ngx_shm_zone_t  *zone;
+    u_char  *p;
 
     if (token->len > node->token_cap) {
-        zone = ngx_cloudauth_cache_zone();
 
         /* keep the node itself out of the eviction */
         ngx_queue_remove(&node->lru);
@@ -318,7 +329,7 @@ ngx_cloudauth_cache_set_token(ngx_cloudauth_node_t *node, ngx_str_t *token)
 }
 
 
-void
+static void
 ngx_cloudauth_cache_drop_token(ngx_cloudauth_node_t *node)
 {
     if (node->token) {
@@ -332,7 +343,7 @@ ngx_cloudauth_cache_drop_token(ngx_cloudauth_node_t *node)
 }
 
 
-void
+static void
 ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node, ngx_str_t *error)
 {
     node->error_len = ngx_min(error->len, NGX_CLOUDAUTH_MAX_ERROR);
@@ -340,25 +351,398 @@ ngx_cloudauth_cache_set_error(ngx_cloudauth_node_t *node, ngx_str_t *error)
 }
 
 
-ngx_queue_t *
-ngx_cloudauth_cache_entries(void)
+ngx_cloudauth_stats_t *
+ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone)
 {
-    ngx_shm_zone_t  *zone;
+    if (zone == NULL || zone->data == NULL) {
+        return NULL;
+    }
 
-    zone = ngx_cloudauth_cache_zone();
-
-    return &ngx_cloudauth_cache_sh(zone)->lru;
+    return &ngx_cloudauth_cache_sh(zone)->stats;
 }
 
 
-ngx_cloudauth_stats_t *
-ngx_cloudauth_cache_stats(void)
+static ngx_uint_t
+ngx_cloudauth_cache_claimed(ngx_cloudauth_node_t *node, uint64_t mono)
 {
-    ngx_shm_zone_t  *zone;
+    return node->claim_pid != 0 && node->claim_deadline > mono;
+}
 
-    zone = ngx_cloudauth_cache_zone();
 
-    return zone ? &ngx_cloudauth_cache_sh(zone)->stats : NULL;
+static ngx_uint_t
+ngx_cloudauth_cache_owns(ngx_cloudauth_node_t *node, ngx_uint_t claim)
+{
+    return claim && node->claim_pid == ngx_pid && node->claim_seq == claim;
+}
+
+
+/*
+ * The engine's one question: a usable token (copied into t->pool), or what
+ * to do without one.  A caller that finds no token and no running claim
+ * gets the claim (NGX_CLOUDAUTH_TAKE_FETCH); with t->refresh, so does one
+ * that finds a token due for refresh (a token and t->claim).
+ */
+
+ngx_cloudauth_take_e
+ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
+    ngx_cloudauth_take_t *t)
+{
+    uint64_t               now, mono;
+    ngx_cloudauth_node_t  *node;
+    ngx_cloudauth_take_e   rc;
+
+    t->claim = 0;
+    t->stale = 0;
+
+    ngx_cloudauth_cache_lock(zone);
+
+    node = ngx_cloudauth_cache_lookup(zone, key, 1);
+    if (node == NULL) {
+        ngx_cloudauth_cache_unlock(zone);
+        return NGX_CLOUDAUTH_TAKE_FULL;
+    }
+
+    now = ngx_cloudauth_now();
+    mono = ngx_cloudauth_monotonic();
+
+    if (node->token_len && now < node->usable_until) {
+
+        t->token.data = ngx_pnalloc(t->pool, node->token_len);
+        if (t->token.data == NULL) {
+            ngx_cloudauth_cache_unlock(zone);
+            return NGX_CLOUDAUTH_TAKE_NOMEM;
+        }
+
+        ngx_memcpy(t->token.data, node->token, node->token_len);
+        t->token.len = node->token_len;
+        t->expires_at = (time_t) (node->expires_at / 1000);
+
+        if (now >= node->refresh_at) {
+            t->stale = 1;
+
+            if (t->refresh && !ngx_cloudauth_cache_claimed(node, mono)
+                && now >= node->backoff_until)
+            {
+                node->claim_pid = ngx_pid;
+                node->claim_seq++;
+                node->claim_deadline = mono + t->claim_for;
+                t->claim = node->claim_seq;
+            }
+        }
+
+        if (t->count) {
+            node->hits++;
+        }
+
+        ngx_cloudauth_cache_unlock(zone);
+        return NGX_CLOUDAUTH_TAKE_TOKEN;
+    }
+
+    if (now < node->backoff_until) {
+        rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
+
+        if (t->count) {
+            node->misses++;
+        }
+
+    } else if (ngx_cloudauth_cache_claimed(node, mono)) {
+        rc = NGX_CLOUDAUTH_TAKE_WAIT;
+
+        if (t->count) {
+            node->misses++;
+            node->waiters++;
+        }
+
+    } else {
+        rc = NGX_CLOUDAUTH_TAKE_FETCH;
+
+        node->claim_pid = ngx_pid;
+        node->claim_seq++;
+        node->claim_deadline = mono + t->claim_for;
+        t->claim = node->claim_seq;
+
+        if (t->count) {
+            node->misses++;
+        }
+
+        if (t->count == NGX_CLOUDAUTH_COUNT_REQUEST) {
+            node->waiters++;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    return rc;
+}
+
+
+/*
+ * A fetched token; the claim is released if it is the caller's.  NGX_ERROR
+ * when the zone has no room for it: the caller fails the fetch.
+ */
+
+ngx_int_t
+ngx_cloudauth_cache_store(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
+    ngx_uint_t claim, ngx_cloudauth_fresh_t *fresh)
+{
+    ngx_int_t              rc;
+    ngx_cloudauth_node_t  *node;
+
+    ngx_cloudauth_cache_lock(zone);
+
+    node = ngx_cloudauth_cache_lookup(zone, key, 1);
+
+    if (node == NULL
+        || ngx_cloudauth_cache_set_token(zone, node, &fresh->token) != NGX_OK)
+    {
+        rc = NGX_ERROR;
+
+    } else {
+        node->expires_at = fresh->expires_at;
+        node->refresh_at = fresh->refresh_at;
+        node->usable_until = fresh->usable_until;
+        node->refreshed_at = ngx_cloudauth_now();
+        node->failures = 0;
+        node->backoff_until = 0;
+        node->fetches++;
+        rc = NGX_OK;
+
+        if (ngx_cloudauth_cache_owns(node, claim)) {
+            node->claim_pid = 0;
+            node->claim_deadline = 0;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    return rc;
+}
+
+
+/*
+ * A failed fetch: the entry backs off for what backoff() says of its
+ * consecutive failures.  Only the claim's owner decides: a fetch that
+ * outlived its claim (another worker took the entry over) changes
+ * nothing.  Returns the back-off, or 0.
+ */
+
+ngx_msec_t
+ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
+    ngx_uint_t claim, ngx_str_t *error, ngx_cloudauth_backoff_pt backoff,
+    void *data)
+{
+    ngx_msec_t             delay;
+    ngx_cloudauth_node_t  *node;
+
+    delay = 0;
+
+    ngx_cloudauth_cache_lock(zone);
+
+    node = ngx_cloudauth_cache_lookup(zone, key, 0);
+
+    if (node && ngx_cloudauth_cache_owns(node, claim)) {
+        node->failures++;
+        node->fetch_failures++;
+
+        delay = backoff(node->failures, data);
+        node->backoff_until = ngx_cloudauth_now() + delay;
+
+        ngx_cloudauth_cache_set_error(node, error);
+
+        node->claim_pid = 0;
+        node->claim_deadline = 0;
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    return delay;
+}
+
+
+void
+ngx_cloudauth_cache_release(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
+    ngx_uint_t claim)
+{
+    ngx_cloudauth_node_t  *node;
+
+    ngx_cloudauth_cache_lock(zone);
+
+    node = ngx_cloudauth_cache_lookup(zone, key, 0);
+
+    if (node && ngx_cloudauth_cache_owns(node, claim)) {
+        node->claim_pid = 0;
+        node->claim_deadline = 0;
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+}
+
+
+/* a worker that leaves lets the next one fetch at once */
+
+void
+ngx_cloudauth_cache_release_all(ngx_shm_zone_t *zone, ngx_pid_t pid)
+{
+    ngx_queue_t            *q;
+    ngx_cloudauth_node_t   *node;
+    ngx_cloudauth_shctx_t  *sh;
+
+    if (zone == NULL || zone->data == NULL) {
+        return;
+    }
+
+    sh = ngx_cloudauth_cache_sh(zone);
+
+    ngx_cloudauth_cache_lock(zone);
+
+    for (q = ngx_queue_head(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+        if (node->claim_pid == pid) {
+            node->claim_pid = 0;
+            node->claim_deadline = 0;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+}
+
+
+/*
+ * An upstream refused this token: it is dropped if it is still the cached
+ * one, at most once per entry in gap (monotonic), else counted as kept.
+ */
+
+ngx_cloudauth_invalidate_e
+ngx_cloudauth_cache_invalidate(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
+    ngx_str_t *token, ngx_msec_t gap)
+{
+    uint64_t                     mono;
+    ngx_cloudauth_node_t        *node;
+    ngx_cloudauth_invalidate_e   rc;
+
+    rc = NGX_CLOUDAUTH_INVALIDATE_NONE;
+    mono = ngx_cloudauth_monotonic();
+
+    ngx_cloudauth_cache_lock(zone);
+
+    node = ngx_cloudauth_cache_lookup(zone, key, 0);
+
+    if (node && node->token_len == token->len
+        && ngx_memcmp(node->token, token->data, token->len) == 0)
+    {
+        if (node->invalidated_at && mono - node->invalidated_at < gap) {
+            node->unauthorized_kept++;
+            rc = NGX_CLOUDAUTH_INVALIDATE_KEPT;
+
+        } else {
+            ngx_cloudauth_cache_drop_token(node);
+            node->invalidations++;
+            node->invalidated_at = mono;
+            rc = NGX_CLOUDAUTH_INVALIDATE_DROPPED;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    return rc;
+}
+
+
+static const char *
+ngx_cloudauth_cache_state(ngx_cloudauth_node_t *n, uint64_t now,
+    uint64_t mono)
+{
+    ngx_uint_t  claimed, usable;
+
+    claimed = ngx_cloudauth_cache_claimed(n, mono);
+    usable = (n->token_len && now < n->usable_until);
+
+    if (usable) {
+        if (claimed) {
+            return "refreshing";
+        }
+
+        return n->failures ? "failing" : "valid";
+    }
+
+    if (now < n->backoff_until) {
+        return "backoff";
+    }
+
+    if (claimed) {
+        return "fetching";
+    }
+
+    return n->failures ? "failing" : "empty";
+}
+
+
+/*
+ * Copies every entry, most recently used first, into the array of
+ * ngx_cloudauth_entry_t; lengths bounded by the copies, whatever the
+ * entry says.  NGX_ERROR when the array cannot grow.
+ */
+
+ngx_int_t
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
+{
+    uint64_t                now, mono;
+    ngx_int_t               rc;
+    ngx_queue_t            *q;
+    ngx_cloudauth_node_t   *n;
+    ngx_cloudauth_entry_t  *e;
+    ngx_cloudauth_shctx_t  *sh;
+
+    if (zone == NULL || zone->data == NULL) {
+        return NGX_OK;
+    }
+
+    sh = ngx_cloudauth_cache_sh(zone);
+    rc = NGX_OK;
+
+    ngx_cloudauth_cache_lock(zone);
+
+    now = ngx_cloudauth_now();
+    mono = ngx_cloudauth_monotonic();
+
+    for (q = ngx_queue_head(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = ngx_queue_next(q))
+    {
+        n = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+        e = ngx_array_push(entries);
+        if (e == NULL) {
+            rc = NGX_ERROR;
+            break;
+        }
+
+        e->cred = NULL;
+        ngx_memcpy(e->fp, n->fp, NGX_CLOUDAUTH_FP_LEN);
+        e->subject_len = ngx_min(n->subject_len, NGX_CLOUDAUTH_MAX_SUBJECT);
+        ngx_memcpy(e->subject, n->data + n->name_len, e->subject_len);
+        e->error_len = ngx_min(n->error_len, NGX_CLOUDAUTH_MAX_ERROR);
+        ngx_memcpy(e->error, n->error, e->error_len);
+        e->state = ngx_cloudauth_cache_state(n, now, mono);
+        e->expires_in = (n->token_len && n->expires_at > now)
+                        ? (time_t) ((n->expires_at - now) / 1000) : 0;
+        e->last_refresh = (time_t) (n->refreshed_at / 1000);
+        e->hits = n->hits;
+        e->misses = n->misses;
+        e->fetches = n->fetches;
+        e->fetch_failures = n->fetch_failures;
+        e->waiters = n->waiters;
+        e->invalidations = n->invalidations;
+        e->unauthorized_kept = n->unauthorized_kept;
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    return rc;
 }
 
 

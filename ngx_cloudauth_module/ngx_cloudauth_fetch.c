@@ -80,6 +80,10 @@ static int ngx_cloudauth_fetch_seek_cb(void *userdata, curl_off_t offset,
 
 
 static CURLM             *ngx_cloudauth_multi;
+/* what the worker's configuration says, set by ngx_cloudauth_fetch_init() */
+static ngx_msec_t         ngx_cloudauth_fetch_timeout;
+static ngx_str_t          ngx_cloudauth_fetch_cainfo;
+
 static ngx_event_t        ngx_cloudauth_timer;
 static ngx_event_t        ngx_cloudauth_fail_event;
 static ngx_connection_t   ngx_cloudauth_timer_conn;
@@ -89,8 +93,12 @@ static ngx_queue_t        ngx_cloudauth_failed;    /* handlers due */
 
 
 ngx_int_t
-ngx_cloudauth_fetch_init(ngx_cycle_t *cycle)
+ngx_cloudauth_fetch_init(ngx_cycle_t *cycle, ngx_msec_t timeout,
+    ngx_str_t *cainfo)
 {
+    ngx_cloudauth_fetch_timeout = timeout;
+    ngx_cloudauth_fetch_cainfo = *cainfo;
+
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "cloudauth: curl_global_init() failed");
@@ -672,7 +680,6 @@ ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
     long                        stall;
     CURLcode                    rc;
     ngx_cloudauth_fetch_t      *f;
-    ngx_cloudauth_main_conf_t  *cmcf;
 
     f = ngx_cloudauth_fetch_create(req, handler, data, log);
     if (f == NULL) {
@@ -707,8 +714,7 @@ ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
     }
 
     if (length >= 0) {
-        cmcf = ngx_cloudauth_main_conf();
-        stall = (long) (cmcf->timeout + 999) / 1000;
+        stall = (long) (ngx_cloudauth_fetch_timeout + 999) / 1000;
 
         /* CURLOPT_UPLOAD makes it a PUT unless a custom method is set */
         ngx_cloudauth_setopt(f, CURLOPT_UPLOAD, 1L);
@@ -817,9 +823,6 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     ngx_uint_t                  i;
     struct curl_slist          *l;
     ngx_cloudauth_fetch_t      *f;
-    ngx_cloudauth_main_conf_t  *cmcf;
-
-    cmcf = ngx_cloudauth_main_conf();
 
     f = ngx_calloc(sizeof(ngx_cloudauth_fetch_t), log);
     if (f == NULL) {
@@ -848,8 +851,10 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     ngx_cloudauth_setopt(f, CURLOPT_SSL_VERIFYPEER, 1L);
     ngx_cloudauth_setopt(f, CURLOPT_SSL_VERIFYHOST, 2L);
     ngx_cloudauth_setopt(f, CURLOPT_NOSIGNAL, 1L);
-    ngx_cloudauth_setopt(f, CURLOPT_TIMEOUT_MS, (long) cmcf->timeout);
-    ngx_cloudauth_setopt(f, CURLOPT_CONNECTTIMEOUT_MS, (long) cmcf->timeout);
+    ngx_cloudauth_setopt(f, CURLOPT_TIMEOUT_MS,
+                         (long) ngx_cloudauth_fetch_timeout);
+    ngx_cloudauth_setopt(f, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long) ngx_cloudauth_fetch_timeout);
     ngx_cloudauth_setopt(f, CURLOPT_USERAGENT, "ngx_cloudauth/0.1");
     ngx_cloudauth_setopt(f, CURLOPT_ERRORBUFFER, f->errbuf);
     ngx_cloudauth_setopt(f, CURLOPT_PRIVATE, f);
@@ -864,9 +869,9 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     ngx_cloudauth_setopt(f, CURLOPT_CLOSESOCKETFUNCTION,
                          ngx_cloudauth_fetch_close_cb);
 
-    if (cmcf->trusted_certificate.len) {
+    if (ngx_cloudauth_fetch_cainfo.len) {
         ngx_cloudauth_setopt(f, CURLOPT_CAINFO,
-                             cmcf->trusted_certificate.data);
+                             ngx_cloudauth_fetch_cainfo.data);
     }
 
     if (req->body.len || (req->method.len == 4

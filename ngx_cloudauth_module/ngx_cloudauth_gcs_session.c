@@ -312,7 +312,7 @@ ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u,
     /* no byte moved for cloudauth_timeout: given up (and resumed) */
     u->moved = 0;
     u->moved_at = ngx_current_msec;
-    ngx_add_timer(&u->stall, ngx_cloudauth_main_conf()->timeout / 4 + 1);
+    ngx_add_timer(&u->stall, u->ask.cred->conf->timeout / 4 + 1);
 
     return NGX_AGAIN;
 
@@ -458,7 +458,7 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
                       "cloudauth: upload: GCS answered 401, "
                       "retrying with a new token");
 
-        ngx_cloudauth_invalidate(u->ask.cred, &u->ask.subject,
+        ngx_cloudauth_engine_invalidate(u->ask.cred, &u->ask.subject,
                                  &u->ask.token, u->request->connection->log);
 
         u->reauth = 1;
@@ -509,7 +509,7 @@ ngx_http_cloudauth_upload_answer(ngx_http_cloudauth_upload_t *u,
         }
 
         if (f->status == 401) {
-            ngx_cloudauth_invalidate(u->ask.cred, &u->ask.subject,
+            ngx_cloudauth_engine_invalidate(u->ask.cred, &u->ask.subject,
                                      &u->ask.token,
                                      u->request->connection->log);
         }
@@ -946,7 +946,7 @@ ngx_http_cloudauth_upload_stored(ngx_http_cloudauth_upload_t *u,
 
     u->objects++;
 
-    st = ngx_cloudauth_cache_stats();
+    st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->upload_bytes, obj->received);
     }
@@ -1055,7 +1055,7 @@ ngx_http_cloudauth_upload_stall(ngx_event_t *ev)
         return;
     }
 
-    timeout = ngx_cloudauth_main_conf()->timeout;
+    timeout = u->ask.cred->conf->timeout;
 
     up = 0;
     down = 0;

@@ -50,7 +50,7 @@ ngx_http_cloudauth_upload_body(ngx_http_request_t *r)
 
     ngx_str_set(&u->status, "uploading");
 
-    st = ngx_cloudauth_cache_stats();
+    st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->uploads_active, 1);
     }
@@ -756,7 +756,7 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
     if (!obj->token) {
         u->ask.token.len = 0;
 
-        rc = ngx_cloudauth_get(&u->ask);
+        rc = ngx_cloudauth_engine_get(&u->ask);
 
         if (rc == NGX_AGAIN) {
             return NGX_AGAIN;
@@ -903,7 +903,7 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 {
     ngx_cloudauth_stats_t  *st;
 
-    ngx_cloudauth_cancel(&u->ask);
+    ngx_cloudauth_engine_cancel(&u->ask);
 
     if (u->fetch) {
         ngx_cloudauth_fetch_free(u->fetch);
@@ -932,7 +932,7 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
     if (u->active) {
         u->active = 0;
 
-        st = ngx_cloudauth_cache_stats();
+        st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
         if (st) {
             (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
             (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
@@ -968,7 +968,7 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
     if (u->active) {
         u->active = 0;
 
-        st = ngx_cloudauth_cache_stats();
+        st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
         if (st) {
             (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
             (void) ngx_atomic_fetch_add(&st->uploads_completed, 1);

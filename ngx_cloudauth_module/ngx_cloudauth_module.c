@@ -210,14 +210,6 @@ static ngx_str_t  ngx_http_cloudauth_cache_statuses[] = {
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 
 
-ngx_cloudauth_main_conf_t *
-ngx_cloudauth_main_conf(void)
-{
-    return ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                               ngx_http_cloudauth_module);
-}
-
-
 /* the request side */
 
 static ngx_int_t
@@ -353,7 +345,7 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
     cln->handler = ngx_http_cloudauth_cleanup;
     cln->data = &ctx->ask;
 
-    rc = ngx_cloudauth_get(&ctx->ask);
+    rc = ngx_cloudauth_engine_get(&ctx->ask);
 
     return rc;
 }
@@ -379,7 +371,7 @@ ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask)
 static void
 ngx_http_cloudauth_cleanup(void *data)
 {
-    ngx_cloudauth_cancel(data);
+    ngx_cloudauth_engine_cancel(data);
 }
 
 
@@ -623,8 +615,9 @@ ngx_http_cloudauth_header_filter(ngx_http_request_t *r)
 
         if (ctx && ctx->ask.token.len && !ctx->invalidated) {
             ctx->invalidated = 1;
-            ngx_cloudauth_invalidate(ctx->ask.cred, &ctx->ask.subject,
-                                     &ctx->ask.token, r->connection->log);
+            ngx_cloudauth_engine_invalidate(ctx->ask.cred, &ctx->ask.subject,
+                                            &ctx->ask.token,
+                                            r->connection->log);
         }
     }
 
@@ -932,6 +925,7 @@ ngx_http_cloudauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     cred->name = value[1];
     cred->index = cmcf->creds.nelts;
+    cred->conf = cmcf;
     cred->file = cf->conf_file->file.name.data;
     cred->line = cf->conf_file->line;
 
@@ -1404,13 +1398,14 @@ ngx_http_cloudauth_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    return ngx_cloudauth_fetch_init(cycle);
+    return ngx_cloudauth_fetch_init(cycle, cmcf->timeout,
+                                    &cmcf->trusted_certificate);
 }
 
 
 static void
 ngx_http_cloudauth_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_cloudauth_engine_exit();
+    ngx_cloudauth_engine_exit(cycle);
     ngx_cloudauth_fetch_exit(cycle);
 }

@@ -18,23 +18,8 @@
 #include <jansson.h>
 
 
-typedef struct {
-    ngx_cloudauth_cred_t      *cred;
-    u_char                     subject[NGX_CLOUDAUTH_MAX_SUBJECT];
-    size_t                     subject_len;
-    u_char                     error[NGX_CLOUDAUTH_MAX_ERROR];
-    size_t                     error_len;
-    const char                *state;
-    time_t                     expires_in;
-    time_t                     last_refresh;
-    ngx_uint_t                 hits;
-    ngx_uint_t                 misses;
-    ngx_uint_t                 fetches;
-    ngx_uint_t                 fetch_failures;
-    ngx_uint_t                 waiters;
-    ngx_uint_t                 invalidations;
-    ngx_uint_t                 unauthorized_kept;
-} ngx_cloudauth_snap_t;
+/* an entry of the cache's snapshot, its cred filled in here */
+typedef ngx_cloudauth_entry_t  ngx_cloudauth_snap_t;
 
 
 static ngx_int_t ngx_cloudauth_status_handler(ngx_http_request_t *r);
@@ -171,44 +156,17 @@ ngx_cloudauth_status_handler(ngx_http_request_t *r)
 }
 
 
-static const char *
-ngx_cloudauth_status_state(ngx_cloudauth_node_t *n, uint64_t now)
-{
-    ngx_uint_t  claimed, usable;
-
-    claimed = (n->claim_pid != 0
-               && n->claim_deadline > ngx_cloudauth_monotonic());
-    usable = (n->token_len && now < n->usable_until);
-
-    if (usable) {
-        if (claimed) {
-            return "refreshing";
-        }
-
-        return n->failures ? "failing" : "valid";
-    }
-
-    if (now < n->backoff_until) {
-        return "backoff";
-    }
-
-    if (claimed) {
-        return "fetching";
-    }
-
-    return n->failures ? "failing" : "empty";
-}
-
+/*
+ * The cache's copy of its entries, each matched with its credential by
+ * fingerprint; entries left from an earlier configuration are dropped.
+ */
 
 static ngx_array_t *
 ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
 {
-    uint64_t                    now;
-    ngx_uint_t                  i, nomem;
-    ngx_queue_t                *q, *entries;
+    ngx_uint_t                  i, k, n;
     ngx_array_t                *snaps;
     ngx_cloudauth_cred_t      **cp;
-    ngx_cloudauth_node_t       *n;
     ngx_cloudauth_snap_t       *s;
     ngx_cloudauth_main_conf_t  *cmcf;
 
@@ -219,60 +177,36 @@ ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
         return snaps;
     }
 
+    if (ngx_cloudauth_cache_snapshot(cmcf->shm_zone, snaps) != NGX_OK) {
+        return NULL;
+    }
+
     cp = cmcf->creds.elts;
-    nomem = 0;
+    s = snaps->elts;
+    n = 0;
 
-    ngx_cloudauth_cache_lock();
-
-    now = ngx_cloudauth_now();
-    entries = ngx_cloudauth_cache_entries();
-
-    for (q = ngx_queue_head(entries);
-         q != ngx_queue_sentinel(entries);
-         q = ngx_queue_next(q))
-    {
-        n = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+    for (k = 0; k < snaps->nelts; k++) {
 
         for (i = 0; i < cmcf->creds.nelts; i++) {
-            if (ngx_memcmp(n->fp, cp[i]->fp, NGX_CLOUDAUTH_FP_LEN) == 0) {
+            if (ngx_memcmp(s[k].fp, cp[i]->fp, NGX_CLOUDAUTH_FP_LEN) == 0) {
                 break;
             }
         }
 
         if (i == cmcf->creds.nelts) {
-            /* left from an earlier configuration */
             continue;
         }
 
-        s = ngx_array_push(snaps);
-        if (s == NULL) {
-            nomem = 1;
-            break;
+        if (n != k) {
+            s[n] = s[k];
         }
 
-        /* lengths bounded by the copies, whatever the entry says */
-
-        s->cred = cp[i];
-        s->subject_len = ngx_min(n->subject_len, NGX_CLOUDAUTH_MAX_SUBJECT);
-        ngx_memcpy(s->subject, n->data + n->name_len, s->subject_len);
-        s->error_len = ngx_min(n->error_len, NGX_CLOUDAUTH_MAX_ERROR);
-        ngx_memcpy(s->error, n->error, s->error_len);
-        s->state = ngx_cloudauth_status_state(n, now);
-        s->expires_in = (n->token_len && n->expires_at > now)
-                        ? (time_t) ((n->expires_at - now) / 1000) : 0;
-        s->last_refresh = (time_t) (n->refreshed_at / 1000);
-        s->hits = n->hits;
-        s->misses = n->misses;
-        s->fetches = n->fetches;
-        s->fetch_failures = n->fetch_failures;
-        s->waiters = n->waiters;
-        s->invalidations = n->invalidations;
-        s->unauthorized_kept = n->unauthorized_kept;
+        s[n++].cred = cp[i];
     }
 
-    ngx_cloudauth_cache_unlock();
+    snaps->nelts = n;
 
-    return nomem ? NULL : snaps;
+    return snaps;
 }
 
 
@@ -371,7 +305,7 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
                       "shown", skipped);
     }
 
-    st = ngx_cloudauth_cache_stats();
+    st = ngx_cloudauth_cache_stats(cmcf->shm_zone);
 
     if (st) {
         up = json_pack("{s:I, s:I, s:I, s:I}",
@@ -656,7 +590,7 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
         }
     }
 
-    st = ngx_cloudauth_cache_stats();
+    st = ngx_cloudauth_cache_stats(cmcf->shm_zone);
 
     if (st) {
         p = ngx_slprintf(p, last,
