@@ -283,6 +283,11 @@ typedef struct {
 
 /* ngx_cloudauth_module.c */
 extern ngx_module_t  ngx_http_cloudauth_module;
+
+/* ngx_cloudauth_registry.c */
+char *ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_uint_t ngx_cloudauth_isalnum(u_char ch);
 ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
 ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name);
 char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
@@ -406,7 +411,6 @@ ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
     const char *header, const char *claims, ngx_str_t *jwt);
 
 /* ngx_cloudauth_kind.c: what kinds share */
-extern ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[];
 ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     ngx_str_t *path, ngx_str_t *out, char **err);
 ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,

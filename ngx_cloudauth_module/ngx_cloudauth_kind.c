@@ -2,8 +2,9 @@
 /*
  * Copyright (C) ngx_cloudauth authors
  *
- * What credential kinds share: the list of kinds, reading key and secret
- * files at configuration time, and reading OAuth2-shaped answers.
+ * What credential kinds share: reading key and secret files at
+ * configuration time, building token requests, and reading OAuth2-shaped
+ * answers.
  */
 
 
@@ -13,18 +14,6 @@
 
 
 #define NGX_CLOUDAUTH_MAX_FILE  65536
-
-
-ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
-    &ngx_cloudauth_kind_google_sa,
-    &ngx_cloudauth_kind_google_impersonate,
-    &ngx_cloudauth_kind_google_id_token,
-    &ngx_cloudauth_kind_google_metadata,
-    &ngx_cloudauth_kind_zoom_s2s,
-    &ngx_cloudauth_kind_zoom_jwt,
-    &ngx_cloudauth_kind_oauth2_cc,
-    NULL
-};
 
 
 static void ngx_cloudauth_error_text(ngx_pool_t *pool,

@@ -1,0 +1,356 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * The credential registry: the kinds there are, the cloudauth_credential
+ * directive that defines a credential of one, and what the kinds call
+ * while they read their parameters (parameter lookup, URL checks, the
+ * fingerprint that keys a credential's cache entries, lookup by name).
+ */
+
+
+#include "ngx_cloudauth.h"
+
+
+/* a new provider is one file and one line here */
+
+static ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
+    &ngx_cloudauth_kind_google_sa,
+    &ngx_cloudauth_kind_google_impersonate,
+    &ngx_cloudauth_kind_google_id_token,
+    &ngx_cloudauth_kind_google_metadata,
+    &ngx_cloudauth_kind_zoom_s2s,
+    &ngx_cloudauth_kind_zoom_jwt,
+    &ngx_cloudauth_kind_oauth2_cc,
+    NULL
+};
+
+
+ngx_cloudauth_cred_t *
+ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name)
+{
+    ngx_uint_t                  i;
+    ngx_cloudauth_cred_t      **cp;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+    cp = cmcf->creds.elts;
+
+    for (i = 0; i < cmcf->creds.nelts; i++) {
+        if (cp[i]->name.len == name->len
+            && ngx_strncmp(cp[i]->name.data, name->data, name->len) == 0)
+        {
+            return cp[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_uint_t
+ngx_cloudauth_isalnum(u_char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+           || (ch >= '0' && ch <= '9');
+}
+
+
+ngx_str_t *
+ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name)
+{
+    size_t         len;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+
+    kv = cred->params->elts;
+    len = ngx_strlen(name);
+
+    for (i = 0; i < cred->params->nelts; i++) {
+        if (kv[i].key.len == len
+            && ngx_strncmp(kv[i].key.data, name, len) == 0)
+        {
+            cred->used[i] = 1;
+            return &kv[i].value;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * A URL a credential's requests go to, checked with libcurl's own parser
+ * (ngx_cloudauth_url_check()): https://, or plain http:// to a loopback
+ * address (with allow_metadata also to the metadata server); never a user
+ * name or password.  The URL is shown with what could be one masked.
+ */
+
+char *
+ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    char *param, ngx_str_t *url, ngx_uint_t allow_metadata)
+{
+    u_char     *p, *q, *at, *host, *last;
+    char       *why;
+    ngx_str_t   shown;
+
+    why = ngx_cloudauth_url_check(url, allow_metadata, cf->log);
+
+    if (why == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    /* "scheme://user:password@host..." is shown as "scheme://...@host..." */
+
+    shown = *url;
+    last = url->data + url->len;
+
+    host = ngx_strlcasestrn(url->data, last, (u_char *) "://", 3 - 1);
+    host = host ? host + 3 : url->data;
+
+    at = NULL;
+
+    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
+        if (*p == '@') {
+            at = p;
+        }
+    }
+
+    if (at) {
+        shown.len = (host - url->data) + 3 + (last - at);
+        shown.data = ngx_pnalloc(cf->pool, shown.len);
+        if (shown.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        q = ngx_cpymem(shown.data, url->data, host - url->data);
+        q = ngx_cpymem(q, "...", 3);
+        ngx_memcpy(q, at, last - at);
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "cloudauth_credential \"%V\": %s \"%V\" %s",
+                       &cred->name, param, &shown, why);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* the identity of a credential: its cache entries are keyed by it */
+
+char *
+ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
+    ngx_uint_t n)
+{
+    ngx_int_t    ok;
+    ngx_uint_t   i;
+    EVP_MD_CTX  *md;
+
+    md = EVP_MD_CTX_new();
+    if (md == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL)
+         && EVP_DigestUpdate(md, cred->name.data, cred->name.len + 1)
+         && EVP_DigestUpdate(md, cred->kind->name.data,
+                             cred->kind->name.len + 1);
+
+    for (i = 0; ok && i < n; i++) {
+        ok = EVP_DigestUpdate(md, parts[i].data, parts[i].len)
+             && EVP_DigestUpdate(md, "", 1);
+    }
+
+    ok = ok && EVP_DigestFinal_ex(md, cred->fp, NULL);
+
+    EVP_MD_CTX_free(md);
+
+    return ok ? NGX_CONF_OK : NGX_CONF_ERROR;
+}
+
+
+/*
+ * cloudauth_credential NAME type=KIND PARAMETER=VALUE...: parses the
+ * parameters, hands them to the kind's init, and refuses any the kind did
+ * not read.
+ */
+
+char *
+ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_cloudauth_main_conf_t *cmcf = conf;
+
+    u_char                 *p, errstr[NGX_MAX_CONF_ERRSTR];
+    ngx_str_t              *value, *v, re;
+    ngx_uint_t              i;
+    ngx_keyval_t           *kv;
+    ngx_regex_compile_t     rc;
+    ngx_cloudauth_cred_t   *cred, **cp;
+    ngx_cloudauth_kind_t  **kind;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > 64) {
+        return "needs a name of 1 to 64 characters";
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (!(ngx_cloudauth_isalnum(value[1].data[i]) || value[1].data[i] == '_'
+              || value[1].data[i] == '-'))
+        {
+            return "needs a name of letters, digits, \"_\" and \"-\"";
+        }
+    }
+
+    if (ngx_cloudauth_find_cred(cf, &value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\" is defined twice",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    cred = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_cred_t));
+    if (cred == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cred->name = value[1];
+    cred->index = cmcf->creds.nelts;
+    cred->conf = cmcf;
+    cred->file = cf->conf_file->file.name.data;
+    cred->line = cf->conf_file->line;
+
+    cred->params = ngx_array_create(cf->pool, cf->args->nelts,
+                                    sizeof(ngx_keyval_t));
+    cred->used = ngx_pcalloc(cf->pool, cf->args->nelts * sizeof(ngx_uint_t));
+    if (cred->params == NULL || cred->used == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        p = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
+
+        if (p == NULL || p == value[i].data) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": \"%V\" is not "
+                               "a name=value parameter", &cred->name,
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        kv = ngx_array_push(cred->params);
+        if (kv == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        kv->key.data = value[i].data;
+        kv->key.len = p - value[i].data;
+        kv->value.data = p + 1;
+        kv->value.len = value[i].data + value[i].len - p - 1;
+    }
+
+    v = ngx_cloudauth_param(cred, "type");
+    if (v == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": \"type=\" is "
+                           "required, e.g. type=google_service_account",
+                           &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    for (kind = ngx_cloudauth_kinds; *kind; kind++) {
+        if ((*kind)->name.len == v->len
+            && ngx_strncmp((*kind)->name.data, v->data, v->len) == 0)
+        {
+            cred->kind = *kind;
+            break;
+        }
+    }
+
+    if (cred->kind == NULL) {
+        p = errstr;
+
+        for (kind = ngx_cloudauth_kinds; *kind; kind++) {
+            p = ngx_slprintf(p, errstr + NGX_MAX_CONF_ERRSTR, "%s%V",
+                             p == errstr ? "" : ", ", &(*kind)->name);
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": unknown type "
+                           "\"%V\"; known types: %*s", &cred->name, v,
+                           p - errstr, errstr);
+        return NGX_CONF_ERROR;
+    }
+
+    v = ngx_cloudauth_param(cred, "subject");
+    if (v) {
+        cred->subject = *v;
+    }
+
+    v = ngx_cloudauth_param(cred, "subjects");
+    if (v) {
+        re.len = v->len + sizeof("^(?:)$") - 1;
+        re.data = ngx_pnalloc(cf->pool, re.len);
+        if (re.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_sprintf(re.data, "^(?:%V)$", v);
+
+        ngx_memzero(&rc, sizeof(ngx_regex_compile_t));
+        rc.pattern = re;
+        rc.pool = cf->pool;
+        rc.err.len = NGX_MAX_CONF_ERRSTR;
+        rc.err.data = errstr;
+
+        if (ngx_regex_compile(&rc) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": subjects=: %V",
+                               &cred->name, &rc.err);
+            return NGX_CONF_ERROR;
+        }
+
+        cred->subjects = rc.regex;
+    }
+
+    if ((cred->subject.len || cred->subjects) && !cred->kind->subject) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": type=%V takes no "
+                           "subject", &cred->name, &cred->kind->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->subject.len > NGX_CLOUDAUTH_MAX_SUBJECT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": subject= is longer "
+                           "than %d bytes", &cred->name,
+                           NGX_CLOUDAUTH_MAX_SUBJECT);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->kind->init(cf, cred) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    kv = cred->params->elts;
+
+    for (i = 0; i < cred->params->nelts; i++) {
+        if (!cred->used[i]) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": unknown "
+                               "parameter \"%V\" for type=%V", &cred->name,
+                               &kv[i].key, &cred->kind->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cp = ngx_array_push(&cmcf->creds);
+    if (cp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *cp = cred;
+
+    return NGX_CONF_OK;
+}
