@@ -289,7 +289,8 @@ char *ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_uint_t ngx_cloudauth_isalnum(u_char ch);
 ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
-ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name);
+ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf,
+    ngx_str_t *name);
 char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char *param, ngx_str_t *url, ngx_uint_t allow_metadata);
 char *ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
@@ -322,7 +323,7 @@ ngx_int_t ngx_cloudauth_engine_get(ngx_cloudauth_ask_t *ask);
 void ngx_cloudauth_engine_cancel(ngx_cloudauth_ask_t *ask);
 void ngx_cloudauth_engine_invalidate(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_str_t *token, ngx_log_t *log);
-void ngx_cloudauth_engine_exit(ngx_cycle_t *cycle);
+void ngx_cloudauth_engine_exit(ngx_shm_zone_t *zone);
 
 /* ngx_cloudauth_fetch.c */
 ngx_int_t ngx_cloudauth_fetch_init(ngx_cycle_t *cycle, ngx_msec_t timeout,
@@ -393,12 +394,12 @@ ngx_cloudauth_mp_event_e ngx_cloudauth_mp_parse(ngx_cloudauth_mp_t *mp,
     u_char **pos, u_char *last, size_t room);
 ngx_int_t ngx_cloudauth_mp_finish(ngx_cloudauth_mp_t *mp);
 
-/* ngx_cloudauth_status.c */
-char *ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* ngx_cloudauth_log.c */
-ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase);
-ngx_int_t ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log);
+ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf,
+    ngx_cloudauth_main_conf_t *cmcf, ngx_str_t *lowcase);
+ngx_int_t ngx_cloudauth_log_wrap(ngx_conf_t *cf,
+    ngx_cloudauth_main_conf_t *cmcf, ngx_log_t *log);
 void ngx_cloudauth_log_mask_token(ngx_str_t *token);
 
 /* ngx_cloudauth_kind.c: the lifetime of a JWT someone else signed */

@@ -279,20 +279,15 @@ ngx_cloudauth_engine_invalidate(ngx_cloudauth_cred_t *cred,
 
 
 void
-ngx_cloudauth_engine_exit(ngx_cycle_t *cycle)
+ngx_cloudauth_engine_exit(ngx_shm_zone_t *zone)
 {
-    ngx_queue_t                *q;
-    ngx_cloudauth_ask_t        *ask;
-    ngx_cloudauth_group_t      *g;
-    ngx_cloudauth_main_conf_t  *cmcf;
+    ngx_queue_t            *q;
+    ngx_cloudauth_ask_t    *ask;
+    ngx_cloudauth_group_t  *g;
 
     /* a worker that leaves (a reload) lets the next one fetch at once */
 
-    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
-                                               ngx_http_cloudauth_module);
-    if (cmcf) {
-        ngx_cloudauth_cache_release_all(cmcf->shm_zone, ngx_pid);
-    }
+    ngx_cloudauth_cache_release_all(zone, ngx_pid);
 
     while (!ngx_queue_empty(&ngx_cloudauth_jobs)) {
         q = ngx_queue_head(&ngx_cloudauth_jobs);

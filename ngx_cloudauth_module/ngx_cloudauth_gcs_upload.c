@@ -1064,7 +1064,10 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    ucf->cred = ngx_cloudauth_find_cred(cf, &value[1]);
+    ucf->cred = ngx_cloudauth_find_cred(
+                    ngx_http_conf_get_module_main_conf(cf,
+                                                 ngx_http_cloudauth_module),
+                    &value[1]);
     if (ucf->cred == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "cloudauth_gcs_upload: no cloudauth_credential "

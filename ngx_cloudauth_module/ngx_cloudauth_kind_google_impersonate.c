@@ -69,7 +69,7 @@ ngx_cloudauth_impersonate_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
         return NGX_CONF_ERROR;
     }
 
-    cred->source = ngx_cloudauth_find_cred(cf, source);
+    cred->source = ngx_cloudauth_find_cred(cred->conf, source);
 
     if (cred->source == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

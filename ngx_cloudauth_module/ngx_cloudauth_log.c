@@ -103,14 +103,12 @@ ngx_cloudauth_log_mask_token(ngx_str_t *token)
 
 
 ngx_int_t
-ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
+ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_cloudauth_main_conf_t *cmcf,
+    ngx_str_t *lowcase)
 {
-    u_char                     *p;
-    ngx_str_t                  *m;
-    ngx_uint_t                  i, n;
-    ngx_cloudauth_main_conf_t  *cmcf;
-
-    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+    u_char      *p;
+    ngx_str_t   *m;
+    ngx_uint_t   i, n;
 
     for (i = 0; i < NGX_CLOUDAUTH_NDEFAULT; i++) {
         m = &ngx_cloudauth_masked[i];
@@ -167,13 +165,11 @@ ngx_cloudauth_log_mask_header(ngx_conf_t *cf, ngx_str_t *lowcase)
 
 
 ngx_int_t
-ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_log_t *log)
+ngx_cloudauth_log_wrap(ngx_conf_t *cf, ngx_cloudauth_main_conf_t *cmcf,
+    ngx_log_t *log)
 {
-    ngx_pool_cleanup_t         *cln;
-    ngx_cloudauth_log_ctx_t    *ctx;
-    ngx_cloudauth_main_conf_t  *cmcf;
-
-    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+    ngx_pool_cleanup_t       *cln;
+    ngx_cloudauth_log_ctx_t  *ctx;
 
     for ( /* void */ ; log; log = log->next) {
 

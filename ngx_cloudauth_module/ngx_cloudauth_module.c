@@ -124,13 +124,6 @@ static ngx_command_t  ngx_http_cloudauth_commands[] = {
       0,
       NULL },
 
-    { ngx_string("cloudauth_status"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_cloudauth_status,
-      0,
-      0,
-      NULL },
-
     { ngx_string("cloudauth_subject"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_set_complex_value_slot,
@@ -821,7 +814,11 @@ ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                 lcf->header.len);
     lcf->lowcase.data[lcf->lowcase.len] = '\0';
 
-    if (ngx_cloudauth_log_mask_header(cf, &lcf->lowcase) != NGX_OK) {
+    if (ngx_cloudauth_log_mask_header(cf,
+            ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module),
+            &lcf->lowcase)
+        != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -943,7 +940,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         /* nginx's own debug lines would show the tokens */
         clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-        if (ngx_cloudauth_log_wrap(cf, clcf->error_log) != NGX_OK) {
+        if (ngx_cloudauth_log_wrap(cf, cmcf, clcf->error_log) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
     }
@@ -966,7 +963,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
-    conf->cred = ngx_cloudauth_find_cred(cf, &conf->name);
+    conf->cred = ngx_cloudauth_find_cred(cmcf, &conf->name);
 
     if (conf->cred == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
@@ -1050,7 +1047,7 @@ ngx_http_cloudauth_init(ngx_conf_t *cf)
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
 
     if (cmcf->creds.nelts) {
-        return ngx_cloudauth_log_wrap(cf, &cf->cycle->new_log);
+        return ngx_cloudauth_log_wrap(cf, cmcf, &cf->cycle->new_log);
     }
 
     return NGX_OK;
@@ -1081,6 +1078,12 @@ ngx_http_cloudauth_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_cloudauth_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_cloudauth_engine_exit(cycle);
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    cmcf = (cycle->conf_ctx[ngx_http_module.index] == NULL) ? NULL
+           : ngx_http_cycle_get_module_main_conf(cycle,
+                                                 ngx_http_cloudauth_module);
+
+    ngx_cloudauth_engine_exit(cmcf ? cmcf->shm_zone : NULL);
     ngx_cloudauth_fetch_exit(cycle);
 }

@@ -27,13 +27,11 @@ static ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
 
 
 ngx_cloudauth_cred_t *
-ngx_cloudauth_find_cred(ngx_conf_t *cf, ngx_str_t *name)
+ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf, ngx_str_t *name)
 {
-    ngx_uint_t                  i;
-    ngx_cloudauth_cred_t      **cp;
-    ngx_cloudauth_main_conf_t  *cmcf;
+    ngx_uint_t              i;
+    ngx_cloudauth_cred_t  **cp;
 
-    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
     cp = cmcf->creds.elts;
 
     for (i = 0; i < cmcf->creds.nelts; i++) {
@@ -203,7 +201,7 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
         }
     }
 
-    if (ngx_cloudauth_find_cred(cf, &value[1])) {
+    if (ngx_cloudauth_find_cred(cmcf, &value[1])) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "cloudauth_credential \"%V\" is defined twice",
                            &value[1]);

@@ -22,6 +22,8 @@
 typedef ngx_cloudauth_entry_t  ngx_cloudauth_snap_t;
 
 
+static char *ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_cloudauth_status_handler(ngx_http_request_t *r);
 static ngx_array_t *ngx_cloudauth_status_snapshot(ngx_http_request_t *r);
 static ngx_int_t ngx_cloudauth_status_json(ngx_http_request_t *r,
@@ -35,7 +37,53 @@ static ngx_int_t ngx_cloudauth_status_prometheus(ngx_http_request_t *r,
     ngx_array_t *snaps, ngx_str_t *out);
 
 
-char *
+static ngx_command_t  ngx_http_cloudauth_status_commands[] = {
+
+    { ngx_string("cloudauth_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_cloudauth_status,
+      0,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_cloudauth_status_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+/* a module of its own: the status page depends on the rest, not back */
+
+ngx_module_t  ngx_http_cloudauth_status_module = {
+    NGX_MODULE_V1,
+    &ngx_http_cloudauth_status_module_ctx, /* module context */
+    ngx_http_cloudauth_status_commands,    /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static char *
 ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_core_loc_conf_t  *clcf;
