@@ -287,6 +287,8 @@ extern ngx_module_t  ngx_http_cloudauth_module;
 /* ngx_cloudauth_registry.c */
 char *ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+
+/* ngx_cloudauth_kind.c: what the kinds call while they read parameters */
 ngx_uint_t ngx_cloudauth_isalnum(u_char ch);
 ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
 ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf,

@@ -2,10 +2,11 @@
 /*
  * Copyright (C) ngx_cloudauth authors
  *
- * The credential registry: the kinds there are, the cloudauth_credential
- * directive that defines a credential of one, and what the kinds call
- * while they read their parameters (parameter lookup, URL checks, the
- * fingerprint that keys a credential's cache entries, lookup by name).
+ * The credential registry: the kinds there are, and the
+ * cloudauth_credential directive that defines a credential of one.  What
+ * the kinds call while they read their parameters (parameter lookup, URL
+ * checks, the fingerprint, lookup by name) is in ngx_cloudauth_kind.c,
+ * which the kinds and this file use: no file here is used back.
  */
 
 
@@ -24,147 +25,6 @@ static ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_oauth2_cc,
     NULL
 };
-
-
-ngx_cloudauth_cred_t *
-ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf, ngx_str_t *name)
-{
-    ngx_uint_t              i;
-    ngx_cloudauth_cred_t  **cp;
-
-    cp = cmcf->creds.elts;
-
-    for (i = 0; i < cmcf->creds.nelts; i++) {
-        if (cp[i]->name.len == name->len
-            && ngx_strncmp(cp[i]->name.data, name->data, name->len) == 0)
-        {
-            return cp[i];
-        }
-    }
-
-    return NULL;
-}
-
-
-ngx_uint_t
-ngx_cloudauth_isalnum(u_char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-           || (ch >= '0' && ch <= '9');
-}
-
-
-ngx_str_t *
-ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name)
-{
-    size_t         len;
-    ngx_uint_t     i;
-    ngx_keyval_t  *kv;
-
-    kv = cred->params->elts;
-    len = ngx_strlen(name);
-
-    for (i = 0; i < cred->params->nelts; i++) {
-        if (kv[i].key.len == len
-            && ngx_strncmp(kv[i].key.data, name, len) == 0)
-        {
-            cred->used[i] = 1;
-            return &kv[i].value;
-        }
-    }
-
-    return NULL;
-}
-
-
-/*
- * A URL a credential's requests go to, checked with libcurl's own parser
- * (ngx_cloudauth_url_check()): https://, or plain http:// to a loopback
- * address (with allow_metadata also to the metadata server); never a user
- * name or password.  The URL is shown with what could be one masked.
- */
-
-char *
-ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
-    char *param, ngx_str_t *url, ngx_uint_t allow_metadata)
-{
-    u_char     *p, *q, *at, *host, *last;
-    char       *why;
-    ngx_str_t   shown;
-
-    why = ngx_cloudauth_url_check(url, allow_metadata, cf->log);
-
-    if (why == NULL) {
-        return NGX_CONF_OK;
-    }
-
-    /* "scheme://user:password@host..." is shown as "scheme://...@host..." */
-
-    shown = *url;
-    last = url->data + url->len;
-
-    host = ngx_strlcasestrn(url->data, last, (u_char *) "://", 3 - 1);
-    host = host ? host + 3 : url->data;
-
-    at = NULL;
-
-    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
-        if (*p == '@') {
-            at = p;
-        }
-    }
-
-    if (at) {
-        shown.len = (host - url->data) + 3 + (last - at);
-        shown.data = ngx_pnalloc(cf->pool, shown.len);
-        if (shown.data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        q = ngx_cpymem(shown.data, url->data, host - url->data);
-        q = ngx_cpymem(q, "...", 3);
-        ngx_memcpy(q, at, last - at);
-    }
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "cloudauth_credential \"%V\": %s \"%V\" %s",
-                       &cred->name, param, &shown, why);
-
-    return NGX_CONF_ERROR;
-}
-
-
-/* the identity of a credential: its cache entries are keyed by it */
-
-char *
-ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
-    ngx_uint_t n)
-{
-    ngx_int_t    ok;
-    ngx_uint_t   i;
-    EVP_MD_CTX  *md;
-
-    md = EVP_MD_CTX_new();
-    if (md == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL)
-         && EVP_DigestUpdate(md, cred->name.data, cred->name.len + 1)
-         && EVP_DigestUpdate(md, cred->kind->name.data,
-                             cred->kind->name.len + 1);
-
-    for (i = 0; ok && i < n; i++) {
-        ok = EVP_DigestUpdate(md, parts[i].data, parts[i].len)
-             && EVP_DigestUpdate(md, "", 1);
-    }
-
-    ok = ok && EVP_DigestFinal_ex(md, cred->fp, NULL);
-
-    EVP_MD_CTX_free(md);
-
-    return ok ? NGX_CONF_OK : NGX_CONF_ERROR;
-}
 
 
 /*
