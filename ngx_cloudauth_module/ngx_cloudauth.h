@@ -424,7 +424,7 @@ ngx_int_t ngx_cloudauth_set_body(ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, u_char *data, size_t len,
     const char *content_type);
 ngx_int_t ngx_cloudauth_add_header(ngx_pool_t *pool,
-    ngx_cloudauth_request_t *req, const char *header);
+    ngx_cloudauth_request_t *req, const char *prefix, ngx_str_t *value);
 u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);
 size_t ngx_cloudauth_form_escape_len(ngx_str_t *src);
 char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);

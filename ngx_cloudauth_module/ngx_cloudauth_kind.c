@@ -248,14 +248,21 @@ ngx_cloudauth_set_body(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_memcpy(req->body.data, data, len);
     req->body.len = len;
 
-    return ngx_cloudauth_add_header(pool, req, content_type);
+    return ngx_cloudauth_add_header(pool, req, content_type, NULL);
 }
 
 
+/*
+ * The one header-line builder: "Name: value" is the prefix (a constant
+ * with its name, colon and space, or a whole constant line) and value,
+ * which may be NULL.
+ */
+
 ngx_int_t
 ngx_cloudauth_add_header(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
-    const char *header)
+    const char *prefix, ngx_str_t *value)
 {
+    size_t      len;
     ngx_str_t  *h;
 
     if (req->headers == NULL) {
@@ -270,61 +277,39 @@ ngx_cloudauth_add_header(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
         return NGX_ERROR;
     }
 
-    h->len = ngx_strlen(header);
+    len = ngx_strlen(prefix);
+
+    h->len = len + (value ? value->len : 0);
     h->data = ngx_pnalloc(pool, h->len);
     if (h->data == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(h->data, header, h->len);
+    ngx_memcpy(h->data, prefix, len);
+
+    if (value) {
+        ngx_memcpy(h->data + len, value->data, value->len);
+    }
 
     return NGX_OK;
 }
 
 
-static ngx_uint_t
-ngx_cloudauth_unreserved(u_char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-           || (ch >= '0' && ch <= '9')
-           || ch == '-' || ch == '.' || ch == '_' || ch == '~';
-}
-
+/* form values: all but RFC 3986's unreserved characters escaped */
 
 size_t
 ngx_cloudauth_form_escape_len(ngx_str_t *src)
 {
-    size_t      len;
-    ngx_uint_t  i;
-
-    len = 0;
-
-    for (i = 0; i < src->len; i++) {
-        len += ngx_cloudauth_unreserved(src->data[i]) ? 1 : 3;
-    }
-
-    return len;
+    return src->len + 2 * ngx_escape_uri(NULL, src->data, src->len,
+                                         NGX_ESCAPE_URI_COMPONENT);
 }
 
 
 u_char *
 ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src)
 {
-    ngx_uint_t      i;
-    static u_char   hex[] = "0123456789ABCDEF";
-
-    for (i = 0; i < src->len; i++) {
-        if (ngx_cloudauth_unreserved(src->data[i])) {
-            *dst++ = src->data[i];
-            continue;
-        }
-
-        *dst++ = '%';
-        *dst++ = hex[src->data[i] >> 4];
-        *dst++ = hex[src->data[i] & 0xf];
-    }
-
-    return dst;
+    return (u_char *) ngx_escape_uri(dst, src->data, src->len,
+                                     NGX_ESCAPE_URI_COMPONENT);
 }
 
 

@@ -189,8 +189,6 @@ ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log)
 {
-    u_char                       *p;
-    ngx_str_t                    *h;
     ngx_cloudauth_impersonate_t  *im;
 
     im = cred->data;
@@ -204,22 +202,8 @@ ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
         return NGX_ERROR;
     }
 
-    h = ngx_array_push(req->headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->len = sizeof("Authorization: Bearer ") - 1 + req->source_token.len;
-    h->data = ngx_pnalloc(pool, h->len);
-    if (h->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(h->data, "Authorization: Bearer ",
-                   sizeof("Authorization: Bearer ") - 1);
-    ngx_memcpy(p, req->source_token.data, req->source_token.len);
-
-    return NGX_OK;
+    return ngx_cloudauth_add_header(pool, req, "Authorization: Bearer ",
+                                    &req->source_token);
 }
 
 

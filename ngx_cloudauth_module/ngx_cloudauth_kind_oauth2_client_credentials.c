@@ -211,7 +211,8 @@ ngx_cloudauth_oauth2_cc_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         return NGX_ERROR;
     }
 
-    return ngx_cloudauth_add_header(pool, req, "Accept: application/json");
+    return ngx_cloudauth_add_header(pool, req, "Accept: application/json",
+                                    NULL);
 }
 
 
