@@ -456,7 +456,7 @@ extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_id_token;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_metadata;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_jwt;
-extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2_cc;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2;
 
 
 #endif /* _NGX_CLOUDAUTH_H_INCLUDED_ */

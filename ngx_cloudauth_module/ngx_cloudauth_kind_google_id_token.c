@@ -29,12 +29,12 @@ static ngx_int_t ngx_cloudauth_google_id_token_parse(
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_id_token = {
-    ngx_string("google_id_token"),
-    0,
-    ngx_cloudauth_google_id_token_init,
-    NULL,
-    ngx_cloudauth_google_id_token_build,
-    ngx_cloudauth_google_id_token_parse
+    ngx_string("google_id_token"),          /* type= */
+    0,                                      /* no subjects */
+    ngx_cloudauth_google_id_token_init,     /* init: parameters, files */
+    NULL,                                   /* sign: none, fetched */
+    ngx_cloudauth_google_id_token_build,    /* build: the token request */
+    ngx_cloudauth_google_id_token_parse     /* parse: the answer */
 };
 
 

@@ -20,29 +20,31 @@ typedef struct {
 } ngx_cloudauth_impersonate_t;
 
 
-static char *ngx_cloudauth_impersonate_init(ngx_conf_t *cf,
+static char *ngx_cloudauth_google_impersonate_init(ngx_conf_t *cf,
     ngx_cloudauth_cred_t *cred);
-static ngx_int_t ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
-    ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
-    ngx_log_t *log);
-static ngx_int_t ngx_cloudauth_impersonate_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
-static void ngx_cloudauth_impersonate_cleanup(void *data);
+static ngx_int_t ngx_cloudauth_google_impersonate_build(
+    ngx_cloudauth_cred_t *cred, ngx_str_t *subject, ngx_pool_t *pool,
+    ngx_cloudauth_request_t *req, ngx_log_t *log);
+static ngx_int_t ngx_cloudauth_google_impersonate_parse(
+    ngx_cloudauth_cred_t *cred, ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
+    ngx_cloudauth_result_t *res);
+static void ngx_cloudauth_google_impersonate_cleanup(void *data);
 static time_t ngx_cloudauth_parse_rfc3339(const char *s);
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_impersonate = {
-    ngx_string("google_impersonate"),
-    0,
-    ngx_cloudauth_impersonate_init,
-    NULL,
-    ngx_cloudauth_impersonate_build,
-    ngx_cloudauth_impersonate_parse
+    ngx_string("google_impersonate"),       /* type= */
+    0,                                      /* no subjects */
+    ngx_cloudauth_google_impersonate_init,  /* init: parameters, files */
+    NULL,                                   /* sign: none, fetched */
+    ngx_cloudauth_google_impersonate_build, /* build: the token request */
+    ngx_cloudauth_google_impersonate_parse  /* parse: the answer */
 };
 
 
 static char *
-ngx_cloudauth_impersonate_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
+ngx_cloudauth_google_impersonate_init(ngx_conf_t *cf,
+    ngx_cloudauth_cred_t *cred)
 {
     u_char                       *p, *last, *start;
     json_t                       *scopes;
@@ -137,7 +139,7 @@ ngx_cloudauth_impersonate_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
         return NGX_CONF_ERROR;
     }
 
-    cln->handler = ngx_cloudauth_impersonate_cleanup;
+    cln->handler = ngx_cloudauth_google_impersonate_cleanup;
     cln->data = im;
 
     last = scope->data + scope->len;
@@ -175,7 +177,7 @@ ngx_cloudauth_impersonate_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
 
 
 static void
-ngx_cloudauth_impersonate_cleanup(void *data)
+ngx_cloudauth_google_impersonate_cleanup(void *data)
 {
     ngx_cloudauth_impersonate_t  *im = data;
 
@@ -185,7 +187,7 @@ ngx_cloudauth_impersonate_cleanup(void *data)
 
 
 static ngx_int_t
-ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
+ngx_cloudauth_google_impersonate_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log)
 {
@@ -208,7 +210,7 @@ ngx_cloudauth_impersonate_build(ngx_cloudauth_cred_t *cred,
 
 
 static ngx_int_t
-ngx_cloudauth_impersonate_parse(ngx_cloudauth_cred_t *cred,
+ngx_cloudauth_google_impersonate_parse(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
     time_t         expires;

@@ -32,12 +32,12 @@ static ngx_int_t ngx_cloudauth_google_metadata_parse(
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_metadata = {
-    ngx_string("google_metadata"),
-    0,
-    ngx_cloudauth_google_metadata_init,
-    NULL,
-    ngx_cloudauth_google_metadata_build,
-    ngx_cloudauth_google_metadata_parse
+    ngx_string("google_metadata"),          /* type= */
+    0,                                      /* no subjects */
+    ngx_cloudauth_google_metadata_init,     /* init: parameters, files */
+    NULL,                                   /* sign: none, fetched */
+    ngx_cloudauth_google_metadata_build,    /* build: the token request */
+    ngx_cloudauth_google_metadata_parse     /* parse: the answer */
 };
 
 

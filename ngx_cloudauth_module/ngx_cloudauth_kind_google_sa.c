@@ -35,12 +35,12 @@ static void ngx_cloudauth_google_key_cleanup(void *data);
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa = {
-    ngx_string("google_service_account"),
-    1,
-    ngx_cloudauth_google_sa_init,
-    NULL,
-    ngx_cloudauth_google_sa_build,
-    ngx_cloudauth_google_sa_parse
+    ngx_string("google_service_account"),   /* type= */
+    1,                                      /* takes subjects */
+    ngx_cloudauth_google_sa_init,           /* init: parameters, files */
+    NULL,                                   /* sign: none, fetched */
+    ngx_cloudauth_google_sa_build,          /* build: the token request */
+    ngx_cloudauth_google_sa_parse           /* parse: the answer */
 };
 
 

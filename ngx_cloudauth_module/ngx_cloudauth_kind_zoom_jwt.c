@@ -32,12 +32,12 @@ static ngx_int_t ngx_cloudauth_zoom_jwt_sign(ngx_cloudauth_cred_t *cred,
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_jwt = {
-    ngx_string("zoom_jwt"),
-    0,
-    ngx_cloudauth_zoom_jwt_init,
-    ngx_cloudauth_zoom_jwt_sign,
-    NULL,
-    NULL
+    ngx_string("zoom_jwt"),                 /* type= */
+    0,                                      /* no subjects */
+    ngx_cloudauth_zoom_jwt_init,            /* init: parameters, files */
+    ngx_cloudauth_zoom_jwt_sign,            /* sign: a token made here */
+    NULL,                                   /* build: none, signed here */
+    NULL                                    /* parse: none */
 };
 
 

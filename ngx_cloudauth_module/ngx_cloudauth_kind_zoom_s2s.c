@@ -28,12 +28,12 @@ static ngx_int_t ngx_cloudauth_zoom_s2s_parse(ngx_cloudauth_cred_t *cred,
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s = {
-    ngx_string("zoom_s2s"),
-    0,
-    ngx_cloudauth_zoom_s2s_init,
-    NULL,
-    ngx_cloudauth_zoom_s2s_build,
-    ngx_cloudauth_zoom_s2s_parse
+    ngx_string("zoom_s2s"),                 /* type= */
+    0,                                      /* no subjects */
+    ngx_cloudauth_zoom_s2s_init,            /* init: parameters, files */
+    NULL,                                   /* sign: none, fetched */
+    ngx_cloudauth_zoom_s2s_build,           /* build: the token request */
+    ngx_cloudauth_zoom_s2s_parse            /* parse: the answer */
 };
 
 

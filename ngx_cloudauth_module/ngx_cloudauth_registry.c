@@ -22,7 +22,7 @@ static ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_google_metadata,
     &ngx_cloudauth_kind_zoom_s2s,
     &ngx_cloudauth_kind_zoom_jwt,
-    &ngx_cloudauth_kind_oauth2_cc,
+    &ngx_cloudauth_kind_oauth2,
     NULL
 };
 

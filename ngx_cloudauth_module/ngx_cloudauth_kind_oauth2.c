@@ -19,29 +19,29 @@ typedef struct {
 } ngx_cloudauth_oauth2_cc_t;
 
 
-static char *ngx_cloudauth_oauth2_cc_init(ngx_conf_t *cf,
+static char *ngx_cloudauth_oauth2_init(ngx_conf_t *cf,
     ngx_cloudauth_cred_t *cred);
-static ngx_int_t ngx_cloudauth_oauth2_cc_build(ngx_cloudauth_cred_t *cred,
+static ngx_int_t ngx_cloudauth_oauth2_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log);
-static ngx_int_t ngx_cloudauth_oauth2_cc_parse(ngx_cloudauth_cred_t *cred,
+static ngx_int_t ngx_cloudauth_oauth2_parse(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
-static u_char *ngx_cloudauth_oauth2_cc_field(u_char *p, char *name,
+static u_char *ngx_cloudauth_oauth2_field(u_char *p, char *name,
     ngx_str_t *value);
 
 
-ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2_cc = {
-    ngx_string("oauth2_client_credentials"),
-    0,
-    ngx_cloudauth_oauth2_cc_init,
-    NULL,
-    ngx_cloudauth_oauth2_cc_build,
-    ngx_cloudauth_oauth2_cc_parse
+ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2 = {
+    ngx_string("oauth2_client_credentials"), /* type= */
+    0,                                      /* no subjects */
+    ngx_cloudauth_oauth2_init,              /* init: parameters, files */
+    NULL,                                   /* sign: none, fetched */
+    ngx_cloudauth_oauth2_build,             /* build: the token request */
+    ngx_cloudauth_oauth2_parse              /* parse: the answer */
 };
 
 
 static char *
-ngx_cloudauth_oauth2_cc_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
+ngx_cloudauth_oauth2_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
 {
     u_char                     *p;
     size_t                      len;
@@ -142,16 +142,16 @@ ngx_cloudauth_oauth2_cc_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     p = ngx_cpymem(oc->body.data, grant, sizeof(grant) - 1);
 
     if (scope) {
-        p = ngx_cloudauth_oauth2_cc_field(p, "scope", scope);
+        p = ngx_cloudauth_oauth2_field(p, "scope", scope);
     }
 
     if (audience) {
-        p = ngx_cloudauth_oauth2_cc_field(p, "audience", audience);
+        p = ngx_cloudauth_oauth2_field(p, "audience", audience);
     }
 
     if (!basic) {
-        p = ngx_cloudauth_oauth2_cc_field(p, "client_id", client);
-        p = ngx_cloudauth_oauth2_cc_field(p, "client_secret", &secret);
+        p = ngx_cloudauth_oauth2_field(p, "client_id", client);
+        p = ngx_cloudauth_oauth2_field(p, "client_secret", &secret);
     }
 
     oc->body.len = p - oc->body.data;
@@ -183,7 +183,7 @@ ngx_cloudauth_oauth2_cc_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
 
 
 static u_char *
-ngx_cloudauth_oauth2_cc_field(u_char *p, char *name, ngx_str_t *value)
+ngx_cloudauth_oauth2_field(u_char *p, char *name, ngx_str_t *value)
 {
     *p++ = '&';
     p = ngx_cpymem(p, name, ngx_strlen(name));
@@ -194,7 +194,7 @@ ngx_cloudauth_oauth2_cc_field(u_char *p, char *name, ngx_str_t *value)
 
 
 static ngx_int_t
-ngx_cloudauth_oauth2_cc_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
+ngx_cloudauth_oauth2_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
     ngx_pool_t *pool, ngx_cloudauth_request_t *req, ngx_log_t *log)
 {
     ngx_cloudauth_oauth2_cc_t  *oc;
@@ -217,7 +217,7 @@ ngx_cloudauth_oauth2_cc_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
 
 static ngx_int_t
-ngx_cloudauth_oauth2_cc_parse(ngx_cloudauth_cred_t *cred,
+ngx_cloudauth_oauth2_parse(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
     return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
