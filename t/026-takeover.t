@@ -28,7 +28,7 @@ my $ro = 'https://www.googleapis.com/auth/devstorage.read_only';
 
 CloudAuth::FakeProviders::start($t, 'iam', targets => { $reader => $ro });
 
-my $conf = $t->conf(<<"EOF");
+$t->run(<<"EOF", workers => 1);
     cloudauth_trusted_certificate %%CA%%;
     cloudauth_timeout 3s;
 
@@ -52,9 +52,6 @@ my $conf = $t->conf(<<"EOF");
     }
 EOF
 
-# one worker, not the harness's two
-$conf =~ s/worker_processes 2;/worker_processes 1;/ or die;
-$t->run($conf, raw => 1);
 
 sub iam { CloudAuth::FakeProviders::count($t, 'iam') }
 

@@ -35,28 +35,7 @@ mkdir $t->dir . '/html';
 mkdir $t->dir . '/html/slow';
 $t->write_file('html/slow/big', 'x' x 1048576, 0644);
 
-$t->run(<<'EOF', raw => 1);
-load_module %%MODULE%%;
-
-worker_processes 1;
-master_process on;
-daemon off;
-error_log %%TESTDIR%%/error.log debug;
-pid %%TESTDIR%%/nginx.pid;
-
-events {
-    worker_connections 16;
-}
-
-http {
-    access_log %%TESTDIR%%/access.log;
-
-    client_body_temp_path %%TESTDIR%%/body;
-    proxy_temp_path %%TESTDIR%%/proxy;
-    fastcgi_temp_path %%TESTDIR%%/fastcgi;
-    uwsgi_temp_path %%TESTDIR%%/uwsgi;
-    scgi_temp_path %%TESTDIR%%/scgi;
-
+$t->run(<<'EOF', workers => 1, connections => 16);
     cloudauth_trusted_certificate %%CA%%;
     cloudauth_timeout 10s;
 
@@ -94,7 +73,6 @@ http {
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
     }
-}
 EOF
 
 # reads one HTTP/1.1 answer (Content-Length bodies) or up to the close

@@ -110,28 +110,7 @@ $ENV{TEST_NGINX_PRELOAD} = join ' ', grep { defined && length }
                            $ENV{TEST_NGINX_PRELOAD}, "$dir/shim.so";
 $ENV{CLOUDAUTH_SHIM_TRIGGER} = $trigger;
 
-$t->run(<<'EOF', raw => 1);
-load_module %%MODULE%%;
-
-worker_processes 1;
-master_process on;
-daemon off;
-error_log %%TESTDIR%%/error.log debug;
-pid %%TESTDIR%%/nginx.pid;
-
-events {
-    worker_connections 1024;
-}
-
-http {
-    access_log %%TESTDIR%%/access.log;
-
-    client_body_temp_path %%TESTDIR%%/body;
-    proxy_temp_path %%TESTDIR%%/proxy;
-    fastcgi_temp_path %%TESTDIR%%/fastcgi;
-    uwsgi_temp_path %%TESTDIR%%/uwsgi;
-    scgi_temp_path %%TESTDIR%%/scgi;
-
+$t->run(<<'EOF', workers => 1, connections => 1024);
     cloudauth_trusted_certificate %%CA%%;
     cloudauth_timeout 10s;
 
@@ -159,7 +138,6 @@ http {
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
     }
-}
 EOF
 
 sub logged_since {

@@ -364,23 +364,26 @@ sub expand {
     return $text;
 }
 
-# the whole configuration around an http{} body
+# the whole configuration around an http{} body; workers => N (2),
+# connections => N (1024)
 sub conf {
     my ($self, $http, %o) = @_;
 
     my $log = $o{error_log} // '%%TESTDIR%%/error.log';
+    my $workers = $o{workers} // 2;
+    my $connections = $o{connections} // 1024;
 
     return $self->expand(<<"EOF");
 load_module %%MODULE%%;
 
-worker_processes 2;
+worker_processes $workers;
 master_process on;
 daemon off;
 error_log $log debug;
 pid %%TESTDIR%%/nginx.pid;
 
 events {
-    worker_connections 1024;
+    worker_connections $connections;
 }
 
 http {
@@ -397,10 +400,10 @@ $http
 EOF
 }
 
-# write_conf(HTTP_BODY) or write_conf(FULL, raw => 1): nginx.conf
+# write_conf(HTTP_BODY, %conf_options) or write_conf(FULL, raw => 1)
 sub write_conf {
     my ($self, $text, %o) = @_;
-    $text = $o{raw} ? $self->expand($text) : $self->conf($text);
+    $text = $o{raw} ? $self->expand($text) : $self->conf($text, %o);
     ($self->{workers}) = $text =~ /^\s*worker_processes\s+(\d+)/m;
     $self->write_file('nginx.conf', $text);
 }
