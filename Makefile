@@ -7,6 +7,8 @@
 #   make test       build and run the test suite (prove -r t/)
 #   make deb        build the Debian package libnginx-mod-http-cloudauth
 #                   (debian/, dpkg-buildpackage in build/deb/) into build/
+#   make test-deb   build it, install it into Debian's nginx, check that
+#                   nginx -t loads it, purge it again (prove tdeb/)
 
 BUILD       = $(CURDIR)/build
 MODULE      = $(BUILD)/ngx_http_cloudauth_module.so
@@ -26,7 +28,8 @@ SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
 
 SHELL       = /bin/bash
 
-.PHONY: all deps test-deps run test test-asan test-valgrind bench clean deb
+.PHONY: all deps test-deps run test test-asan test-valgrind bench clean \
+        deb test-deb
 
 all: deps $(MODULE)
 
@@ -103,6 +106,9 @@ deb:
 	cp $(DEB_WORK)/$(DEB_PKG)_*.deb $(BUILD)/
 	lintian --fail-on error $(BUILD)/$(DEB_PKG)_*.deb
 	@ls $(BUILD)/$(DEB_PKG)_*.deb
+
+test-deb: deb
+	prove tdeb/
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
