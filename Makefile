@@ -5,6 +5,10 @@
 #                   other nginx source tree
 #   make run        build and start nginx with conf.example on 127.0.0.1:8080
 #   make test       build and run the test suite (prove -r t/)
+#   make deb        build the Debian package libnginx-mod-http-cloudauth
+#                   (debian/, dpkg-buildpackage in build/deb/) into build/
+#   make test-deb   build it, install it into Debian's nginx, check that
+#                   nginx -t loads it, purge it again (prove tdeb/)
 
 BUILD       = $(CURDIR)/build
 MODULE      = $(BUILD)/ngx_http_cloudauth_module.so
@@ -24,7 +28,8 @@ SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
 
 SHELL       = /bin/bash
 
-.PHONY: all deps test-deps run test test-asan test-valgrind bench clean
+.PHONY: all deps test-deps run test test-asan test-valgrind bench clean \
+        deb test-deb
 
 all: deps $(MODULE)
 
@@ -80,6 +85,30 @@ test-asan: test-deps
 
 test-valgrind: test-deps all
 	TEST_NGINX_VALGRIND=1 prove -r t/
+
+# the Debian package, built from a copy of the checkout in build/deb/src
+# (dpkg-buildpackage writes into the parent directory, here build/deb/); the
+# .deb is copied to build/, its -dbgsym package stays in build/deb/
+DEB_WORK    = $(BUILD)/deb
+DEB_PKG     = libnginx-mod-http-cloudauth
+
+deb:
+	@tools/deps.sh deb
+	rm -rf $(DEB_WORK) && mkdir -p $(DEB_WORK)/src
+	tar -C $(CURDIR) --exclude=./.git --exclude=./build --exclude=./build-asan \
+	    --exclude=./t/browser/node_modules --exclude='./t/tmp*' -cf - . \
+	    | tar -C $(DEB_WORK)/src -xf -
+	cd $(DEB_WORK)/src && dpkg-buildpackage -b -us -uc \
+	    > $(DEB_WORK)/build.log 2>&1 \
+	    || { tail -40 $(DEB_WORK)/build.log; \
+	         echo "full log: $(DEB_WORK)/build.log"; exit 1; }
+	rm -f $(BUILD)/$(DEB_PKG)_*.deb
+	cp $(DEB_WORK)/$(DEB_PKG)_*.deb $(BUILD)/
+	lintian --fail-on error $(BUILD)/$(DEB_PKG)_*.deb
+	@ls $(BUILD)/$(DEB_PKG)_*.deb
+
+test-deb: deb
+	prove tdeb/
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what building, running and testing ngx_cloudauth needs, when it is
-# missing (Debian). Usage: tools/deps.sh [build|test|bench]
+# missing (Debian). Usage: tools/deps.sh [build|test|bench|deb]
 set -e
 
 pkgs="nginx nginx-dev libcurl4-openssl-dev libjansson-dev libssl-dev
@@ -19,6 +19,12 @@ esac
 case "${1:-build}" in
 bench)
     pkgs="$pkgs wrk gnuplot-nox libnginx-mod-http-lua apache2-utils"
+    ;;
+deb)
+    # dpkg-buildpackage (build-essential is implied by every Build-Depends),
+    # the packaging helpers (dh_nginx comes with nginx-dev), lintian, and
+    # prove for make test-deb
+    pkgs="$pkgs build-essential debhelper dpkg-dev fakeroot lintian perl"
     ;;
 esac
 
