@@ -279,6 +279,9 @@ ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
 void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
 
+/* ngx_cloudauth_utf8.c */
+ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
+
 /* ngx_cloudauth_crc32c.c */
 uint32_t ngx_cloudauth_crc32c(uint32_t crc, u_char *p, size_t len);
 ngx_uint_t ngx_cloudauth_crc32c_hardware(void);

@@ -1,0 +1,88 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * Subjects (the "sub" of a token request, an e-mail address as a rule)
+ * come from configuration and from clients: only well-formed UTF-8
+ * (RFC 3629) without control characters is taken, as it goes into JWT
+ * claims, logs and the status page.
+ */
+
+
+#include "ngx_cloudauth.h"
+
+
+/*
+ * NGX_OK: 1 to NGX_CLOUDAUTH_MAX_SUBJECT bytes of well-formed UTF-8, no
+ * overlong forms, surrogates (U+D800-U+DFFF) or code points above
+ * U+10FFFF, no C0 controls, DEL or C1 controls (U+0080-U+009F).
+ */
+
+ngx_int_t
+ngx_cloudauth_subject_valid(u_char *p, size_t len)
+{
+    u_char    *last;
+    size_t     n, i;
+    uint32_t   c, min;
+
+    if (len == 0 || len > NGX_CLOUDAUTH_MAX_SUBJECT) {
+        return NGX_DECLINED;
+    }
+
+    last = p + len;
+
+    while (p < last) {
+        c = *p++;
+
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f) {
+                return NGX_DECLINED;
+            }
+
+            continue;
+        }
+
+        if (c >= 0xc2 && c <= 0xdf) {
+            c &= 0x1f;
+            n = 1;
+            min = 0x80;
+
+        } else if (c >= 0xe0 && c <= 0xef) {
+            c &= 0x0f;
+            n = 2;
+            min = 0x800;
+
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            c &= 0x07;
+            n = 3;
+            min = 0x10000;
+
+        } else {
+            /* a stray continuation byte, 0xc0, 0xc1 (overlong), 0xf5-0xff */
+            return NGX_DECLINED;
+        }
+
+        if ((size_t) (last - p) < n) {
+            return NGX_DECLINED;
+        }
+
+        for (i = 0; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80) {
+                return NGX_DECLINED;
+            }
+
+            c = (c << 6) | (p[i] & 0x3f);
+        }
+
+        p += n;
+
+        if (c < min || c > 0x10ffff
+            || (c >= 0xd800 && c <= 0xdfff)
+            || c <= 0x9f)
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
+}
