@@ -280,6 +280,7 @@ ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
 void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
 
 /* ngx_cloudauth_utf8.c */
+ngx_int_t ngx_cloudauth_utf8_valid(u_char *p, size_t len);
 ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
 
 /* ngx_cloudauth_crc32c.c */

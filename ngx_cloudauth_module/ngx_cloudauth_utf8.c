@@ -2,32 +2,56 @@
 /*
  * Copyright (C) ngx_cloudauth authors
  *
+ * Well-formed UTF-8 (RFC 3629): no overlong forms, surrogates
+ * (U+D800-U+DFFF), code points above U+10FFFF, truncated sequences or
+ * stray continuation bytes.  nginx's ngx_utf8_decode() is lenient (any
+ * byte from 0x80 up passes as a continuation byte, surrogates pass), so
+ * names and subjects are checked here.
+ *
  * Subjects (the "sub" of a token request, an e-mail address as a rule)
- * come from configuration and from clients: only well-formed UTF-8
- * (RFC 3629) without control characters is taken, as it goes into JWT
- * claims, logs and the status page.
+ * come from configuration and from clients, and go into JWT claims, logs
+ * and the status page: no control characters either.
  */
 
 
 #include "ngx_cloudauth.h"
 
 
+static ngx_int_t ngx_cloudauth_utf8_check(u_char *p, size_t len,
+    ngx_uint_t controls);
+
+
+/* NGX_OK: well-formed UTF-8, of any length, control characters allowed */
+
+ngx_int_t
+ngx_cloudauth_utf8_valid(u_char *p, size_t len)
+{
+    return ngx_cloudauth_utf8_check(p, len, 1);
+}
+
+
 /*
- * NGX_OK: 1 to NGX_CLOUDAUTH_MAX_SUBJECT bytes of well-formed UTF-8, no
- * overlong forms, surrogates (U+D800-U+DFFF) or code points above
- * U+10FFFF, no C0 controls, DEL or C1 controls (U+0080-U+009F).
+ * NGX_OK: 1 to NGX_CLOUDAUTH_MAX_SUBJECT bytes of well-formed UTF-8
+ * without C0 controls, DEL or C1 controls (U+0080-U+009F).
  */
 
 ngx_int_t
 ngx_cloudauth_subject_valid(u_char *p, size_t len)
 {
-    u_char    *last;
-    size_t     n, i;
-    uint32_t   c, min;
-
     if (len == 0 || len > NGX_CLOUDAUTH_MAX_SUBJECT) {
         return NGX_DECLINED;
     }
+
+    return ngx_cloudauth_utf8_check(p, len, 0);
+}
+
+
+static ngx_int_t
+ngx_cloudauth_utf8_check(u_char *p, size_t len, ngx_uint_t controls)
+{
+    u_char    *last;
+    size_t     n, i;
+    uint32_t   c, min;
 
     last = p + len;
 
@@ -35,7 +59,7 @@ ngx_cloudauth_subject_valid(u_char *p, size_t len)
         c = *p++;
 
         if (c < 0x80) {
-            if (c < 0x20 || c == 0x7f) {
+            if (!controls && (c < 0x20 || c == 0x7f)) {
                 return NGX_DECLINED;
             }
 
@@ -76,10 +100,11 @@ ngx_cloudauth_subject_valid(u_char *p, size_t len)
 
         p += n;
 
-        if (c < min || c > 0x10ffff
-            || (c >= 0xd800 && c <= 0xdfff)
-            || c <= 0x9f)
-        {
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) {
+            return NGX_DECLINED;
+        }
+
+        if (!controls && c <= 0x9f) {
             return NGX_DECLINED;
         }
     }
