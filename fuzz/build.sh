@@ -64,11 +64,12 @@ if [ ! -f "$NGX/.done" ]; then
     rm -rf "$NGX"
     cp -r "$SRC/nginx" "$NGX"
     flags=$(. "$DEBIAN_SRC/conf_flags"; echo "${NGX_CONF_FLAGS[@]}")
+    cc_opt="$COMMON -fsanitize=address -fsanitize=fuzzer-no-link"
     (
         cd "$NGX"
         # shellcheck disable=SC2086
         CC=$CC ./configure $flags \
-            --with-cc-opt="$COMMON -fsanitize=address -fsanitize=fuzzer-no-link" \
+            --with-cc-opt="$cc_opt" \
             --with-ld-opt="-fsanitize=address" \
             >"$OUT/configure.log" 2>&1 \
             || { tail -30 "$OUT/configure.log"; exit 1; }

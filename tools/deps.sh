@@ -76,7 +76,7 @@ fuzz)
             exit 1
         fi
 
-        echo "adding deb-src entries: /etc/apt/sources.list.d/cloudauth-deb-src.*"
+        echo "adding deb-src entries to /etc/apt/sources.list.d/"
         if [ -f /etc/apt/sources.list.d/debian.sources ]; then
             sed 's/^Types: deb$/Types: deb-src/' \
                 /etc/apt/sources.list.d/debian.sources \
