@@ -5,12 +5,18 @@
  * ngx_cloudauth_subject_valid() against a reference written the other way
  * round: every code point of 0..0x10FFFF that a subject may hold is
  * encoded the one right way, and the input must be a run of those.  The
- * two must agree on every input.
+ * two must agree on every input.  A third opinion, glibc's iconv(), must
+ * take every subject taken, as code points a subject may hold.
  */
 
 
 #include "harness.h"
 #include "ngx_cloudauth.h"
+
+#include <iconv.h>
+
+
+static iconv_t  cd = (iconv_t) -1;
 
 
 static int
@@ -101,6 +107,47 @@ ref_valid(const u_char *p, size_t len)
 }
 
 
+/* iconv() decodes all of it, to code points a subject may hold */
+
+static int
+iconv_check(u_char *p, size_t len)
+{
+    char      *in, *out;
+    size_t     inleft, outleft, i, n;
+    uint32_t   cps[NGX_CLOUDAUTH_MAX_SUBJECT];
+
+    if (cd == (iconv_t) -1) {
+        cd = iconv_open("UTF-32LE", "UTF-8");
+        if (cd == (iconv_t) -1) {
+            abort();
+        }
+    }
+
+    (void) iconv(cd, NULL, NULL, NULL, NULL);
+
+    in = (char *) p;
+    inleft = len;
+    out = (char *) cps;
+    outleft = sizeof(cps);
+
+    if (iconv(cd, &in, &inleft, &out, &outleft) == (size_t) -1
+        || inleft != 0)
+    {
+        return 0;
+    }
+
+    n = (sizeof(cps) - outleft) / 4;
+
+    for (i = 0; i < n; i++) {
+        if (!ref_allowed(cps[i])) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -120,6 +167,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     fuzz_assert(rc == NGX_OK || rc == NGX_DECLINED);
     fuzz_assert((rc == NGX_OK) == ref_valid(copy, size));
+
+    if (rc == NGX_OK) {
+        fuzz_assert(iconv_check(copy, size));
+    }
 
     free(copy);
 
