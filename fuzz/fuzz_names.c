@@ -8,8 +8,8 @@
  *
  * A name the check takes must be what GCS takes: 1 to 1024 bytes of
  * well-formed UTF-8 (checked against a reference decoder), no CR or LF,
- * not "." or "..".  A sanitized filename is 1 to 255 bytes, no path, no
- * control characters.
+ * not "." or "..".  A sanitized filename is 1 to 255 bytes of UTF-8, no
+ * path, no control characters, no leading dot.
  */
 
 
@@ -111,6 +111,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     fuzz_assert(out.data[0] != '.');
+    fuzz_assert(ref_utf8(out.data, out.len));
 
     ngx_destroy_pool(pool);
     free(copy);

@@ -641,10 +641,18 @@ ngx_http_cloudauth_upload_sanitize(ngx_pool_t *pool, ngx_str_t *in,
 
     while (p < last) {
 
+        if ((size_t) (d - out->data) >= NGX_HTTP_CLOUDAUTH_FILENAME_MAX) {
+            break;
+        }
+
         if (*p >= 0x80) {
             s = p;
 
-            if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
+            /* ngx_utf8_decode() alone takes "\xc3\xc3" and surrogates */
+
+            if (ngx_utf8_decode(&p, last - p) > 0x10ffff
+                || ngx_cloudauth_utf8_valid(s, p - s) != NGX_OK)
+            {
                 *d++ = '_';
                 p = s + 1;
                 continue;
@@ -659,10 +667,6 @@ ngx_http_cloudauth_upload_sanitize(ngx_pool_t *pool, ngx_str_t *in,
 
             d = ngx_cpymem(d, s, n);
             continue;
-        }
-
-        if ((size_t) (d - out->data) >= NGX_HTTP_CLOUDAUTH_FILENAME_MAX) {
-            break;
         }
 
         if (*p < 0x20 || *p == 0x7f) {
