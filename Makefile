@@ -4,7 +4,10 @@
 #                   nginx (nginx-dev); NGINX_SRC=/path/to/nginx-x.y.z for any
 #                   other nginx source tree
 #   make run        build and start nginx with conf.example on 127.0.0.1:8080
-#   make test       build and run the test suite (prove -r t/)
+#   make test       build and run the test suite (prove -r t/), with a
+#                   3-second smoke run of each fuzz target
+#   make fuzz       build the libFuzzer targets (fuzz/) and run each
+#                   FUZZ_SECONDS seconds (default 60)
 #   make deb        build the Debian package libnginx-mod-http-cloudauth
 #                   (debian/, dpkg-buildpackage in build/deb/) into build/
 #   make test-deb   build it, install it into Debian's nginx, check that
@@ -29,7 +32,7 @@ SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
 SHELL       = /bin/bash
 
 .PHONY: all deps test-deps run test test-asan test-valgrind bench clean \
-        deb test-deb
+        deb test-deb fuzz fuzz-deps fuzz-build
 
 all: deps $(MODULE)
 
@@ -60,8 +63,23 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(SOURCES)
 run: test-deps all
 	@CLOUDAUTH_MODULE=$(MODULE) tools/run.pl
 
-test: test-deps all
+test: test-deps all fuzz-build
 	prove -r t/
+
+# libFuzzer targets of every parser of outside input (README.md, "Fuzzing"):
+# nginx's core from Debian's source package and the module, built with
+# clang, ASan and UBSan into build/fuzz
+FUZZ_BUILD   = $(CURDIR)/build/fuzz
+FUZZ_SECONDS = 60
+
+fuzz-deps:
+	@tools/deps.sh fuzz
+
+fuzz-build: fuzz-deps
+	@FUZZ_BUILD=$(FUZZ_BUILD) fuzz/build.sh
+
+fuzz: fuzz-build
+	FUZZ_BUILD=$(FUZZ_BUILD) fuzz/run.sh $(FUZZ_SECONDS)
 
 bench: all
 	@tools/deps.sh bench

@@ -285,6 +285,7 @@ typedef struct {
 extern ngx_module_t  ngx_http_cloudauth_module;
 
 /* ngx_cloudauth_registry.c */
+extern ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[];
 char *ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
@@ -344,6 +345,10 @@ char *ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata,
     ngx_log_t *log);
 
 /* ngx_cloudauth_utf8.c */
+ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
+
+/* ngx_cloudauth_utf8.c */
+ngx_int_t ngx_cloudauth_utf8_valid(u_char *p, size_t len);
 ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
 
 /* ngx_cloudauth_crc32c.c */

@@ -388,7 +388,9 @@ ngx_http_cloudauth_upload_header(ngx_cloudauth_fetch_t *f, u_char *line,
 
         if (last - p > 8 && ngx_strncmp(p, "bytes=0-", 8) == 0) {
             v = ngx_atoof(p + 8, last - (p + 8));
-            u->range = (v == NGX_ERROR) ? -2 : v;
+
+            /* the largest off_t is no last byte: range + 1 would overflow */
+            u->range = (v == NGX_ERROR || v == NGX_MAX_OFF_T_VALUE) ? -2 : v;
 
         } else {
             u->range = -2;

@@ -805,22 +805,9 @@ ngx_http_cloudauth_upload_check_name(ngx_str_t *name)
 ngx_int_t
 ngx_http_cloudauth_upload_utf8(u_char *p, size_t len)
 {
-    u_char  *last;
+    /* not ngx_utf8_decode(): it takes "\xc3\xc3" and surrogates */
 
-    last = p + len;
-
-    while (p < last) {
-        if (*p < 0x80) {
-            p++;
-            continue;
-        }
-
-        if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
-            return 0;
-        }
-    }
-
-    return 1;
+    return ngx_cloudauth_utf8_valid(p, len) == NGX_OK;
 }
 
 
@@ -854,17 +841,28 @@ ngx_http_cloudauth_upload_sanitize(ngx_pool_t *pool, ngx_str_t *in,
     d = out->data;
     p = start;
 
-    /* no leading dots or blanks: no ".", "..", hidden files */
-    while (p < last && (*p == '.' || *p == ' ')) {
+    /*
+     * no leading dots or blanks: no ".", "..", hidden files; nor control
+     * characters, dropped below, which would put a dot first again
+     */
+    while (p < last && (*p == '.' || *p == ' ' || *p < 0x20 || *p == 0x7f)) {
         p++;
     }
 
     while (p < last) {
 
+        if ((size_t) (d - out->data) >= NGX_HTTP_CLOUDAUTH_FILENAME_MAX) {
+            break;
+        }
+
         if (*p >= 0x80) {
             s = p;
 
-            if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
+            /* ngx_utf8_decode() alone takes "\xc3\xc3" and surrogates */
+
+            if (ngx_utf8_decode(&p, last - p) > 0x10ffff
+                || ngx_cloudauth_utf8_valid(s, p - s) != NGX_OK)
+            {
                 *d++ = '_';
                 p = s + 1;
                 continue;
@@ -879,10 +877,6 @@ ngx_http_cloudauth_upload_sanitize(ngx_pool_t *pool, ngx_str_t *in,
 
             d = ngx_cpymem(d, s, n);
             continue;
-        }
-
-        if ((size_t) (d - out->data) >= NGX_HTTP_CLOUDAUTH_FILENAME_MAX) {
-            break;
         }
 
         if (*p < 0x20 || *p == 0x7f) {

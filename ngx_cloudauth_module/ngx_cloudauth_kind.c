@@ -478,6 +478,12 @@ ngx_cloudauth_plain_parse(ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
         return ngx_cloudauth_oauth_parse(f, pool, res, "token");
     }
 
+    if (f->body_len == 0) {
+        /* and no buffer either: f->body is NULL */
+        ngx_str_set(&res->error, "malformed answer: empty");
+        return NGX_ERROR;
+    }
+
     p = f->body;
     last = f->body + f->body_len;
 

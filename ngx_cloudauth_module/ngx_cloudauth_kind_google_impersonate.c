@@ -233,7 +233,9 @@ ngx_cloudauth_google_impersonate_parse(ngx_cloudauth_cred_t *cred,
         json_decref(json);
     }
 
-    if (expires == NGX_ERROR || expires <= ngx_time()) {
+    if (expires == NGX_ERROR || expires <= ngx_time()
+        || expires - ngx_time() > 365 * 86400)
+    {
         ngx_str_set(&res->error, "malformed answer: bad expireTime");
         return NGX_ERROR;
     }

@@ -15,7 +15,7 @@
 
 /* a new provider is one file and one line here */
 
-static ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
+ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_google_sa,
     &ngx_cloudauth_kind_google_impersonate,
     &ngx_cloudauth_kind_google_id_token,

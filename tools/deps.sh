@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what building, running and testing ngx_cloudauth needs, when it is
-# missing (Debian). Usage: tools/deps.sh [build|test|bench|deb]
+# missing (Debian). Usage: tools/deps.sh [build|test|bench|deb|fuzz]
 set -e
 
 pkgs="nginx nginx-dev libcurl4-openssl-dev libjansson-dev libssl-dev
@@ -25,6 +25,12 @@ deb)
     # the packaging helpers (dh_nginx comes with nginx-dev), lintian, and
     # prove for make test-deb
     pkgs="$pkgs build-essential debhelper dpkg-dev fakeroot lintian perl"
+    ;;
+fuzz)
+    # make fuzz, and the fuzz smoke of make test: Debian 12's clang with
+    # libFuzzer and the sanitizer runtimes, llvm-symbolizer, dpkg-source
+    # (apt-get source nginx unpacks with it)
+    pkgs="$pkgs clang libclang-rt-14-dev llvm dpkg-dev"
     ;;
 esac
 
@@ -60,6 +66,32 @@ test)
         echo "installing: playwright-core@$pw into t/browser/node_modules"
         npm install --prefix "$dir" --no-save --no-package-lock --no-audit \
             --no-fund --loglevel=error "playwright-core@$pw"
+    fi
+    ;;
+esac
+
+# nginx-dev has nginx's headers only; the fuzz targets link nginx's core,
+# built from Debian's source package (fuzz/build.sh runs apt-get source),
+# which needs deb-src entries beside the deb ones
+case "${1:-build}" in
+fuzz)
+    if [ -z "$(apt-cache showsrc nginx 2>/dev/null)" ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "no deb-src entries for apt-get source nginx; as root run:" \
+                 "tools/deps.sh fuzz" >&2
+            exit 1
+        fi
+
+        echo "adding deb-src entries to /etc/apt/sources.list.d/"
+        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+            sed 's/^Types: deb$/Types: deb-src/' \
+                /etc/apt/sources.list.d/debian.sources \
+                > /etc/apt/sources.list.d/cloudauth-deb-src.sources
+        else
+            sed -n 's/^deb /deb-src /p' /etc/apt/sources.list \
+                > /etc/apt/sources.list.d/cloudauth-deb-src.list
+        fi
+        apt-get update -q
     fi
     ;;
 esac

