@@ -98,19 +98,23 @@ enum {
 static ngx_http_variable_t  ngx_http_cloudauth_upload_vars[] = {
 
     { ngx_string("cloudauth_filename"), NULL,
-      ngx_http_cloudauth_upload_variable, NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_FILENAME,
+      ngx_http_cloudauth_upload_variable,
+      NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_FILENAME,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("cloudauth_upload_bytes"), NULL,
-      ngx_http_cloudauth_upload_variable, NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_BYTES,
+      ngx_http_cloudauth_upload_variable,
+      NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_BYTES,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("cloudauth_upload_object"), NULL,
-      ngx_http_cloudauth_upload_variable, NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_OBJECT,
+      ngx_http_cloudauth_upload_variable,
+      NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_OBJECT,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("cloudauth_upload_status"), NULL,
-      ngx_http_cloudauth_upload_variable, NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_STATUS,
+      ngx_http_cloudauth_upload_variable,
+      NGX_HTTP_CLOUDAUTH_UPLOAD_VAR_STATUS,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
