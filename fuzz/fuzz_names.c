@@ -14,7 +14,7 @@
 
 
 #include "harness.h"
-#include "ngx_cloudauth_gcs_upload.h"
+#include "ngx_http_cloudauth_upload.h"
 
 
 /* well-formed UTF-8 (RFC 3629): decode any bit pattern, encode back */
@@ -88,7 +88,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err = ngx_http_cloudauth_upload_check_name(&name);
 
     if (err == NULL) {
-        fuzz_assert(size >= 1 && size <= NGX_HTTP_CLOUDAUTH_NAME_MAX);
+        fuzz_assert(size >= 1 && size <= NGX_HTTP_CLOUDAUTH_UPLOAD_NAME_MAX);
         fuzz_assert(memchr(copy, '\r', size) == NULL);
         fuzz_assert(memchr(copy, '\n', size) == NULL);
         fuzz_assert(!(size == 1 && copy[0] == '.'));
@@ -103,7 +103,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     ngx_http_cloudauth_upload_sanitize(pool, &name, &out);
 
-    fuzz_assert(out.len >= 1 && out.len <= NGX_HTTP_CLOUDAUTH_FILENAME_MAX);
+    fuzz_assert(out.len >= 1 && out.len <= NGX_HTTP_CLOUDAUTH_UPLOAD_FILENAME_MAX);
 
     for (i = 0; i < out.len; i++) {
         fuzz_assert(out.data[i] >= 0x20 && out.data[i] != 0x7f

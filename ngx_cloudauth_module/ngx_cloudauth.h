@@ -428,8 +428,15 @@ ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,
 ngx_int_t ngx_cloudauth_set_body(ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, u_char *data, size_t len,
     const char *content_type);
-ngx_int_t ngx_cloudauth_add_header(ngx_pool_t *pool,
-    ngx_cloudauth_request_t *req, const char *prefix, ngx_str_t *value);
+
+/* ngx_cloudauth_header.c: the one builder of outbound header lines */
+ngx_int_t ngx_cloudauth_header_printf(ngx_pool_t *pool,
+    ngx_cloudauth_request_t *req, const char *fmt, ...);
+
+/* ngx_cloudauth_backoff.c: jittered exponential back-off */
+ngx_msec_t ngx_cloudauth_backoff(ngx_msec_t base, ngx_msec_t cap,
+    ngx_uint_t failures, ngx_msec_t floor);
+
 u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);
 size_t ngx_cloudauth_form_escape_len(ngx_str_t *src);
 char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);

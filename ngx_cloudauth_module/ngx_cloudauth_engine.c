@@ -543,23 +543,9 @@ ngx_cloudauth_engine_backoff(ngx_uint_t failures, void *data)
 {
     ngx_cloudauth_failure_t *fl = data;
 
-    ngx_msec_t  delay, cap;
-
-    delay = fl->terminal ? 30000 : 1000;
-    cap = fl->terminal ? 300000 : 60000;
-
-    while (--failures && delay < cap) {
-        delay *= 2;
-    }
-
-    delay = ngx_min(delay, cap);
-    delay = delay / 2 + (ngx_msec_t) ngx_random() % (delay / 2 + 1);
-
-    if ((ngx_msec_t) fl->retry_after * 1000 > delay) {
-        delay = (ngx_msec_t) fl->retry_after * 1000;
-    }
-
-    return delay;
+    return ngx_cloudauth_backoff(fl->terminal ? 30000 : 1000,
+                                 fl->terminal ? 300000 : 60000, failures,
+                                 (ngx_msec_t) fl->retry_after * 1000);
 }
 
 

@@ -248,50 +248,7 @@ ngx_cloudauth_set_body(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_memcpy(req->body.data, data, len);
     req->body.len = len;
 
-    return ngx_cloudauth_add_header(pool, req, content_type, NULL);
-}
-
-
-/*
- * The one header-line builder: "Name: value" is the prefix (a constant
- * with its name, colon and space, or a whole constant line) and value,
- * which may be NULL.
- */
-
-ngx_int_t
-ngx_cloudauth_add_header(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
-    const char *prefix, ngx_str_t *value)
-{
-    size_t      len;
-    ngx_str_t  *h;
-
-    if (req->headers == NULL) {
-        req->headers = ngx_array_create(pool, 4, sizeof(ngx_str_t));
-        if (req->headers == NULL) {
-            return NGX_ERROR;
-        }
-    }
-
-    h = ngx_array_push(req->headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    len = ngx_strlen(prefix);
-
-    h->len = len + (value ? value->len : 0);
-    h->data = ngx_pnalloc(pool, h->len);
-    if (h->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(h->data, prefix, len);
-
-    if (value) {
-        ngx_memcpy(h->data + len, value->data, value->len);
-    }
-
-    return NGX_OK;
+    return ngx_cloudauth_header_printf(pool, req, "%s", content_type);
 }
 
 

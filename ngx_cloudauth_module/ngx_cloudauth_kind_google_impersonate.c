@@ -204,8 +204,8 @@ ngx_cloudauth_google_impersonate_build(ngx_cloudauth_cred_t *cred,
         return NGX_ERROR;
     }
 
-    return ngx_cloudauth_add_header(pool, req, "Authorization: Bearer ",
-                                    &req->source_token);
+    return ngx_cloudauth_header_printf(pool, req, "Authorization: Bearer %V",
+                                       &req->source_token);
 }
 
 

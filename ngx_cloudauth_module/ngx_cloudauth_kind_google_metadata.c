@@ -142,8 +142,7 @@ ngx_cloudauth_google_metadata_build(ngx_cloudauth_cred_t *cred,
     req->url = md->url;
     ngx_str_set(&req->method, "GET");
 
-    return ngx_cloudauth_add_header(pool, req, "Metadata-Flavor: Google",
-                                    NULL);
+    return ngx_cloudauth_header_printf(pool, req, "Metadata-Flavor: Google");
 }
 
 

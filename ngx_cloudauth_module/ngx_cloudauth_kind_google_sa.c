@@ -362,7 +362,7 @@ ngx_cloudauth_google_assertion(ngx_cloudauth_cred_t *cred,
     p = ngx_cpymem(req->body.data, grant, sizeof(grant) - 1);
     ngx_memcpy(p, jwt.data, jwt.len);
 
-    return ngx_cloudauth_add_header(pool, req, NGX_CLOUDAUTH_FORM, NULL);
+    return ngx_cloudauth_header_printf(pool, req, NGX_CLOUDAUTH_FORM);
 
 failed:
 

@@ -211,8 +211,7 @@ ngx_cloudauth_oauth2_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
         return NGX_ERROR;
     }
 
-    return ngx_cloudauth_add_header(pool, req, "Accept: application/json",
-                                    NULL);
+    return ngx_cloudauth_header_printf(pool, req, "Accept: application/json");
 }
 
 

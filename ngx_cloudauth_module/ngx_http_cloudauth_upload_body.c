@@ -4,15 +4,15 @@
  *
  * cloudauth_gcs_upload: the body of a request, read unbuffered into the
  * chunk buffer (raw, or file by file through the multipart parser), the
- * objects it becomes, and the state machine deciding which GCS request is
- * due; the end of an upload (stored, failed, aborted).
+ * objects it becomes, one GCS session each, and the end of an upload
+ * (stored, failed, aborted).  The driver of the GCS client: it sends what
+ * the buffer holds and drops what the client says GCS holds.
  */
 
 
-#include "ngx_cloudauth_gcs_upload.h"
+#include "ngx_http_cloudauth_upload.h"
 
 
-static void ngx_http_cloudauth_upload_read(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_pull(
     ngx_http_cloudauth_upload_t *u);
 static ngx_uint_t ngx_http_cloudauth_upload_room(
@@ -29,28 +29,116 @@ static void ngx_http_cloudauth_upload_feed(ngx_http_cloudauth_upload_t *u,
     u_char *data, size_t len);
 static ngx_int_t ngx_http_cloudauth_upload_input_end(
     ngx_http_cloudauth_upload_t *u);
+static ngx_int_t ngx_http_cloudauth_upload_object_name(
+    ngx_http_cloudauth_upload_t *u, ngx_str_t *name);
+static ngx_int_t ngx_http_cloudauth_upload_content_md5(
+    ngx_http_cloudauth_upload_t *u, ngx_str_t *content_md5);
+static void ngx_http_cloudauth_upload_close(ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_step(
     ngx_http_cloudauth_upload_t *u);
+static ngx_int_t ngx_http_cloudauth_upload_session(
+    ngx_http_cloudauth_upload_t *u);
+static ngx_int_t ngx_http_cloudauth_upload_last(
+    ngx_http_cloudauth_upload_t *u);
+static void ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s,
+    off_t offset);
+static void ngx_http_cloudauth_upload_done(ngx_cloudauth_gcs_t *s,
+    json_t *object);
+static void ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s,
+    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said);
+static void ngx_http_cloudauth_upload_guard(ngx_event_t *ev);
+static void ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
+    ngx_uint_t status, const char *reason, size_t len);
 static void ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u);
 static void ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u);
+static u_char *ngx_http_cloudauth_upload_buf_alloc(size_t size,
+    ngx_log_t *log);
 static void ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
     ngx_log_t *log);
 
 
-void
-ngx_http_cloudauth_upload_body(ngx_http_request_t *r)
+/*
+ * Before the body: a form gets its parser, a raw body its one object.
+ * NGX_OK, NGX_ERROR, or an HTTP status with u->reason.
+ */
+
+ngx_int_t
+ngx_http_cloudauth_upload_init(ngx_http_cloudauth_upload_t *u)
 {
-    ngx_cloudauth_stats_t        *st;
-    ngx_http_cloudauth_upload_t  *u;
+    u_char              *p;
+    ngx_str_t            ct, md5, seg;
+    ngx_table_elt_t     *h;
+    ngx_http_request_t  *r;
 
-    u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
+    r = u->request;
 
-    r->read_event_handler = ngx_http_cloudauth_upload_read;
-    r->write_event_handler = ngx_http_request_empty_handler;
+    u->guard.handler = ngx_http_cloudauth_upload_guard;
+    u->guard.data = r->connection;
+    u->guard.log = r->connection->log;
 
-    ngx_str_set(&u->status, "uploading");
+    ngx_str_null(&ct);
+    ngx_str_null(&md5);
 
-    st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
+    if (r->headers_in.content_type) {
+        ct = r->headers_in.content_type->value;
+    }
+
+    if (r->method == NGX_HTTP_POST
+        && ct.len >= sizeof("multipart/form-data") - 1
+        && ngx_strncasecmp(ct.data, (u_char *) "multipart/form-data",
+                           sizeof("multipart/form-data") - 1) == 0)
+    {
+        u->multipart = 1;
+
+        u->mp = ngx_palloc(r->pool, sizeof(ngx_cloudauth_mp_t));
+        u->fields = ngx_array_create(r->pool, 4, sizeof(ngx_keyval_t));
+        if (u->mp == NULL || u->fields == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_cloudauth_mp_init(u->mp, &ct) != NGX_OK) {
+            u->reason.data = (u_char *) u->mp->error;
+            u->reason.len = ngx_strlen(u->mp->error);
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        return NGX_OK;
+    }
+
+    /* $cloudauth_filename: the last segment of the URI */
+
+    p = r->uri.data + r->uri.len;
+
+    while (p > r->uri.data && p[-1] != '/') {
+        p--;
+    }
+
+    seg.data = p;
+    seg.len = r->uri.data + r->uri.len - p;
+
+    if (ct.len == 0) {
+        ngx_str_set(&ct, "application/octet-stream");
+    }
+
+    h = ngx_http_cloudauth_upload_header_in(r, "Content-MD5",
+                                            sizeof("Content-MD5") - 1);
+    if (h) {
+        md5 = h->value;
+    }
+
+    return ngx_http_cloudauth_upload_open(u, &seg, &ct, &md5,
+                                          r->headers_in.content_length_n);
+}
+
+
+void
+ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_cloudauth_stats_t  *st;
+
+    u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_UPLOADING;
+
+    st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->uploads_active, 1);
     }
@@ -58,20 +146,16 @@ ngx_http_cloudauth_upload_body(ngx_http_request_t *r)
     u->active = 1;
 
     /* a graceful shutdown waits for the upload */
-    ngx_add_timer(&u->guard, NGX_HTTP_CLOUDAUTH_GUARD);
+    ngx_add_timer(&u->guard, NGX_HTTP_CLOUDAUTH_UPLOAD_GUARD);
 
     ngx_http_cloudauth_upload_run(u);
 }
 
 
 static void
-ngx_http_cloudauth_upload_read(ngx_http_request_t *r)
+ngx_http_cloudauth_upload_guard(ngx_event_t *ev)
 {
-    ngx_http_cloudauth_upload_t  *u;
-
-    u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
-
-    ngx_http_cloudauth_upload_run(u);
+    ngx_add_timer(ev, NGX_HTTP_CLOUDAUTH_UPLOAD_GUARD);
 }
 
 
@@ -99,7 +183,7 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
 
         if (rc != NGX_OK) {
             if (r->connection->error || rc == NGX_HTTP_REQUEST_TIME_OUT) {
-                ngx_str_set(&u->status, "aborted");
+                u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED;
 
                 if (rc == NGX_HTTP_REQUEST_TIME_OUT) {
                     ngx_http_cloudauth_upload_fail(u, rc,
@@ -134,7 +218,7 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
             return;
         }
 
-        if (u->fetch || u->retry.timer_set || u->ask.waiting) {
+        if (u->obj.gcs && ngx_cloudauth_gcs_busy(u->obj.gcs)) {
             return;
         }
 
@@ -244,7 +328,7 @@ ngx_http_cloudauth_upload_room(ngx_http_cloudauth_upload_t *u)
             return 0;
         }
 
-        if (u->part == NGX_HTTP_CLOUDAUTH_PART_FILE) {
+        if (u->part == NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FILE) {
             return u->obj.open && !u->obj.eof
                    && u->len < u->conf->chunk_size;
         }
@@ -323,12 +407,12 @@ ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u, u_char *p,
 
         switch (u->part) {
 
-        case NGX_HTTP_CLOUDAUTH_PART_FILE:
+        case NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FILE:
             room = u->conf->chunk_size - u->len;
             break;
 
-        case NGX_HTTP_CLOUDAUTH_PART_FIELD:
-            room = NGX_HTTP_CLOUDAUTH_FIELDS_MAX - u->arena_len;
+        case NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FIELD:
+            room = NGX_HTTP_CLOUDAUTH_UPLOAD_FIELDS_MAX - u->arena_len;
 
             if (room == 0) {
                 ngx_str_set(&u->reason, "form fields are too large");
@@ -371,10 +455,10 @@ ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u, u_char *p,
 
         case NGX_CLOUDAUTH_MP_DATA:
 
-            if (u->part == NGX_HTTP_CLOUDAUTH_PART_FILE) {
+            if (u->part == NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FILE) {
                 ngx_http_cloudauth_upload_feed(u, mp->data, mp->len);
 
-            } else if (u->part == NGX_HTTP_CLOUDAUTH_PART_FIELD) {
+            } else if (u->part == NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FIELD) {
                 rc = ngx_http_cloudauth_upload_field(u, mp->data, mp->len);
                 if (rc != NGX_OK) {
                     *taken = p - start;
@@ -386,11 +470,11 @@ ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u, u_char *p,
 
         case NGX_CLOUDAUTH_MP_PART_END:
 
-            if (u->part == NGX_HTTP_CLOUDAUTH_PART_FILE) {
+            if (u->part == NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FILE) {
                 u->obj.eof = 1;
             }
 
-            u->part = NGX_HTTP_CLOUDAUTH_PART_NONE;
+            u->part = NGX_HTTP_CLOUDAUTH_UPLOAD_PART_NONE;
             break;
 
         case NGX_CLOUDAUTH_MP_END:
@@ -419,15 +503,17 @@ ngx_http_cloudauth_upload_part(ngx_http_cloudauth_upload_t *u)
     part = &u->mp->part;
 
     if (!part->file) {
-        if (part->name.len + u->arena_len > NGX_HTTP_CLOUDAUTH_FIELDS_MAX
-            || u->fields->nelts >= 64)
+        if (part->name.len + u->arena_len
+            > NGX_HTTP_CLOUDAUTH_UPLOAD_FIELDS_MAX
+            || u->fields->nelts >= NGX_HTTP_CLOUDAUTH_UPLOAD_NFIELDS_MAX)
         {
             ngx_str_set(&u->reason, "form fields are too large");
             return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         }
 
         if (u->arena == NULL) {
-            u->arena = ngx_pnalloc(r->pool, NGX_HTTP_CLOUDAUTH_FIELDS_MAX);
+            u->arena = ngx_pnalloc(r->pool,
+                                   NGX_HTTP_CLOUDAUTH_UPLOAD_FIELDS_MAX);
             if (u->arena == NULL) {
                 return NGX_ERROR;
             }
@@ -446,23 +532,23 @@ ngx_http_cloudauth_upload_part(ngx_http_cloudauth_upload_t *u)
         kv->value.data = u->arena + u->arena_len;
         kv->value.len = 0;
 
-        u->part = NGX_HTTP_CLOUDAUTH_PART_FIELD;
+        u->part = NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FIELD;
 
         return NGX_OK;
     }
 
     if (part->filename.len == 0) {
         /* an empty file input */
-        u->part = NGX_HTTP_CLOUDAUTH_PART_SKIP;
+        u->part = NGX_HTTP_CLOUDAUTH_UPLOAD_PART_SKIP;
         return NGX_OK;
     }
 
-    if (u->files++ == NGX_HTTP_CLOUDAUTH_FILES_MAX) {
+    if (u->files++ == NGX_HTTP_CLOUDAUTH_UPLOAD_FILES_MAX) {
         ngx_str_set(&u->reason, "more than 1000 files in a form");
         return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
 
-    u->part = NGX_HTTP_CLOUDAUTH_PART_FILE;
+    u->part = NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FILE;
 
     /* keep the headers: the parser's buffer is reused by the next part */
 
@@ -507,7 +593,7 @@ ngx_http_cloudauth_upload_field(ngx_http_cloudauth_upload_t *u, u_char *data,
 {
     ngx_keyval_t  *kv;
 
-    if (u->arena_len + len > NGX_HTTP_CLOUDAUTH_FIELDS_MAX) {
+    if (u->arena_len + len > NGX_HTTP_CLOUDAUTH_UPLOAD_FIELDS_MAX) {
         ngx_str_set(&u->reason, "form fields are too large");
         return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
@@ -554,116 +640,42 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     ngx_str_t *filename, ngx_str_t *content_type, ngx_str_t *content_md5,
     off_t total)
 {
-    u_char                       *p;
-    size_t                        below;
-    const char                   *err;
-    ngx_str_t                     name, md5;
-    ngx_http_request_t           *r;
-    ngx_http_core_loc_conf_t     *clcf;
-    ngx_http_cloudauth_object_t  *obj;
-    u_char                        raw[ngx_base64_decoded_length(24)];
+    ngx_int_t                            rc;
+    ngx_str_t                            name;
+    ngx_http_request_t                  *r;
+    ngx_cloudauth_gcs_object_t           object;
+    ngx_cloudauth_gcs_handlers_t         h;
+    ngx_http_cloudauth_upload_object_t  *obj;
 
     r = u->request;
     obj = &u->obj;
 
-    ngx_memzero(obj, sizeof(ngx_http_cloudauth_object_t));
-    obj->start = ngx_current_msec;
+    ngx_memzero(obj, sizeof(ngx_http_cloudauth_upload_object_t));
     obj->total = total;
-    obj->nfields = u->fields ? u->fields->nelts : 0;
 
     ngx_http_cloudauth_upload_sanitize(r->pool, filename, &u->filename);
 
-    if (u->conf->object) {
-        if (ngx_http_complex_value(r, u->conf->object, &name) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-    } else {
-        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-        below = 0;
-
-        if (r->uri.len >= clcf->name.len
-            && ngx_strncmp(r->uri.data, clcf->name.data, clcf->name.len) == 0
-            && !clcf->regex)
-        {
-            below = clcf->name.len;
-
-        } else if (r->uri.len && r->uri.data[0] == '/') {
-            below = 1;
-        }
-
-        name.data = r->uri.data + below;
-        name.len = r->uri.len - below;
-
-        if (u->multipart) {
-            /* the form's URI is a "directory" for its files */
-
-            p = ngx_pnalloc(r->pool, name.len + 1 + u->filename.len);
-            if (p == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_memcpy(p, name.data, name.len);
-            below = name.len;
-
-            if (below && p[below - 1] != '/') {
-                p[below++] = '/';
-            }
-
-            ngx_memcpy(p + below, u->filename.data, u->filename.len);
-
-            name.data = p;
-            name.len = below + u->filename.len;
-        }
+    rc = ngx_http_cloudauth_upload_object_name(u, &name);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
-    err = ngx_http_cloudauth_upload_check_name(&name);
-
-    if (err == NULL && !ngx_http_cloudauth_upload_utf8(content_type->data,
-                                                       content_type->len))
+    if (!ngx_http_cloudauth_upload_utf8(content_type->data,
+                                        content_type->len))
     {
-        err = "the content type is not UTF-8";
-    }
-
-    if (err) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: bad object name \"%V\": %s",
-                      &name, err);
-        u->reason.data = (u_char *) err;
-        u->reason.len = ngx_strlen(err);
+                      &name, "the content type is not UTF-8");
+        ngx_str_set(&u->reason, "the content type is not UTF-8");
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    if (content_md5->len) {
-
-        /*
-         * 16 bytes are 22 base64 characters and "==": checked before
-         * decoding, as 24 characters without padding decode to 18 bytes;
-         * and decoded into a buffer with room for what 24 could become
-         */
-
-        if (content_md5->len != 24
-            || content_md5->data[22] != '='
-            || content_md5->data[23] != '=')
-        {
-            ngx_str_set(&u->reason, "Content-MD5 is not a base64 MD5");
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        md5.data = raw;
-
-        if (ngx_decode_base64(&md5, content_md5) != NGX_OK || md5.len != 16) {
-            ngx_str_set(&u->reason, "Content-MD5 is not a base64 MD5");
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        ngx_memcpy(obj->content_md5, raw, 16);
-        obj->has_md5 = 1;
+    rc = ngx_http_cloudauth_upload_content_md5(u, content_md5);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     obj->name = name;
-    obj->content_type = *content_type;
 
     /* MD5 costs more CPU than the rest of the upload together */
 
@@ -684,6 +696,25 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
         }
     }
 
+    /* its session, started when a token and GCS are free */
+
+    object.name = name;
+    object.content_type = *content_type;
+    object.metadata = u->fields;
+    object.nmetadata = u->fields ? u->fields->nelts : 0;
+    object.size = total;
+
+    h.progress = ngx_http_cloudauth_upload_progress;
+    h.done = ngx_http_cloudauth_upload_done;
+    h.failed = ngx_http_cloudauth_upload_failed;
+    h.data = u;
+
+    obj->gcs = ngx_cloudauth_gcs_create(r->pool, r->connection->log,
+                                        &u->conf->gcs, &object, &h);
+    if (obj->gcs == NULL) {
+        return NGX_ERROR;
+    }
+
     u->len = 0;
     obj->open = 1;
 
@@ -694,7 +725,117 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
 }
 
 
-void
+/* object= or the URI below the location (and a form's file name) */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_object_name(ngx_http_cloudauth_upload_t *u,
+    ngx_str_t *name)
+{
+    u_char                    *p;
+    size_t                     below;
+    const char                *err;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r = u->request;
+
+    if (u->conf->object) {
+        if (ngx_http_complex_value(r, u->conf->object, name) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        below = 0;
+
+        if (r->uri.len >= clcf->name.len
+            && ngx_strncmp(r->uri.data, clcf->name.data, clcf->name.len) == 0
+            && !clcf->regex)
+        {
+            below = clcf->name.len;
+
+        } else if (r->uri.len && r->uri.data[0] == '/') {
+            below = 1;
+        }
+
+        name->data = r->uri.data + below;
+        name->len = r->uri.len - below;
+
+        if (u->multipart) {
+            /* the form's URI is a "directory" for its files */
+
+            p = ngx_pnalloc(r->pool, name->len + 1 + u->filename.len);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(p, name->data, name->len);
+            below = name->len;
+
+            if (below && p[below - 1] != '/') {
+                p[below++] = '/';
+            }
+
+            ngx_memcpy(p + below, u->filename.data, u->filename.len);
+
+            name->data = p;
+            name->len = below + u->filename.len;
+        }
+    }
+
+    err = ngx_http_cloudauth_upload_check_name(name);
+
+    if (err) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: bad object name \"%V\": %s",
+                      name, err);
+        u->reason.data = (u_char *) err;
+        u->reason.len = ngx_strlen(err);
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A Content-MD5: 16 bytes are 22 base64 characters and "==", checked
+ * before decoding, as 24 characters without padding decode to 18 bytes;
+ * and decoded into a buffer with room for what 24 could become
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_content_md5(ngx_http_cloudauth_upload_t *u,
+    ngx_str_t *content_md5)
+{
+    ngx_str_t  md5;
+    u_char     raw[ngx_base64_decoded_length(24)];
+
+    if (content_md5->len == 0) {
+        return NGX_OK;
+    }
+
+    md5.data = raw;
+
+    if (content_md5->len != 24
+        || content_md5->data[22] != '='
+        || content_md5->data[23] != '='
+        || ngx_decode_base64(&md5, content_md5) != NGX_OK
+        || md5.len != 16)
+    {
+        ngx_str_set(&u->reason, "Content-MD5 is not a base64 MD5");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    ngx_memcpy(u->obj.content_md5, raw, 16);
+    u->obj.has_md5 = 1;
+
+    return NGX_OK;
+}
+
+
+static void
 ngx_http_cloudauth_upload_close(ngx_http_cloudauth_upload_t *u)
 {
     if (u->obj.md5) {
@@ -703,18 +844,22 @@ ngx_http_cloudauth_upload_close(ngx_http_cloudauth_upload_t *u)
     }
 
     u->obj.open = 0;
-    u->obj.session.len = 0;
+    u->obj.gcs = NULL;
     u->len = 0;
 }
 
 
-/* what GCS request is due */
+/*
+ * What is due: the next file's object, the end, the session's start, the
+ * final bytes, or a full chunk.  NGX_OK: go on; NGX_AGAIN: the client is
+ * busy; NGX_DECLINED: the body first; NGX_DONE, NGX_ERROR: the end.
+ */
 
 static ngx_int_t
 ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
 {
-    ngx_int_t                     rc;
-    ngx_http_cloudauth_object_t  *obj;
+    ngx_int_t                            rc;
+    ngx_http_cloudauth_upload_object_t  *obj;
 
     obj = &u->obj;
 
@@ -746,115 +891,209 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
         return NGX_DECLINED;
     }
 
-    if (obj->token && u->ask.expires_at
-        && u->ask.expires_at - ngx_time() < NGX_HTTP_CLOUDAUTH_TOKEN_LEFT)
-    {
-        /* a long upload outlives its token: the cache has a newer one */
-        obj->token = 0;
-    }
-
-    if (!obj->token) {
-        u->ask.token.len = 0;
-
-        rc = ngx_cloudauth_engine_get(&u->ask);
-
-        if (rc == NGX_AGAIN) {
-            return NGX_AGAIN;
-        }
-
-        if (rc != NGX_OK || u->ask.token.len == 0) {
-            if (u->ask.reason.len == 0) {
-                ngx_str_set(&u->ask.reason, "no token");
-            }
-
-            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_GATEWAY,
-                                           (char *) u->ask.reason.data,
-                                           u->ask.reason.len);
-            return NGX_ERROR;
-        }
-
-        obj->token = 1;
-    }
-
-    if (obj->session.len == 0) {
-        return ngx_http_cloudauth_upload_start(u, NGX_HTTP_CLOUDAUTH_OP_INIT);
-    }
-
-    if (u->requery) {
-        u->requery = 0;
-        return ngx_http_cloudauth_upload_start(u, NGX_HTTP_CLOUDAUTH_OP_QUERY);
+    if (!obj->started) {
+        return ngx_http_cloudauth_upload_session(u);
     }
 
     if (obj->eof) {
-        if (!obj->summed && obj->md5) {
-            EVP_DigestFinal_ex(obj->md5, obj->md5_sum, NULL);
-            obj->summed = 1;
-
-            if (obj->has_md5
-                && ngx_memcmp(obj->md5_sum, obj->content_md5, 16) != 0)
-            {
-                ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_REQUEST,
-                                   "Content-MD5 does not match the body",
-                                   sizeof("Content-MD5 does not match the "
-                                          "body") - 1);
-                return NGX_ERROR;
-            }
-        }
-
-        return ngx_http_cloudauth_upload_start(u, NGX_HTTP_CLOUDAUTH_OP_FINAL);
+        return ngx_http_cloudauth_upload_last(u);
     }
 
     if (u->len == u->conf->chunk_size) {
-        return ngx_http_cloudauth_upload_start(u, NGX_HTTP_CLOUDAUTH_OP_CHUNK);
+        rc = ngx_cloudauth_gcs_send(obj->gcs, obj->offset, u->buf, u->len);
+        return (rc == NGX_OK) ? NGX_AGAIN : NGX_ERROR;
     }
 
     return NGX_DECLINED;
 }
 
 
-void
-ngx_http_cloudauth_upload_token(ngx_cloudauth_ask_t *ask)
+static ngx_int_t
+ngx_http_cloudauth_upload_session(ngx_http_cloudauth_upload_t *u)
 {
-    ngx_connection_t             *c;
-    ngx_http_cloudauth_upload_t  *u;
+    u->obj.started = 1;
 
-    u = ask->data;
-    c = u->request->connection;
+    if (ngx_cloudauth_gcs_start(u->obj.gcs) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
-    if (ask->token.len == 0) {
-        if (ask->reason.len == 0) {
-            ngx_str_set(&ask->reason, "no token");
+    return NGX_AGAIN;
+}
+
+
+/* every byte is in: the sums, then the final request */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_last(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_cloudauth_gcs_hash_t             hash;
+    ngx_http_cloudauth_upload_object_t  *obj;
+
+    obj = &u->obj;
+
+    ngx_memzero(&hash, sizeof(ngx_cloudauth_gcs_hash_t));
+    hash.crc32c = obj->crc32c;
+
+    if (obj->md5) {
+        EVP_DigestFinal_ex(obj->md5, hash.md5, NULL);
+        EVP_MD_CTX_free(obj->md5);
+        obj->md5 = NULL;
+
+        if (obj->has_md5 && ngx_memcmp(hash.md5, obj->content_md5, 16) != 0) {
+            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_REQUEST,
+                               "Content-MD5 does not match the body",
+                               sizeof("Content-MD5 does not match the body")
+                               - 1);
+            return NGX_ERROR;
         }
 
-        ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_GATEWAY,
-                                       (char *) ask->reason.data,
-                                       ask->reason.len);
-
-    } else {
-        u->obj.token = 1;
-        ngx_http_cloudauth_upload_run(u);
+        /* from now on (a final request done again) the body's own */
+        ngx_memcpy(obj->content_md5, hash.md5, 16);
+        obj->has_md5 = 1;
     }
+
+    if (obj->has_md5) {
+        ngx_memcpy(hash.md5, obj->content_md5, 16);
+        hash.has_md5 = 1;
+    }
+
+    if (ngx_cloudauth_gcs_finish(obj->gcs, obj->offset, u->buf, u->len,
+                                 &hash)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/* the GCS client's handlers */
+
+static void
+ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    off_t                                drop;
+    ngx_connection_t                    *c;
+    ngx_http_cloudauth_upload_object_t  *obj;
+
+    c = u->request->connection;
+    obj = &u->obj;
+
+    /* GCS holds [0, offset): the buffer keeps the rest */
+
+    drop = offset - obj->offset;
+
+    if (drop) {
+        ngx_memmove(u->buf, u->buf + drop, u->len - (size_t) drop);
+        u->len -= (size_t) drop;
+        obj->offset = offset;
+    }
+
+    ngx_http_cloudauth_upload_run(u);
 
     ngx_http_run_posted_requests(c);
 }
 
 
-void
-ngx_http_cloudauth_upload_guard(ngx_event_t *ev)
+static void
+ngx_http_cloudauth_upload_done(ngx_cloudauth_gcs_t *s, json_t *object)
 {
-    ngx_add_timer(ev, NGX_HTTP_CLOUDAUTH_GUARD);
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    u_char                              *p;
+    ngx_connection_t                    *c;
+    ngx_cloudauth_stats_t               *st;
+    ngx_http_cloudauth_upload_object_t  *obj;
+
+    c = u->request->connection;
+    obj = &u->obj;
+
+    if (u->results == NULL) {
+        u->results = json_array();
+        if (u->results == NULL) {
+            json_decref(object);
+            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           NULL, 0);
+            goto done;
+        }
+    }
+
+    json_array_append_new(u->results, object);
+
+    /*
+     * $cloudauth_upload_object: the names, comma-separated, up to
+     * NGX_HTTP_CLOUDAUTH_UPLOAD_NAMES_MAX bytes (a form may have many)
+     */
+
+    if (u->names.len + 1 + obj->name.len
+        <= NGX_HTTP_CLOUDAUTH_UPLOAD_NAMES_MAX)
+    {
+        p = ngx_pnalloc(u->request->pool, u->names.len + 1 + obj->name.len);
+        if (p == NULL) {
+            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           NULL, 0);
+            goto done;
+        }
+
+        ngx_memcpy(p, u->names.data, u->names.len);
+
+        if (u->names.len) {
+            p[u->names.len++] = ',';
+        }
+
+        ngx_memcpy(p + u->names.len, obj->name.data, obj->name.len);
+        u->names.data = p;
+        u->names.len += obj->name.len;
+    }
+
+    u->objects++;
+
+    st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
+    if (st) {
+        (void) ngx_atomic_fetch_add(&st->upload_bytes, obj->received);
+    }
+
+    ngx_http_cloudauth_upload_close(u);
+
+    ngx_http_cloudauth_upload_run(u);
+
+done:
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
+    ngx_str_t *reason, ngx_str_t *said)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    ngx_connection_t  *c;
+
+    c = u->request->connection;
+
+    u->said = *said;
+
+    ngx_http_cloudauth_upload_fail(u, status, (char *) reason->data,
+                                   reason->len);
+
+    ngx_http_run_posted_requests(c);
 }
 
 
 /* the end: failure, cancellation, success */
 
-void
+static void
 ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
     ngx_uint_t status, const char *reason, size_t len)
 {
-    ngx_int_t               rc;
-    ngx_uint_t              level;
-    ngx_http_request_t     *r;
+    ngx_int_t            rc;
+    ngx_uint_t           level;
+    ngx_http_request_t  *r;
 
     r = u->request;
 
@@ -869,8 +1108,8 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
         len = sizeof("internal error") - 1;
     }
 
-    if (u->status.len == 0 || ngx_strcmp(u->status.data, "aborted") != 0) {
-        ngx_str_set(&u->status, "failed");
+    if (u->status != NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED) {
+        u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_FAILED;
     }
 
     level = r->connection->error ? NGX_LOG_INFO : NGX_LOG_ERR;
@@ -903,28 +1142,12 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 {
     ngx_cloudauth_stats_t  *st;
 
-    ngx_cloudauth_engine_cancel(&u->ask);
-
-    if (u->fetch) {
-        ngx_cloudauth_fetch_free(u->fetch);
-        u->fetch = NULL;
-        u->op = NGX_HTTP_CLOUDAUTH_OP_NONE;
-    }
-
-    if (u->retry.timer_set) {
-        ngx_del_timer(&u->retry);
-    }
-
-    if (u->stall.timer_set) {
-        ngx_del_timer(&u->stall);
-    }
-
     if (u->guard.timer_set) {
         ngx_del_timer(&u->guard);
     }
 
-    if (u->obj.open && u->obj.session.len) {
-        ngx_http_cloudauth_upload_cancel(u);
+    if (u->obj.gcs) {
+        ngx_cloudauth_gcs_cancel(u->obj.gcs);
     }
 
     ngx_http_cloudauth_upload_close(u);
@@ -932,7 +1155,7 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
     if (u->active) {
         u->active = 0;
 
-        st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
+        st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
         if (st) {
             (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
             (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
@@ -946,10 +1169,7 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
 {
     json_t                 *body;
     ngx_int_t               rc;
-    ngx_http_request_t     *r;
     ngx_cloudauth_stats_t  *st;
-
-    r = u->request;
 
     if (u->objects == 0) {
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_REQUEST,
@@ -959,7 +1179,7 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
     }
 
     u->finished = 1;
-    ngx_str_set(&u->status, "stored");
+    u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_STORED;
 
     if (u->guard.timer_set) {
         ngx_del_timer(&u->guard);
@@ -968,7 +1188,7 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
     if (u->active) {
         u->active = 0;
 
-        st = ngx_cloudauth_cache_stats(u->ask.cred->conf->shm_zone);
+        st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
         if (st) {
             (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
             (void) ngx_atomic_fetch_add(&st->uploads_completed, 1);
@@ -977,10 +1197,10 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
 
     body = u->multipart ? u->results : json_array_get(u->results, 0);
 
-    rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
+    rc = ngx_http_cloudauth_upload_respond(u->request, &u->cors_origin,
                                            NGX_HTTP_CREATED, body);
 
-    ngx_http_finalize_request(r, rc);
+    ngx_http_finalize_request(u->request, rc);
 }
 
 
@@ -991,7 +1211,7 @@ ngx_http_cloudauth_upload_cleanup(void *data)
 
     if (!u->finished) {
         /* the client went away: nothing half-written stays */
-        ngx_str_set(&u->status, "aborted");
+        u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED;
     }
 
     ngx_http_cloudauth_upload_abort(u);
@@ -1015,7 +1235,7 @@ ngx_http_cloudauth_upload_cleanup(void *data)
  * upload ends (malloc() would keep a freed buffer this size in its heap).
  */
 
-u_char *
+static u_char *
 ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
 {
     u_char  *p;

@@ -1,0 +1,448 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * cloudauth_gcs_upload: what browsers see.  CORS (the preflight, the
+ * allowed origins), the refusal of cross-site uploads, and the answers,
+ * JSON, with the CORS headers an allowed origin needs.
+ */
+
+
+#include "ngx_http_cloudauth_upload.h"
+
+
+static ngx_uint_t ngx_http_cloudauth_upload_listed(
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
+static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
+    ngx_str_t *origin);
+static ngx_int_t ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r,
+    char *key, ngx_str_t *value);
+
+
+static ngx_str_t  ngx_http_cloudauth_upload_json =
+    ngx_string("application/json");
+
+
+/* a request header, the last of its name; NULL: none */
+
+ngx_table_elt_t *
+ngx_http_cloudauth_upload_header_in(ngx_http_request_t *r, const char *name,
+    size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *found;
+
+    found = NULL;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (h[i].key.len == len
+                && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+            {
+                found = &h[i];
+            }
+        }
+    }
+
+    return found;
+}
+
+
+/* an OPTIONS from an allowed origin asking for PUT or POST: 204 */
+
+ngx_int_t
+ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin)
+{
+    u_char           *p;
+    ngx_str_t         method, hdrs, v;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(&method);
+    ngx_str_null(&hdrs);
+
+    h = ngx_http_cloudauth_upload_header_in(r,
+                    "Access-Control-Request-Method",
+                    sizeof("Access-Control-Request-Method") - 1);
+    if (h) {
+        method = h->value;
+    }
+
+    h = ngx_http_cloudauth_upload_header_in(r,
+                    "Access-Control-Request-Headers",
+                    sizeof("Access-Control-Request-Headers") - 1);
+    if (h) {
+        hdrs = h->value;
+    }
+
+    if (origin == NULL
+        || !((method.len == 3 && ngx_strncmp(method.data, "PUT", 3) == 0)
+             || (method.len == 4 && ngx_strncmp(method.data, "POST", 4) == 0)))
+    {
+        return ngx_http_cloudauth_upload_reject(r, NULL, NGX_HTTP_FORBIDDEN,
+                                 "CORS preflight refused",
+                                 sizeof("CORS preflight refused") - 1);
+    }
+
+    for (p = hdrs.data; p < hdrs.data + hdrs.len; p++) {
+        if (!(ngx_http_cloudauth_upload_token_char(*p) || *p == ','
+              || *p == ' '))
+        {
+            ngx_str_set(&hdrs, "Content-Type, Content-MD5");
+            break;
+        }
+    }
+
+    if (hdrs.len == 0) {
+        ngx_str_set(&hdrs, "Content-Type, Content-MD5");
+    }
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&method, "PUT, POST, OPTIONS");
+    ngx_str_set(&v, "600");
+
+    if (ngx_http_cloudauth_upload_header_out(r, "Access-Control-Allow-Origin",
+                                             origin)
+           != NGX_OK
+        || ngx_http_cloudauth_upload_header_out(r,
+                               "Access-Control-Allow-Methods", &method)
+           != NGX_OK
+        || ngx_http_cloudauth_upload_header_out(r,
+                               "Access-Control-Allow-Headers", &hdrs)
+           != NGX_OK
+        || ngx_http_cloudauth_upload_header_out(r, "Access-Control-Max-Age",
+                                                &v)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&v, "Origin");
+
+    if (ngx_http_cloudauth_upload_header_out(r, "Vary", &v) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r, char *key,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value = *value;
+
+    return NGX_OK;
+}
+
+
+/* answers: JSON, the CORS headers for an allowed origin */
+
+ngx_int_t
+ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
+    ngx_uint_t status, json_t *body)
+{
+    char         *s;
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_str_t     vary, allow;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    s = json_dumps(body, JSON_COMPACT|JSON_ENSURE_ASCII);
+    if (s == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(s);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        free(s);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->pos, s, len);
+    *b->last++ = LF;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    free(s);
+
+    if (origin && origin->len) {
+        ngx_str_set(&vary, "Origin");
+
+        if (ngx_http_cloudauth_upload_header_out(r,
+                                     "Access-Control-Allow-Origin", origin)
+               != NGX_OK
+            || ngx_http_cloudauth_upload_header_out(r, "Vary", &vary)
+               != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (status == NGX_HTTP_NOT_ALLOWED) {
+        ngx_str_set(&allow, "PUT, POST, OPTIONS");
+
+        if (ngx_http_cloudauth_upload_header_out(r, "Allow", &allow)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    r->headers_out.status = status;
+    r->headers_out.content_type = ngx_http_cloudauth_upload_json;
+    r->headers_out.content_type_len = ngx_http_cloudauth_upload_json.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.content_length_n = b->last - b->pos;
+
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_cloudauth_upload_reject(ngx_http_request_t *r, ngx_str_t *origin,
+    ngx_uint_t status, const char *reason, size_t len)
+{
+    json_t     *body;
+    ngx_int_t   rc;
+
+    if (r->request_body == NULL
+        && ngx_http_discard_request_body(r) != NGX_OK)
+    {
+        r->keepalive = 0;
+    }
+
+    body = json_pack("{s:{s:i, s:s%}}", "error", "code", (int) status,
+                     "message", reason, len);
+    if (body == NULL) {
+        /* the reason is not UTF-8 */
+        body = json_pack("{s:{s:i, s:s}}", "error", "code", (int) status,
+                         "message", "bad request");
+        if (body == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    rc = ngx_http_cloudauth_upload_respond(r, origin, status, body);
+
+    json_decref(body);
+
+    return rc;
+}
+
+
+/* the request's Origin when cors= allows it, for the answer's headers */
+
+ngx_str_t *
+ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf)
+{
+    ngx_table_elt_t  *h;
+
+    if (conf->cors == NULL) {
+        return NULL;
+    }
+
+    h = ngx_http_cloudauth_upload_header_in(r, "Origin",
+                                            sizeof("Origin") - 1);
+
+    if (h == NULL || !ngx_http_cloudauth_upload_listed(conf, &h->value)) {
+        return NULL;
+    }
+
+    return &h->value;
+}
+
+
+/* an origin cors= allows; "null" only with "*" */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_listed(ngx_http_cloudauth_upload_conf_t *conf,
+    ngx_str_t *origin)
+{
+    ngx_str_t   *o;
+    ngx_uint_t   i, null;
+
+    if (conf->cors == NULL) {
+        return 0;
+    }
+
+    null = (origin->len == 4 && ngx_strncmp(origin->data, "null", 4) == 0);
+
+    o = conf->cors->elts;
+
+    for (i = 0; i < conf->cors->nelts; i++) {
+        if (o[i].len == 1 && o[i].data[0] == '*') {
+            return 1;
+        }
+
+        if (!null && o[i].len == origin->len
+            && ngx_strncasecmp(o[i].data, origin->data, o[i].len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Cross-site request forgery: a form or a text/plain POST is a "simple
+ * request" a browser sends from any page, without a preflight; CORS only
+ * keeps the answer from the page.  An upload a browser sends is taken from
+ * the request's own origin and those of cors= only: every Origin must be
+ * one of them, and "Sec-Fetch-Site: cross-site" needs a listed Origin.
+ * Clients that send neither (curl, scripts) are not browsers' victims.
+ */
+
+ngx_int_t
+ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf)
+{
+    ngx_str_t        *origin;
+    ngx_uint_t        i, cross, listed;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    cross = 0;
+    listed = 0;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+
+            if (h[i].key.len == 14
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "Sec-Fetch-Site",
+                                   14) == 0)
+            {
+                if (h[i].value.len == 10
+                    && ngx_strncasecmp(h[i].value.data,
+                                       (u_char *) "cross-site", 10) == 0)
+                {
+                    cross = 1;
+                }
+
+                continue;
+            }
+
+            if (h[i].key.len != 6
+                || ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6) != 0)
+            {
+                continue;
+            }
+
+            origin = &h[i].value;
+
+            if (ngx_http_cloudauth_upload_listed(conf, origin)) {
+                listed = 1;
+                continue;
+            }
+
+            if (!ngx_http_cloudauth_upload_same_origin(r, origin)) {
+                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                              "cloudauth: upload: refused, Origin \"%V\" "
+                              "is neither the request's own nor in cors=",
+                              origin);
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    if (cross && !listed) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: refused, \"Sec-Fetch-Site: "
+                      "cross-site\" without an Origin in cors=");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request's own origin: the scheme of the connection and the Host,
+ * a default port (":80", ":443") spelled out or not
+ */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
+    ngx_str_t *origin)
+{
+    ngx_str_t  scheme, port, host, o;
+
+    ngx_str_set(&scheme, "http://");
+    ngx_str_set(&port, ":80");
+
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl) {
+        ngx_str_set(&scheme, "https://");
+        ngx_str_set(&port, ":443");
+    }
+#endif
+
+    if (r->headers_in.host == NULL
+        || origin->len <= scheme.len
+        || ngx_strncasecmp(origin->data, scheme.data, scheme.len) != 0)
+    {
+        return 0;
+    }
+
+    o.data = origin->data + scheme.len;
+    o.len = origin->len - scheme.len;
+    host = r->headers_in.host->value;
+
+    if (o.len > port.len
+        && ngx_strncmp(o.data + o.len - port.len, port.data, port.len) == 0)
+    {
+        o.len -= port.len;
+    }
+
+    if (host.len > port.len
+        && ngx_strncmp(host.data + host.len - port.len, port.data, port.len)
+           == 0)
+    {
+        host.len -= port.len;
+    }
+
+    return o.len == host.len
+           && ngx_strncasecmp(o.data, host.data, o.len) == 0;
+}
