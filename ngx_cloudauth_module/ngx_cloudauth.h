@@ -291,6 +291,8 @@ char *ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* ngx_cloudauth_kind.c: what the kinds call while they read parameters */
 ngx_uint_t ngx_cloudauth_isalnum(u_char ch);
+ngx_uint_t ngx_cloudauth_subject_allowed(ngx_cloudauth_cred_t *cred,
+    ngx_str_t *subject);
 ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
 ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf,
     ngx_str_t *name);

@@ -957,7 +957,8 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
     size_t                       len;
     json_t                      *res;
     ngx_int_t                    rc;
-    ngx_str_t                    crc, md5, raw, url, *ctype;
+    ngx_str_t                    crc, md5, raw, url, said, said2, *ctype;
+    ngx_uint_t                   i;
     ngx_cloudauth_gcs_conf_t    *conf;
     ngx_cloudauth_gcs_stored_t   st;
     u_char                       crcbuf[8], md5buf[32];
@@ -995,10 +996,28 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
             || ngx_strncmp(st.name.data, s->object.name.data, st.name.len)
                != 0)
         {
+            /* GCS's words go to the log printable only */
+
+            said.data = ngx_pnalloc(s->pool,
+                                    2 * (4 * NGX_CLOUDAUTH_GCS_SAID_MAX + 3));
+            if (said.data == NULL) {
+                ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       NULL, 0);
+                return;
+            }
+
+            said.len = ngx_cloudauth_gcs_printable(said.data,
+                                          4 * NGX_CLOUDAUTH_GCS_SAID_MAX,
+                                          st.name.data, st.name.len);
+            said2.data = said.data + 4 * NGX_CLOUDAUTH_GCS_SAID_MAX + 3;
+            said2.len = ngx_cloudauth_gcs_printable(said2.data,
+                                          4 * NGX_CLOUDAUTH_GCS_SAID_MAX,
+                                          st.crc32c.data, st.crc32c.len);
+
             ngx_log_error(NGX_LOG_ERR, s->log, 0,
                           "cloudauth: upload: GCS stored \"%V\", %O bytes, "
                           "crc32c %V; we sent \"%V\", %O bytes, crc32c %V",
-                          &st.name, st.size, &st.crc32c, &s->object.name,
+                          &said, st.size, &said2, &s->object.name,
                           size, &crc);
             ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
                                    "GCS stored other bytes than were sent",
@@ -1024,6 +1043,23 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
                 return;
             }
         }
+    }
+
+    /* the generation goes into the log and the client's answer: digits */
+
+    for (i = 0; i < st.generation.len; i++) {
+        if (st.generation.data[i] < '0' || st.generation.data[i] > '9') {
+            break;
+        }
+    }
+
+    if (st.generation.len == 0 || st.generation.len > 20
+        || i < st.generation.len)
+    {
+        ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
+                               "GCS's answer is malformed",
+                               sizeof("GCS's answer is malformed") - 1);
+        return;
     }
 
     /* https://storage.googleapis.com/BUCKET/NAME */

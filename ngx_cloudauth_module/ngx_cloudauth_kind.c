@@ -25,6 +25,29 @@ static ngx_int_t ngx_cloudauth_token_copy(ngx_pool_t *pool, u_char *s,
 
 /* what the kinds call while they read their parameters */
 
+/*
+ * Whether subjects= allows a subject: the whole subject must match, which
+ * the pattern's own alternatives cannot escape ("a)|(.*" wrapped in
+ * "^(?:...)$" would match anything): the match must span it all.
+ */
+
+ngx_uint_t
+ngx_cloudauth_subject_allowed(ngx_cloudauth_cred_t *cred, ngx_str_t *subject)
+{
+    int  captures[3];
+
+    if (cred->subjects == NULL) {
+        return 1;
+    }
+
+    if (ngx_regex_exec(cred->subjects, subject, captures, 3) < 0) {
+        return 0;
+    }
+
+    return captures[0] == 0 && (size_t) captures[1] == subject->len;
+}
+
+
 ngx_cloudauth_cred_t *
 ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf, ngx_str_t *name)
 {

@@ -20,6 +20,7 @@ typedef struct {
     ngx_uint_t                 hash;
     ngx_str_t                  prefix;
     ngx_str_t                  suffix;
+    ngx_int_t                  variable;    /* index of $http_<header> */
     u_char                    *file;
     ngx_uint_t                 line;
 } ngx_http_cloudauth_loc_conf_t;
@@ -45,11 +46,14 @@ typedef struct {
     ngx_list_t                 headers;     /* as the client sent them */
     ngx_table_elt_t           *authorization;
     ngx_array_t                injected;    /* elts of the lists we made */
+    ngx_array_t                variables;   /* $http_<header> indexes */
     ngx_str_t                  error;       /* $cloudauth_error */
 } ngx_http_cloudauth_req_t;
 
 
 static ngx_int_t ngx_http_cloudauth_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cloudauth_restore_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cloudauth_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_ask(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx);
 static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
@@ -62,6 +66,8 @@ static ngx_http_cloudauth_req_t *ngx_http_cloudauth_req(ngx_http_request_t *r,
     ngx_uint_t create);
 static void ngx_http_cloudauth_req_cleanup(void *data);
 static void ngx_http_cloudauth_restore(ngx_http_request_t *r,
+    ngx_http_cloudauth_req_t *rq);
+static void ngx_http_cloudauth_forget(ngx_http_request_t *r,
     ngx_http_cloudauth_req_t *rq);
 static ngx_int_t ngx_http_cloudauth_header_filter(ngx_http_request_t *r);
 
@@ -302,9 +308,7 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
                         "at most 256 bytes without control characters");
             return NGX_HTTP_FORBIDDEN;
 
-        } else if (cred->subjects
-                   && ngx_regex_exec(cred->subjects, &subject, NULL, 0) < 0)
-        {
+        } else if (!ngx_cloudauth_subject_allowed(cred, &subject)) {
             ngx_str_set(&ctx->ask.reason,
                         "subject not allowed by \"subjects=\"");
             return NGX_HTTP_FORBIDDEN;
@@ -377,6 +381,7 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
 {
     u_char                    *p;
     void                     **elts;
+    ngx_int_t                 *v;
     ngx_uint_t                 i, n;
     ngx_list_t                 list;
     ngx_list_part_t           *part;
@@ -390,7 +395,9 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
 
     if (rq->injected.elts == NULL) {
         if (ngx_array_init(&rq->injected, r->pool, 2, sizeof(void *))
-            != NGX_OK)
+            != NGX_OK
+            || ngx_array_init(&rq->variables, r->pool, 2, sizeof(ngx_int_t))
+               != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -410,6 +417,21 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     elts = ngx_array_push(&rq->injected);
     if (elts == NULL) {
         return NGX_ERROR;
+    }
+
+    for (i = 0; i < rq->variables.nelts; i++) {
+        if (((ngx_int_t *) rq->variables.elts)[i] == lcf->variable) {
+            break;
+        }
+    }
+
+    if (i == rq->variables.nelts) {
+        v = ngx_array_push(&rq->variables);
+        if (v == NULL) {
+            return NGX_ERROR;
+        }
+
+        *v = lcf->variable;
     }
 
     n = 1;
@@ -461,6 +483,9 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     h->hash = lcf->hash;
     h->key = lcf->header;
     h->lowcase_key = lcf->lowcase.data;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
 
     h->value.len = lcf->prefix.len + token->len + lcf->suffix.len;
     h->value.data = ngx_pnalloc(r->pool, h->value.len);
@@ -477,6 +502,9 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     r->headers_in.headers.last = &r->headers_in.headers.part;
 
     *elts = list.part.elts;
+
+    /* $http_<header>, read before, is read again */
+    ngx_http_cloudauth_forget(r, rq);
 
     if (lcf->header.len == sizeof("Authorization") - 1
         && ngx_strcasecmp(lcf->lowcase.data, (u_char *) "authorization") == 0)
@@ -593,6 +621,57 @@ ngx_http_cloudauth_restore(ngx_http_request_t *r,
     }
 
     r->headers_in.authorization = rq->authorization;
+
+    ngx_http_cloudauth_forget(r, rq);
+}
+
+
+/*
+ * nginx keeps an indexed variable's value for the request's life, across
+ * internal redirects: $http_authorization read while the token was in
+ * would still give the token after it is taken out
+ */
+
+static void
+ngx_http_cloudauth_forget(ngx_http_request_t *r, ngx_http_cloudauth_req_t *rq)
+{
+    ngx_int_t   *v;
+    ngx_uint_t   i;
+
+    v = rq->variables.elts;
+
+    for (i = 0; i < rq->variables.nelts; i++) {
+        r->variables[v[i]].valid = 0;
+        r->variables[v[i]].not_found = 0;
+    }
+}
+
+
+/*
+ * In the rewrite phases, before anything there reads a header: only a
+ * redirected request or a subrequest can carry a token another location
+ * put in, and it gets the client's headers back.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_restore_handler(ngx_http_request_t *r)
+{
+    if (r->internal) {
+        ngx_http_cloudauth_restore(r, ngx_http_cloudauth_req(r, 0));
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* in the log phase, before the access log: the client's headers, logged */
+
+static ngx_int_t
+ngx_http_cloudauth_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_cloudauth_restore(r, ngx_http_cloudauth_req(r, 0));
+
+    return NGX_DECLINED;
 }
 
 
@@ -738,7 +817,7 @@ ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_cloudauth_loc_conf_t *lcf = conf;
 
     u_char      *p;
-    ngx_str_t   *value, format;
+    ngx_str_t   *value, format, var;
     ngx_uint_t   i;
 
     if (lcf->name.data) {
@@ -813,6 +892,25 @@ ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     lcf->hash = ngx_hash_strlow(lcf->lowcase.data, lcf->header.data,
                                 lcf->header.len);
     lcf->lowcase.data[lcf->lowcase.len] = '\0';
+
+    /* $http_<header>: its cached value is dropped when the header changes */
+
+    var.len = sizeof("http_") - 1 + lcf->lowcase.len;
+    var.data = ngx_pnalloc(cf->pool, var.len);
+    if (var.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_cpymem(var.data, "http_", sizeof("http_") - 1);
+
+    for (i = 0; i < lcf->lowcase.len; i++) {
+        *p++ = (lcf->lowcase.data[i] == '-') ? '_' : lcf->lowcase.data[i];
+    }
+
+    lcf->variable = ngx_http_get_variable_index(cf, &var);
+    if (lcf->variable == NGX_ERROR) {
+        return NGX_CONF_ERROR;
+    }
 
     if (ngx_cloudauth_log_mask_header(cf,
             ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module),
@@ -953,6 +1051,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->hash = prev->hash;
         conf->prefix = prev->prefix;
         conf->suffix = prev->suffix;
+        conf->variable = prev->variable;
         conf->file = prev->file;
         conf->line = prev->line;
     }
@@ -1028,6 +1127,8 @@ ngx_http_cloudauth_add_variables(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_cloudauth_init(ngx_conf_t *cf)
 {
+    ngx_uint_t                  i;
+    ngx_array_t                *a;
     ngx_http_handler_pt        *h;
     ngx_cloudauth_main_conf_t  *cmcf;
     ngx_http_core_main_conf_t  *hmcf;
@@ -1040,6 +1141,33 @@ ngx_http_cloudauth_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_cloudauth_handler;
+
+    for (i = 0; i < 2; i++) {
+        h = ngx_array_push(&hmcf->phases[i ? NGX_HTTP_REWRITE_PHASE
+                                           : NGX_HTTP_SERVER_REWRITE_PHASE]
+                           .handlers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        *h = ngx_http_cloudauth_restore_handler;
+    }
+
+    /*
+     * log phase handlers run in the order they were added, the access
+     * log's first: ours goes before it
+     */
+
+    a = &hmcf->phases[NGX_HTTP_LOG_PHASE].handlers;
+
+    h = ngx_array_push(a);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h = a->elts;
+    ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
+    h[0] = ngx_http_cloudauth_log_handler;
 
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_cloudauth_header_filter;

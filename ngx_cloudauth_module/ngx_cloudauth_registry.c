@@ -148,6 +148,25 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
 
     v = ngx_cloudauth_param(cred, "subjects");
     if (v) {
+
+        /*
+         * the pattern must stand on its own: "a)|(.*" would close the
+         * group it is wrapped in and match anything
+         */
+
+        ngx_memzero(&rc, sizeof(ngx_regex_compile_t));
+        rc.pattern = *v;
+        rc.pool = cf->pool;
+        rc.err.len = NGX_MAX_CONF_ERRSTR;
+        rc.err.data = errstr;
+
+        if (ngx_regex_compile(&rc) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": subjects=: %V",
+                               &cred->name, &rc.err);
+            return NGX_CONF_ERROR;
+        }
+
         re.len = v->len + sizeof("^(?:)$") - 1;
         re.data = ngx_pnalloc(cf->pool, re.len);
         if (re.data == NULL) {
@@ -179,11 +198,18 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    if (cred->subject.len > NGX_CLOUDAUTH_MAX_SUBJECT) {
+    /* the default subject obeys what a request's subject obeys */
+
+    if (cred->subject.len
+        && (ngx_cloudauth_subject_valid(cred->subject.data, cred->subject.len)
+            != NGX_OK
+            || !ngx_cloudauth_subject_allowed(cred, &cred->subject)))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cloudauth_credential \"%V\": subject= is longer "
-                           "than %d bytes", &cred->name,
-                           NGX_CLOUDAUTH_MAX_SUBJECT);
+                           "cloudauth_credential \"%V\": subject= must be "
+                           "UTF-8 of at most %d bytes without control "
+                           "characters, allowed by subjects=",
+                           &cred->name, NGX_CLOUDAUTH_MAX_SUBJECT);
         return NGX_CONF_ERROR;
     }
 

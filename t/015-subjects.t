@@ -156,6 +156,20 @@ isnt($rc, 0, 'an upload with such a credential: nginx -t fails');
 like($out, qr/cloudauth_gcs_upload: credential "people" has "subjects="/,
      'and says why');
 
+# subjects= that would escape its anchors, a default subject it refuses
+
+for my $bad ('"subjects=a)|(.*"', 'subject=x@evil.example "subjects=.+@example\.com"',
+             "subject=\"a\x01b\@example.com\" \"subjects=.+\"")
+{
+    ($rc, $out) = $t->nginx_t(<<"EOF");
+    cloudauth_trusted_certificate %%CA%%;
+    cloudauth_credential people type=google_service_account
+        key_file=%%KEY_FILE%% scopes=%%SCOPES%% $bad;
+EOF
+    isnt($rc, 0, "nginx -t refuses $bad");
+    like($out, qr/cloudauth_credential "people": subject/, 'and says why');
+}
+
 $t->token_verified_ok;
 $t->check_log_ok;
 

@@ -24,6 +24,9 @@ $t->write_file('page.html', "before\n<!--# include virtual=\"/plain/ssi\" -->"
 $t->run(<<'EOF');
     cloudauth_trusted_certificate %%CA%%;
 
+    log_format auth '$uri "$http_authorization"';
+    access_log %%TESTDIR%%/auth.log auth;
+
     cloudauth_credential google type=google_service_account
         key_file=%%KEY_FILE%% scopes=%%SCOPES%%;
     cloudauth_credential other type=google_service_account
@@ -106,6 +109,36 @@ $t->run(<<'EOF');
         }
 
         location /plain/ {
+            proxy_pass http://127.0.0.1:%%UPSTREAM_PORT%%;
+        }
+
+        # $http_authorization read while the token is in: cached by nginx
+        location /v/ {
+            cloudauth google;
+            proxy_set_header X-Dbg $http_authorization;
+            error_page 404 = @pass;
+            proxy_pass http://127.0.0.1:%%UPSTREAM_PORT%%;
+        }
+
+        location /w/ {
+            cloudauth google;
+            proxy_set_header X-Dbg $http_authorization;
+            error_page 404 = @echo;
+            proxy_pass http://127.0.0.1:%%UPSTREAM_PORT%%;
+        }
+
+        location @pass {
+            proxy_set_header Authorization $http_authorization;
+            proxy_pass http://127.0.0.1:%%UPSTREAM_PORT%%;
+        }
+
+        location @echo {
+            return 200 "auth=$http_authorization\n";
+        }
+
+        location /plainset/ {
+            set $a $http_authorization;
+            proxy_set_header X-Copy $a;
             proxy_pass http://127.0.0.1:%%UPSTREAM_PORT%%;
         }
     }
@@ -200,9 +233,33 @@ $r = $t->http_get('/a/404');
 is_deeply([(seen('/a/404'))[2, 3]], ["Bearer $google", 'none'],
           'no client header: none in @plain');
 
+# $http_authorization read before the redirect is read again after it
+
+$r = $t->http_get('/v/404', %mine);
+is_deeply([seen('/v/404')], ["Bearer $google", 'Bearer mine'],
+          'a cached $http_authorization: the client\'s in @pass');
+is_deeply([header_seen('/v/404', 'X-Dbg')], ["Bearer $google", ''],
+          'the cloudauth location itself saw the token');
+
+$r = $t->http_get('/w/404', %mine);
+is($r->{body}, "auth=Bearer mine\n", 'return in @echo: the client\'s');
+
+$r = $t->http_get('/c/y?accel=/plainset/z', %mine);
+is_deeply([header_seen('/plainset/z', 'X-Copy')], ['Bearer mine'],
+          'X-Accel-Redirect, set in the rewrite phase: the client\'s');
+
+# the access log of a cloudauth location logs what the client sent
+
+ok($t->wait_for(sub { $t->read_file('auth.log') =~ m{^/plainset/z }m }),
+   'access log written');
+my $log = $t->read_file('auth.log');
+like($log, qr{^/c/x "Bearer mine"$}m,
+     'access log: $http_authorization is the client\'s');
+unlike($log, qr/\Q$google\E/, 'no token in the access log');
+
 is(scalar(grep { /Bearer \Q$google\E/ }
           map { join ' ', @{ $_->{authorization} } }
-          grep { $_->{uri} !~ m{^/[abcdhm]/} } $t->upstream_requests),
+          grep { $_->{uri} !~ m{^/[abcdhmvw]/} } $t->upstream_requests),
    0, 'the google token reached no other location');
 
 $t->token_verified_ok;
