@@ -5,6 +5,8 @@
 #
 #   ROUNDS=5 DUR=5 CONNS=32 bench/run.sh
 #
+# ONLY=hotpath runs section 1 alone and prints its ratios (RESULTS.md is
+# left as it is).
 # ONLY=upload runs section 4 alone and replaces that section in an existing
 # RESULTS.md (UPLOAD_MB=1024 CONC=20 CONC_MB=100 size it;
 # UPLOAD_BODY_BUF=128k is the gateway's client_body_buffer_size).
@@ -27,8 +29,8 @@ UPLOAD_BODY_BUF=${UPLOAD_BODY_BUF:-128k}
 SINK=${SINK:-$ROOT/build/gcs_sink}
 
 case "$ONLY" in
-    ""|upload) ;;
-    *) echo "ONLY=$ONLY: only ONLY=upload is supported" >&2; exit 2 ;;
+    ""|upload|hotpath) ;;
+    *) echo "ONLY=$ONLY: ONLY=upload or ONLY=hotpath" >&2; exit 2 ;;
 esac
 
 T=$(mktemp -d /tmp/cloudauth-bench.XXXXXX)
@@ -601,6 +603,16 @@ done
 stop_nginx hot
 
 hot() { awk -v v="$1" -v c="$2" '$1 == v {print $c}' "$T/hot.tsv" | median; }
+
+if [ "$ONLY" = hotpath ]; then
+    for v in cloudauth lua authreq; do
+        awk -v v="$v" -v a="$(hot $v 3)" -v s="$(hot static 3)" \
+            -v p="$(hot $v 5)" -v q="$(hot static 5)" 'BEGIN {
+            printf "== hot path: %s %.0f req/s, static %.0f: %.3fx; " \
+                   "p99 %.3f ms, static %.3f ms\n", v, a, s, a / s, p, q }'
+    done
+    exit 0
+fi
 
 # 2. cold burst ------------------------------------------------------------
 
