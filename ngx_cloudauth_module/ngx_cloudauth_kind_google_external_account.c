@@ -113,6 +113,8 @@ static char *ngx_cloudauth_ea_extract(ngx_str_t *raw, ngx_str_t *field,
     ngx_pool_t *pool, ngx_str_t *token);
 static ngx_int_t ngx_cloudauth_ea_jwt_exp(ngx_str_t *jwt, ngx_pool_t *pool,
     time_t *exp);
+static ngx_int_t ngx_cloudauth_ea_strdup(ngx_pool_t *pool, const char *s,
+    ngx_str_t *out);
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_external_account = {
@@ -276,7 +278,7 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 {
     char                    *rv;
     json_t                  *src, *options;
-    ngx_str_t                url, part[4], cloud;
+    ngx_str_t                part[4], cloud;
     ngx_uint_t               bad, workforce;
     const char              *type, *audience, *token_type, *token_url;
     const char              *imp_url, *project;
@@ -366,17 +368,12 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 
     cred->data = ea;
 
-    if (token_url) {
-        url.data = (u_char *) token_url;
-        url.len = ngx_strlen(token_url);
-
-    } else {
-        ngx_str_set(&url, NGX_CLOUDAUTH_EA_TOKEN_URL);
-    }
-
-    st->token_url.len = url.len;
-    st->token_url.data = ngx_pstrdup(cf->pool, &url);
-    if (st->token_url.data == NULL) {
+    if (ngx_cloudauth_ea_strdup(cf->pool,
+                                token_url ? token_url
+                                          : NGX_CLOUDAUTH_EA_TOKEN_URL,
+                                &st->token_url)
+        != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -476,7 +473,7 @@ ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char                    *rv, *err;
     json_t                  *file, *url;
     ngx_err_t                errn;
-    ngx_str_t                path, raw, token, part[3], all;
+    ngx_str_t                raw, token, part[3], all;
     ngx_cloudauth_cred_t    *uc;
     ngx_cloudauth_ea_url_t  *eu;
 
@@ -525,12 +522,12 @@ ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
             return rv;
         }
 
-        path.data = (u_char *) json_string_value(file);
-        path.len = json_string_length(file);
+        /* a relative name is made full, and NUL-terminated, by nginx */
 
-        st->path.len = path.len;
-        st->path.data = ngx_pstrdup(cf->pool, &path);
-        if (st->path.data == NULL) {
+        if (ngx_cloudauth_ea_strdup(cf->pool, json_string_value(file),
+                                    &st->path)
+            != NGX_OK)
+        {
             return NGX_CONF_ERROR;
         }
 
@@ -586,10 +583,9 @@ ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         return rv;
     }
 
-    eu->url.data = (u_char *) json_string_value(url);
-    eu->url.len = json_string_length(url);
-    eu->url.data = ngx_pstrdup(cf->pool, &eu->url);
-    if (eu->url.data == NULL) {
+    if (ngx_cloudauth_ea_strdup(cf->pool, json_string_value(url), &eu->url)
+        != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -631,7 +627,6 @@ ngx_cloudauth_ea_format(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     json_t *src, ngx_str_t *field)
 {
     json_t      *format;
-    ngx_str_t    f;
     ngx_uint_t   bad;
     const char  *type, *name;
 
@@ -670,12 +665,7 @@ ngx_cloudauth_ea_format(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
                "\"subject_token_field_name\"";
     }
 
-    f.data = (u_char *) name;
-    f.len = ngx_strlen(name);
-
-    field->len = f.len;
-    field->data = ngx_pstrdup(cf->pool, &f);
-    if (field->data == NULL) {
+    if (ngx_cloudauth_ea_strdup(cf->pool, name, field) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -909,10 +899,7 @@ ngx_cloudauth_ea_impersonation(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 
     static char  suffix[] = ":generateAccessToken";
 
-    ea->url.data = (u_char *) url;
-    ea->url.len = ngx_strlen(url);
-    ea->url.data = ngx_pstrdup(cf->pool, &ea->url);
-    if (ea->url.data == NULL) {
+    if (ngx_cloudauth_ea_strdup(cf->pool, url, &ea->url) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -1486,7 +1473,8 @@ ngx_cloudauth_ea_extract(ngx_str_t *raw, ngx_str_t *field, ngx_pool_t *pool,
 
     if (s == NULL || json_string_length(v) == 0) {
         json_decref(json);
-        return "no string \"subject_token_field_name\" field in it";
+        return "its \"subject_token_field_name\" field is not there or "
+               "not a string";
     }
 
     token->len = json_string_length(v);
@@ -1557,4 +1545,21 @@ ngx_cloudauth_ea_jwt_exp(ngx_str_t *jwt, ngx_pool_t *pool, time_t *exp)
     json_decref(json);
 
     return rc;
+}
+
+
+/* a NUL-terminated copy of what jansson holds */
+
+static ngx_int_t
+ngx_cloudauth_ea_strdup(ngx_pool_t *pool, const char *s, ngx_str_t *out)
+{
+    out->len = ngx_strlen(s);
+    out->data = ngx_pnalloc(pool, out->len + 1);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(out->data, s, out->len + 1);
+
+    return NGX_OK;
 }
