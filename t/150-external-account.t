@@ -18,6 +18,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use JSON::PP;
+use POSIX ();
 use Test::More;
 use Time::HiRes qw(sleep);
 
@@ -63,6 +64,7 @@ $t->write_file('token.json', encode_json({ id_token => $tokj,
                                            other => 'x' }), 0644);
 $t->write_file('expired', $expired, 0644);
 $t->write_file('badaud', $badaud, 0644);
+$t->write_file('gone', $tok1, 0644);
 
 my $file = { file => "$dir/token" };
 my $imp = sub {
@@ -97,6 +99,7 @@ my %files = (
     eafail => { credential_source => $file },
     eaexpired => { credential_source => { file => "$dir/expired" } },
     eabadaud => { credential_source => { file => "$dir/badaud" } },
+    eagone => { credential_source => { file => "$dir/gone" } },
     eawf => { credential_source => $file, audience => $wf,
               workforce_pool_user_project => 'proj-123' },
 );
@@ -307,6 +310,14 @@ CloudAuth::KindTests::fails($t, %s, path => '/eaexpired/', requests => 0,
     cred => 'eaexpired', name => 'expired subject token',
     log => qr/the subject token in "[^"]+\/expired" expired 1\d\d s ago; not /);
 
+# the file went away after the start (a FIFO in its place must not block)
+
+unlink "$dir/gone";
+POSIX::mkfifo("$dir/gone", 0644) or die "mkfifo: $!";
+CloudAuth::KindTests::fails($t, %s, path => '/eagone/', requests => 0,
+    cred => 'eagone', name => 'subject token file replaced by a FIFO',
+    log => qr/subject token file "[^"]+\/gone": not a regular file/);
+
 CloudAuth::KindTests::fails($t, count => \&iam_count, path => '/eaimpdenied/',
     cred => 'eaimpdenied', name => 'impersonation denied',
     log => qr/HTTP 403: PERMISSION_DENIED: Permission 'iam\.serviceAccounts/);
@@ -317,7 +328,9 @@ $r = $t->http_get('/eaimpsts/x');
 sts_set();
 is($r->{status}, 502, 'impersonation, the exchange fails: 502');
 ok($t->wait_for(sub {
-    substr($t->error_log, $mark) =~ /\[error\].*credential "eaimpsts\.sts": token request failed: HTTP 400: invalid_grant: Pool is disabled\./
+    substr($t->error_log, $mark) =~ /\[error\].*credential\ "eaimpsts\.sts":
+        \ token\ request\ failed:\ HTTP\ 400:\ invalid_grant:
+        \ Pool\ is\ disabled\./x
 }, 1), 'impersonation, the exchange fails: logged under NAME.sts');
 like(substr($t->error_log, $mark),
      qr/\[error\].*credential "eaimpsts": token request failed: the source /,
@@ -342,7 +355,8 @@ is(join("\n", grep { !/PERMISSION_DENIED/ }
 is(join("\n", CloudAuth::FakeProviders::unverified($t, 'subject')), '',
    'every subject token fetch passed verification');
 
-like($t->error_log, qr/credential "eaurl\.subject": token fetched in \d+ ms, expires in 2 s/,
+like($t->error_log,
+     qr/credential "eaurl\.subject": token fetched in \d+ ms, expires in 2 s/,
      'url source: the subject token kept 2 s');
 
 @pages = map { $t->http_get($_)->{raw} }
@@ -387,6 +401,8 @@ bad('missing source file', { credential_source => { file => "$dir/nosuch" } },
     undef, qr/credential_source file "[^"]+\/nosuch": no such file/);
 bad('source file a directory', { credential_source => { file => $dir } },
     undef, qr/credential_source file "[^"]+": not a regular file/);
+bad('source file a FIFO', { credential_source => { file => "$dir/gone" } },
+    undef, qr/credential_source file "[^"]+\/gone": not a regular file/);
 bad('empty source file', { credential_source => {
     file => $t->write_file('empty', "\n", 0644) } }, undef,
     qr/credential_source file "[^"]+\/empty": empty/);
