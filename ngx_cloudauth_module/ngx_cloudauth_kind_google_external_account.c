@@ -1009,13 +1009,15 @@ ngx_cloudauth_ea_internal(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         return NULL;
     }
 
+    /* NUL-terminated as the names nginx parsed: the fingerprint hashes it */
+
     ic->name.len = cred->name.len + ngx_strlen(suffix);
-    ic->name.data = ngx_pnalloc(cf->pool, ic->name.len);
+    ic->name.data = ngx_pnalloc(cf->pool, ic->name.len + 1);
     if (ic->name.data == NULL) {
         return NULL;
     }
 
-    ngx_sprintf(ic->name.data, "%V%s", &cred->name, suffix);
+    ngx_sprintf(ic->name.data, "%V%s%Z", &cred->name, suffix);
 
     ic->kind = kind;
     ic->file = cred->file;

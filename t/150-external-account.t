@@ -359,6 +359,20 @@ like($t->error_log,
      qr/credential "eaurl\.subject": token fetched in \d+ ms, expires in 2 s/,
      'url source: the subject token kept 2 s');
 
+# a reload keeps the tokens of NAME, NAME.sts and NAME.subject: the same
+# identities (fingerprints) in the new configuration
+
+unlink "$dir/gone";
+$t->write_file('gone', $tok1, 0644);
+
+my @before = (sts_count(), iam_count(), scalar @{ subject() });
+my $imp_auth = auth($t->http_get('/eaimp/x'));
+ok($t->reload, 'reloaded');
+is(auth($t->http_get('/eaimp/x')), $imp_auth, 'reload: the token kept');
+$t->http_get('/eaurl/x');
+is_deeply([sts_count(), iam_count(), scalar @{ subject() }], \@before,
+          'reload: no exchange, impersonation or subject fetch');
+
 @pages = map { $t->http_get($_)->{raw} }
         qw(/ea/x?noecho /eaimp/x?noecho /eaurl/x?noecho /eajson/x?noecho
            /status);
@@ -401,8 +415,9 @@ bad('missing source file', { credential_source => { file => "$dir/nosuch" } },
     undef, qr/credential_source file "[^"]+\/nosuch": no such file/);
 bad('source file a directory', { credential_source => { file => $dir } },
     undef, qr/credential_source file "[^"]+": not a regular file/);
-bad('source file a FIFO', { credential_source => { file => "$dir/gone" } },
-    undef, qr/credential_source file "[^"]+\/gone": not a regular file/);
+POSIX::mkfifo("$dir/fifo", 0644) or die "mkfifo: $!";
+bad('source file a FIFO', { credential_source => { file => "$dir/fifo" } },
+    undef, qr/credential_source file "[^"]+\/fifo": not a regular file/);
 bad('empty source file', { credential_source => {
     file => $t->write_file('empty', "\n", 0644) } }, undef,
     qr/credential_source file "[^"]+\/empty": empty/);
