@@ -471,6 +471,7 @@ extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_metadata;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_jwt;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2;
+extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_external_account;
 
 
 #endif /* _NGX_CLOUDAUTH_H_INCLUDED_ */

@@ -23,6 +23,7 @@ ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_zoom_s2s,
     &ngx_cloudauth_kind_zoom_jwt,
     &ngx_cloudauth_kind_oauth2,
+    &ngx_cloudauth_kind_google_external_account,
     NULL
 };
 

@@ -19,7 +19,8 @@ package CloudAuth::FakeProviders;
 #             JWT as text; errors in plain text
 #   iam       IAM Credentials generateAccessToken: POST
 #             /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken with
-#             a Bearer token the fake Google token endpoint issued and a JSON
+#             a Bearer token the fake Google token endpoint (or another fake
+#             named in issuers =>, as the fake STS) issued and a JSON
 #             body {"scope": [...], "lifetime": "3600s"}; answers
 #             {"accessToken", "expireTime"}; errors {"error": {"code",
 #             "message", "status"}}
@@ -467,7 +468,8 @@ sub metadata_handler {
 
 # IAM Credentials ---------------------------------------------------------
 
-# iam_handler(dir, name, targets => {email => "scope scope"})
+# iam_handler(dir, name, targets => {email => "scope scope"}, issuers =>
+# [fakes whose tokens authorise a call; default ["token"]])
 sub iam_handler {
     my (%o) = @_;
 
@@ -494,7 +496,8 @@ sub iam_handler {
                        =~ /^Bearer (\S+)$/;
         $rec->{source_token} = $bearer;
         my %issued = map { ($_->{token} // '') => 1 }
-            CloudAuth::FakeGoogle::read_json_lines("$o{dir}/fake_token.log");
+            map { CloudAuth::FakeGoogle::read_json_lines(
+                      "$o{dir}/fake_$_.log") } @{ $o{issuers} // ['token'] };
 
         return $gerr->(401, 'UNAUTHENTICATED', 'Request had invalid '
                        . 'authentication credentials. Expected OAuth 2 '
