@@ -139,11 +139,11 @@ ngx_cloudauth_gcs_resume(ngx_cloudauth_gcs_t *s, ngx_str_t *uri)
 }
 
 
-/* bytes [offset, offset + len), a multiple of 256 KiB, not the last */
+/* a PUT of bytes from offset, which must be where GCS holds up to */
 
-ngx_int_t
-ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset, u_char *data,
-    size_t len)
+static ngx_int_t
+ngx_cloudauth_gcs_put(ngx_cloudauth_gcs_t *s, ngx_uint_t op, off_t offset,
+    u_char *data, size_t len)
 {
     if (offset != s->offset || s->uri.len == 0) {
         ngx_log_error(NGX_LOG_ALERT, s->log, 0,
@@ -153,12 +153,23 @@ ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset, u_char *data,
         return NGX_ERROR;
     }
 
-    s->op = NGX_CLOUDAUTH_GCS_CHUNK;
-    s->req = NGX_CLOUDAUTH_GCS_CHUNK;
+    s->op = op;
+    s->req = op;
     s->data = data;
     s->len = len;
 
     return ngx_cloudauth_gcs_run(s);
+}
+
+
+/* bytes [offset, offset + len), a multiple of 256 KiB, not the last */
+
+ngx_int_t
+ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset, u_char *data,
+    size_t len)
+{
+    return ngx_cloudauth_gcs_put(s, NGX_CLOUDAUTH_GCS_CHUNK, offset, data,
+                                 len);
 }
 
 
@@ -168,21 +179,10 @@ ngx_int_t
 ngx_cloudauth_gcs_finish(ngx_cloudauth_gcs_t *s, off_t offset, u_char *data,
     size_t len, ngx_cloudauth_gcs_hash_t *hash)
 {
-    if (offset != s->offset || s->uri.len == 0) {
-        ngx_log_error(NGX_LOG_ALERT, s->log, 0,
-                      "cloudauth: gcs: bytes from %O sent, GCS holds %O",
-                      offset, s->offset);
-        ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
-        return NGX_ERROR;
-    }
-
-    s->op = NGX_CLOUDAUTH_GCS_FINAL;
-    s->req = NGX_CLOUDAUTH_GCS_FINAL;
-    s->data = data;
-    s->len = len;
     s->hash = *hash;
 
-    return ngx_cloudauth_gcs_run(s);
+    return ngx_cloudauth_gcs_put(s, NGX_CLOUDAUTH_GCS_FINAL, offset, data,
+                                 len);
 }
 
 

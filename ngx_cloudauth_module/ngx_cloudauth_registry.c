@@ -28,6 +28,30 @@ ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
 };
 
 
+static ngx_regex_t *
+ngx_cloudauth_registry_regex(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    ngx_str_t *pattern)
+{
+    u_char               errstr[NGX_MAX_CONF_ERRSTR];
+    ngx_regex_compile_t  rc;
+
+    ngx_memzero(&rc, sizeof(ngx_regex_compile_t));
+    rc.pattern = *pattern;
+    rc.pool = cf->pool;
+    rc.err.len = NGX_MAX_CONF_ERRSTR;
+    rc.err.data = errstr;
+
+    if (ngx_regex_compile(&rc) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_credential \"%V\": subjects=: %V",
+                           &cred->name, &rc.err);
+        return NULL;
+    }
+
+    return rc.regex;
+}
+
+
 /*
  * cloudauth_credential NAME type=KIND PARAMETER=VALUE...: parses the
  * parameters, hands them to the kind's init, and refuses any the kind did
@@ -44,7 +68,6 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_str_t              *value, *v, re;
     ngx_uint_t              i;
     ngx_keyval_t           *kv;
-    ngx_regex_compile_t     rc;
     ngx_cloudauth_cred_t   *cred, **cp;
     ngx_cloudauth_kind_t  **kind;
 
@@ -155,16 +178,7 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
          * group it is wrapped in and match anything
          */
 
-        ngx_memzero(&rc, sizeof(ngx_regex_compile_t));
-        rc.pattern = *v;
-        rc.pool = cf->pool;
-        rc.err.len = NGX_MAX_CONF_ERRSTR;
-        rc.err.data = errstr;
-
-        if (ngx_regex_compile(&rc) != NGX_OK) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "cloudauth_credential \"%V\": subjects=: %V",
-                               &cred->name, &rc.err);
+        if (ngx_cloudauth_registry_regex(cf, cred, v) == NULL) {
             return NGX_CONF_ERROR;
         }
 
@@ -176,20 +190,10 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
 
         ngx_sprintf(re.data, "^(?:%V)$", v);
 
-        ngx_memzero(&rc, sizeof(ngx_regex_compile_t));
-        rc.pattern = re;
-        rc.pool = cf->pool;
-        rc.err.len = NGX_MAX_CONF_ERRSTR;
-        rc.err.data = errstr;
-
-        if (ngx_regex_compile(&rc) != NGX_OK) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "cloudauth_credential \"%V\": subjects=: %V",
-                               &cred->name, &rc.err);
+        cred->subjects = ngx_cloudauth_registry_regex(cf, cred, &re);
+        if (cred->subjects == NULL) {
             return NGX_CONF_ERROR;
         }
-
-        cred->subjects = rc.regex;
     }
 
     if ((cred->subject.len || cred->subjects) && !cred->kind->subject) {
