@@ -170,6 +170,9 @@ my @cmd = ($ENV{CLOUDAUTH_NGINX} || '/usr/sbin/nginx',
            '-e', 'stderr', '-p', "$prefix/",
            '-c', "$prefix/nginx.conf");
 
+# the ASan runtime, for the suite's run under AddressSanitizer
+local $ENV{LD_PRELOAD} = $ENV{CLOUDAUTH_PRELOAD} if $ENV{CLOUDAUTH_PRELOAD};
+
 system(@cmd, '-t', '-q') == 0 or do {
     $t->stop_fakes if $t;
     exit 1;
@@ -178,8 +181,6 @@ system(@cmd, '-t', '-q') == 0 or do {
 my $pid = fork // die "fork: $!\n";
 
 if (!$pid) {
-    # the ASan runtime, for the suite's run under AddressSanitizer
-    $ENV{LD_PRELOAD} = $ENV{CLOUDAUTH_PRELOAD} if $ENV{CLOUDAUTH_PRELOAD};
     { no warnings 'exec'; exec @cmd; }
     POSIX::_exit(127);
 }
