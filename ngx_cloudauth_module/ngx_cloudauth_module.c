@@ -1072,6 +1072,16 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    /* NAME.sts, NAME.subject: a kind's own steps, never sent upstream */
+
+    if (ngx_strlchr(conf->name.data, conf->name.data + conf->name.len, '.')) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "cloudauth \"%V\": a step of another credential, "
+                      "not one to inject; name the credential itself, "
+                      "in %s:%ui", &conf->name, conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->subject && !conf->cred->kind->subject) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "cloudauth_subject: credential \"%V\" (type=%V) takes "

@@ -481,6 +481,14 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_strlchr(value[1].data, value[1].data + value[1].len, '.')) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_gcs_upload: \"%V\" is a step of "
+                           "another credential; name the credential itself",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
     if (cred->subjects && cred->subject.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "cloudauth_gcs_upload: credential \"%V\" has "

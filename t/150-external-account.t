@@ -379,6 +379,24 @@ is_deeply([sts_count(), iam_count(), scalar @{ subject() }], \@before,
 CloudAuth::KindTests::no_leaks($t, 0, @pages);
 $t->check_log_ok;
 
+# a kind's own steps are not for a location: NAME.subject would inject
+# the subject token, NAME.sts the STS token
+
+{
+    my $path = CloudAuth::FakeSTS::config($t, 'steps.json',
+                                          %{ $files{eaimp} });
+    my ($rc, $out) = $t->nginx_t(<<"EOF");
+    cloudauth_credential st type=google_external_account config_file=$path;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / { cloudauth st.sts; }
+    }
+EOF
+    isnt($rc, 0, 'cloudauth NAME.sts: nginx -t fails');
+    like($out, qr/cloudauth "st\.sts": a step of another credential/,
+         'and says so');
+}
+
 # bad configurations
 
 sub bad {
