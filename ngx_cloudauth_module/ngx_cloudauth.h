@@ -245,6 +245,7 @@ typedef struct {
     uint64_t                   expires_at;
     uint64_t                   refresh_at;
     uint64_t                   usable_until;
+    uint64_t                   refresh_again; /* if it is the token held */
 } ngx_cloudauth_fresh_t;
 
 

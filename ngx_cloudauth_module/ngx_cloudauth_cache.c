@@ -486,11 +486,16 @@ ngx_cloudauth_cache_store(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
     ngx_uint_t claim, ngx_cloudauth_fresh_t *fresh)
 {
     ngx_int_t              rc;
+    ngx_uint_t             same;
     ngx_cloudauth_node_t  *node;
 
     ngx_cloudauth_cache_lock(zone);
 
     node = ngx_cloudauth_cache_lookup(zone, key, 1);
+
+    same = node && node->token_len && node->token_len == fresh->token.len
+           && ngx_memcmp(node->token, fresh->token.data, node->token_len)
+              == 0;
 
     if (node == NULL
         || ngx_cloudauth_cache_set_token(zone, node, &fresh->token) != NGX_OK)
@@ -499,7 +504,15 @@ ngx_cloudauth_cache_store(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
 
     } else {
         node->expires_at = fresh->expires_at;
-        node->refresh_at = fresh->refresh_at;
+
+        /*
+         * the token held, handed back again (the metadata server does so
+         * until shortly before it expires): no new refresh at once
+         */
+
+        node->refresh_at = same ? ngx_max(fresh->refresh_at,
+                                          fresh->refresh_again)
+                                : fresh->refresh_at;
         node->usable_until = fresh->usable_until;
         node->refreshed_at = ngx_cloudauth_now();
         node->failures = 0;

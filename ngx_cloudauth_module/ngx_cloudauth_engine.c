@@ -28,6 +28,7 @@
 #define NGX_CLOUDAUTH_REFRESH_AHEAD   300000
 #define NGX_CLOUDAUTH_USABLE_MARGIN   10000
 #define NGX_CLOUDAUTH_INVALIDATE_GAP  30000
+#define NGX_CLOUDAUTH_SAME_TOKEN_GAP  30000
 
 
 typedef struct {
@@ -574,6 +575,7 @@ ngx_cloudauth_engine_store(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
                            - ngx_min(NGX_CLOUDAUTH_REFRESH_AHEAD, life / 2);
         fresh.usable_until = fresh.expires_at
                              - ngx_min(NGX_CLOUDAUTH_USABLE_MARGIN, life / 10);
+        fresh.refresh_again = now + NGX_CLOUDAUTH_SAME_TOKEN_GAP;
 
         if (ngx_cloudauth_cache_store(cred->conf->shm_zone, &key, claim,
                                       &fresh)

@@ -30,7 +30,7 @@ my $aud = 'https://hello-abc123-uc.a.run.app';
 my %creds = (
     m => "$ep $scopes", mdefault => $ep, mburst => "$ep $scopes",
     mshort => "$ep $scopes", m401 => "$ep $scopes", m404 => "$ep $scopes",
-    mleak => "$ep $scopes",
+    mleak => "$ep $scopes", msticky => "$ep $scopes",
     id => "$ep audience=$aud", idshort => "$ep audience=$aud",
     id401 => "$ep audience=$aud", idleak => "$ep audience=$aud",
 );
@@ -126,6 +126,34 @@ CloudAuth::KindTests::fails($t, %k, path => '/m404/', cred => 'm404',
 
 is(join("\n", CloudAuth::FakeProviders::unverified($t, 'metadata')), '',
    'every request passed verification');
+
+# the real server hands back the token held until shortly before its end:
+# a refresh ahead that gets it again does not refresh again at once (before,
+# each request after the halved refresh point asked again, ever sooner)
+
+set(sticky => 1, expires_in => 14, renew_before => 1);
+my $n = count();
+my $end = time + 15;
+my %seen;
+
+while (time < $end) {
+    my $r = $t->http_get('/msticky/x');
+    $seen{ auth($r) }++ if $r->{status} == 200;
+    select undef, undef, undef, 0.1;
+}
+
+my $asked = count() - $n;
+note "sticky metadata token: $asked token requests in 15 s, "
+     . scalar(keys %seen) . ' tokens used';
+
+# the first fetch, one refresh ahead at half its life (the same token
+# back), and the fetches as the held one ends (its seconds left are whole
+# seconds, so it may come back once more): 3 or 4.  Before, every request
+# past the halved refresh point asked again: 7 or more here
+cmp_ok($asked, '<=', 5, 'a same-token refresh does not start another');
+cmp_ok($asked, '>=', 2, 'the refresh ahead did ask');
+ok(!grep({ $_ eq 'none' } keys %seen), 'every request had a token');
+set();
 
 my $mark = length $t->error_log;
 my @pages = map { $t->http_get($_)->{raw} }

@@ -442,8 +442,24 @@ sub metadata_handler {
             return $rec->{token};
         }
 
-        $rec->{token} = sprintf 'ya29.meta-fake-%d-%s', serial($o{dir}),
-                                random_hex(16);
+        # sticky => 1: as the real server, the token held is handed back,
+        # with what it has left, until renew_before seconds before its end
+        my $state = "$o{dir}/fake_$o{name}_sticky.json";
+        my $held = $b->{sticky} && CloudAuth::FakeGoogle::read_json($state);
+
+        if ($held && $held->{exp} - time > ($b->{renew_before} // 0)) {
+            $rec->{token} = $held->{token};
+            $rec->{expires_in} = $life = int($held->{exp} - time);
+            $rec->{sticky} = 1;
+
+        } else {
+            $rec->{token} = sprintf 'ya29.meta-fake-%d-%s', serial($o{dir}),
+                                    random_hex(16);
+            CloudAuth::FakeGoogle::write_json($state,
+                { token => $rec->{token}, exp => time + $life })
+                if $b->{sticky};
+        }
+
         return $json->encode({ access_token => $rec->{token},
                                expires_in => $life,
                                token_type => 'Bearer' });
