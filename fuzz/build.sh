@@ -143,3 +143,29 @@ for t in "$ROOT"/fuzz/fuzz_*.c; do
         -Wl,--start-group $libs -Wl,--end-group $LIBS
     echo "fuzz: built $bin"
 done
+
+# 5. seeds with service-account keys, made here and never committed (a
+#    tracked private key, even a fake one, is a leak waiting to happen): a
+#    real key, one whose token_uri is plain http elsewhere, one whose key
+#    does not parse
+
+seed=$OUT/seeds/fuzz_key_file
+if [ ! -f "$seed/generated-not-real" ]; then
+    mkdir -p "$seed"
+    pem=$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
+          2>/dev/null | awk '{ printf "%s\\n", $0 }')
+    [ -n "$pem" ] || { echo "fuzz: openssl genpkey failed" >&2; exit 1; }
+
+    key() {     # key FILE PEM TOKEN_URI
+        printf '\000{"type": "service_account", "project_id": "fuzz",
+ "private_key_id": "0123456789abcdef", "private_key": "%s",
+ "client_email": "fuzz@fuzz.iam.gserviceaccount.com",
+ "token_uri": "%s"}\n' "$2" "$3" > "$seed/$1"
+        chmod 600 "$seed/$1"
+    }
+
+    key generated-key "$pem" https://oauth2.googleapis.com/token
+    key generated-http-token-uri "$pem" http://evil.example/token
+    key generated-not-real "$(printf '%s' "$pem" | cut -c1-120)\\n" \
+        https://oauth2.googleapis.com/token
+fi

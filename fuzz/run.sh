@@ -25,25 +25,9 @@ if [ ${#targets[@]} -eq 0 ]; then
     exit 1
 fi
 
-mkdir -p "$OUT/artifacts" "$OUT/logs" "$OUT/seeds"
+mkdir -p "$OUT/artifacts" "$OUT/logs"
 
-# a service account key made here, never committed: the key file target
-# reaches the path where the key loads only with a real key
-
-seed=$OUT/seeds/fuzz_key_file
-if [ ! -f "$seed/generated-key" ] && command -v openssl >/dev/null; then
-    mkdir -p "$seed"
-    pem=$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
-          2>/dev/null | awk '{ printf "%s\\n", $0 }')
-    if [ -n "$pem" ]; then
-        printf '\000{"type": "service_account", "project_id": "fuzz",
- "private_key_id": "0123456789abcdef", "private_key": "%s",
- "client_email": "fuzz@fuzz.iam.gserviceaccount.com",
- "token_uri": "https://oauth2.googleapis.com/token"}\n' "$pem" \
-            > "$seed/generated-key"
-        chmod 600 "$seed/generated-key"
-    fi
-fi
+# the key file target's seeds with keys are made by fuzz/build.sh
 
 failed=0
 
