@@ -30,6 +30,12 @@ ngx_cloudauth_header_printf(ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     p = ngx_vslprintf(buf, buf + sizeof(buf), fmt, args);
     va_end(args);
 
+    if (p == buf + sizeof(buf)) {
+        /* cut short: no header rather than a wrong one */
+        ngx_explicit_memzero(buf, sizeof(buf));
+        return NGX_ERROR;
+    }
+
     h = ngx_array_push(req->headers);
     if (h == NULL) {
         ngx_explicit_memzero(buf, p - buf);

@@ -1143,6 +1143,16 @@ ngx_http_cloudauth_init(ngx_conf_t *cf)
     ngx_cloudauth_main_conf_t  *cmcf;
     ngx_http_core_main_conf_t  *hmcf;
 
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_cloudauth_header_filter;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
+
+    if (cmcf->creds.nelts == 0) {
+        /* nothing is ever injected: no request pays for the handlers */
+        return NGX_OK;
+    }
+
     hmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     h = ngx_array_push(&hmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
@@ -1179,16 +1189,7 @@ ngx_http_cloudauth_init(ngx_conf_t *cf)
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_cloudauth_log_handler;
 
-    ngx_http_next_header_filter = ngx_http_top_header_filter;
-    ngx_http_top_header_filter = ngx_http_cloudauth_header_filter;
-
-    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cloudauth_module);
-
-    if (cmcf->creds.nelts) {
-        return ngx_cloudauth_log_wrap(cf, cmcf, &cf->cycle->new_log);
-    }
-
-    return NGX_OK;
+    return ngx_cloudauth_log_wrap(cf, cmcf, &cf->cycle->new_log);
 }
 
 
