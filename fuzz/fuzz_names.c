@@ -17,53 +17,6 @@
 #include "ngx_http_cloudauth_upload.h"
 
 
-/* well-formed UTF-8 (RFC 3629): decode any bit pattern, encode back */
-
-static int
-ref_utf8(const u_char *p, size_t len)
-{
-    size_t    i, n, k;
-    uint32_t  c;
-
-    for (i = 0; i < len; i += n) {
-        if (p[i] < 0x80) {
-            n = 1;
-        } else if ((p[i] & 0xe0) == 0xc0) {
-            n = 2;
-        } else if ((p[i] & 0xf0) == 0xe0) {
-            n = 3;
-        } else if ((p[i] & 0xf8) == 0xf0) {
-            n = 4;
-        } else {
-            return 0;
-        }
-
-        if (len - i < n) {
-            return 0;
-        }
-
-        c = (n == 1) ? p[i] : (uint32_t) (p[i] & (0x7f >> n));
-
-        for (k = 1; k < n; k++) {
-            if ((p[i + k] & 0xc0) != 0x80) {
-                return 0;
-            }
-
-            c = (c << 6) | (p[i + k] & 0x3f);
-        }
-
-        if ((n == 2 && c < 0x80) || (n == 3 && c < 0x800)
-            || (n == 4 && c < 0x10000) || c > 0x10ffff
-            || (c >= 0xd800 && c <= 0xdfff))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
-}
-
-
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -95,7 +48,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_assert(!(size == 2 && copy[0] == '.' && copy[1] == '.'));
 
         if (getenv("FUZZ_NAMES_LAX") == NULL) {
-            fuzz_assert(ref_utf8(copy, size));
+            fuzz_assert(fuzz_ref_utf8(copy, size, NULL));
         }
     }
 
@@ -111,7 +64,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     fuzz_assert(out.data[0] != '.');
-    fuzz_assert(ref_utf8(out.data, out.len));
+    fuzz_assert(fuzz_ref_utf8(out.data, out.len, NULL));
 
     ngx_destroy_pool(pool);
     free(copy);

@@ -20,35 +20,6 @@ static iconv_t  cd = (iconv_t) -1;
 
 
 static int
-ref_encode(uint32_t c, u_char *out)
-{
-    if (c < 0x80) {
-        out[0] = (u_char) c;
-        return 1;
-    }
-
-    if (c < 0x800) {
-        out[0] = (u_char) (0xc0 | (c >> 6));
-        out[1] = (u_char) (0x80 | (c & 0x3f));
-        return 2;
-    }
-
-    if (c < 0x10000) {
-        out[0] = (u_char) (0xe0 | (c >> 12));
-        out[1] = (u_char) (0x80 | ((c >> 6) & 0x3f));
-        out[2] = (u_char) (0x80 | (c & 0x3f));
-        return 3;
-    }
-
-    out[0] = (u_char) (0xf0 | (c >> 18));
-    out[1] = (u_char) (0x80 | ((c >> 12) & 0x3f));
-    out[2] = (u_char) (0x80 | ((c >> 6) & 0x3f));
-    out[3] = (u_char) (0x80 | (c & 0x3f));
-    return 4;
-}
-
-
-static int
 ref_allowed(uint32_t c)
 {
     return c >= 0x20 && c != 0x7f && !(c >= 0x80 && c <= 0x9f)
@@ -56,54 +27,16 @@ ref_allowed(uint32_t c)
 }
 
 
-/* decode naively (any bit pattern), then re-encode: the same bytes? */
+/* a reference of the harness's: decode, re-encode, the same bytes? */
 
 static int
 ref_valid(const u_char *p, size_t len)
 {
-    size_t    i, n, k;
-    uint32_t  c;
-    u_char    enc[4];
-
     if (len == 0 || len > NGX_CLOUDAUTH_MAX_SUBJECT) {
         return 0;
     }
 
-    for (i = 0; i < len; i += n) {
-        if (p[i] < 0x80) {
-            n = 1;
-        } else if ((p[i] & 0xe0) == 0xc0) {
-            n = 2;
-        } else if ((p[i] & 0xf0) == 0xe0) {
-            n = 3;
-        } else if ((p[i] & 0xf8) == 0xf0) {
-            n = 4;
-        } else {
-            return 0;
-        }
-
-        if (len - i < n) {
-            return 0;
-        }
-
-        c = (n == 1) ? p[i] : (uint32_t) (p[i] & (0x7f >> n));
-
-        for (k = 1; k < n; k++) {
-            if ((p[i + k] & 0xc0) != 0x80) {
-                return 0;
-            }
-
-            c = (c << 6) | (p[i + k] & 0x3f);
-        }
-
-        if (!ref_allowed(c) || ref_encode(c, enc) != (int) n
-            || memcmp(enc, p + i, n) != 0)
-        {
-            return 0;
-        }
-    }
-
-    return 1;
+    return fuzz_ref_utf8(p, len, ref_allowed);
 }
 
 

@@ -32,6 +32,7 @@ extern ngx_log_t  *fuzz_log;
 
 void fuzz_ngx_init(void);
 ngx_pool_t *fuzz_pool(void);
+int fuzz_ref_utf8(const u_char *p, size_t len, int (*allowed)(uint32_t c));
 
 
 #endif /* _FUZZ_HARNESS_H_INCLUDED_ */
