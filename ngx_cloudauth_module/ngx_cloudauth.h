@@ -348,9 +348,6 @@ char *ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata,
     ngx_log_t *log);
 
 /* ngx_cloudauth_utf8.c */
-ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
-
-/* ngx_cloudauth_utf8.c */
 ngx_int_t ngx_cloudauth_utf8_valid(u_char *p, size_t len);
 ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
 

@@ -110,35 +110,6 @@ ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s)
 }
 
 
-/* a session someone else started: what does GCS hold? */
-
-ngx_int_t
-ngx_cloudauth_gcs_resume(ngx_cloudauth_gcs_t *s, ngx_str_t *uri)
-{
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
-                   "cloudauth: gcs: resuming the session of \"%V\"",
-                   &s->object.name);
-
-    s->uri.data = ngx_pnalloc(s->pool, uri->len + 1);
-    if (s->uri.data == NULL) {
-        ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(s->uri.data, uri->data, uri->len);
-    s->uri.data[uri->len] = '\0';
-    s->uri.len = uri->len;
-
-    s->resumed = 1;
-    s->offset = 0;
-    s->len = 0;
-    s->op = NGX_CLOUDAUTH_GCS_QUERY;
-    s->req = NGX_CLOUDAUTH_GCS_QUERY;
-
-    return ngx_cloudauth_gcs_run(s);
-}
-
-
 /* a PUT of bytes from offset, which must be where GCS holds up to */
 
 static ngx_int_t
@@ -195,7 +166,7 @@ ngx_cloudauth_gcs_busy(ngx_cloudauth_gcs_t *s)
 }
 
 
-/* stops whatever is under way; the session stays (it may be resumed) */
+/* stops whatever is under way; the session stays */
 
 void
 ngx_cloudauth_gcs_abort(ngx_cloudauth_gcs_t *s)
@@ -908,7 +879,7 @@ ngx_cloudauth_gcs_ack(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
 
     committed = s->range + 1;
 
-    /* a resumed session may hold anything; else at most what was sent */
+    /* after a query GCS may hold anything we sent; else at most this */
     last = (s->op == NGX_CLOUDAUTH_GCS_QUERY) ? committed
                                                : s->offset + (off_t) s->len;
 

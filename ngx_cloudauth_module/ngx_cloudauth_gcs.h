@@ -157,7 +157,6 @@ struct ngx_cloudauth_gcs_s {
 
     unsigned                       token:1;
     unsigned                       reauth:1;    /* a 401 was retried */
-    unsigned                       resumed:1;   /* offset unknown before */
 };
 
 
@@ -166,7 +165,6 @@ ngx_cloudauth_gcs_t *ngx_cloudauth_gcs_create(ngx_pool_t *pool,
     ngx_log_t *log, ngx_cloudauth_gcs_conf_t *conf,
     ngx_cloudauth_gcs_object_t *object, ngx_cloudauth_gcs_handlers_t *h);
 ngx_int_t ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s);
-ngx_int_t ngx_cloudauth_gcs_resume(ngx_cloudauth_gcs_t *s, ngx_str_t *uri);
 ngx_int_t ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset,
     u_char *data, size_t len);
 ngx_int_t ngx_cloudauth_gcs_finish(ngx_cloudauth_gcs_t *s, off_t offset,

@@ -21,6 +21,7 @@ typedef struct {
     ngx_str_t                  prefix;
     ngx_str_t                  suffix;
     ngx_int_t                  variable;    /* index of $http_<header> */
+    ngx_uint_t                 authorization; /* the header is that */
     u_char                    *file;
     ngx_uint_t                 line;
 } ngx_http_cloudauth_loc_conf_t;
@@ -304,8 +305,8 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
         } else if (ngx_cloudauth_subject_valid(subject.data, subject.len)
                    != NGX_OK)
         {
-            ngx_str_set(&ctx->ask.reason, "subject is not valid UTF-8 of "
-                        "at most 256 bytes without control characters");
+            ngx_str_set(&ctx->ask.reason, "subject is not valid UTF-8, "
+                        "is too long or has control characters");
             return NGX_HTTP_FORBIDDEN;
 
         } else if (!ngx_cloudauth_subject_allowed(cred, &subject)) {
@@ -330,7 +331,6 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    ctx->ask.cred = cred;
     ctx->ask.subject = subject;
     ctx->ask.pool = r->pool;
     ctx->ask.log = r->connection->log;
@@ -506,9 +506,7 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     /* $http_<header>, read before, is read again */
     ngx_http_cloudauth_forget(r, rq);
 
-    if (lcf->header.len == sizeof("Authorization") - 1
-        && ngx_strcasecmp(lcf->lowcase.data, (u_char *) "authorization") == 0)
-    {
+    if (lcf->authorization) {
         r->headers_in.authorization = h;
     }
 
@@ -893,6 +891,10 @@ ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                 lcf->header.len);
     lcf->lowcase.data[lcf->lowcase.len] = '\0';
 
+    lcf->authorization = (lcf->lowcase.len == sizeof("authorization") - 1
+                          && ngx_strcmp(lcf->lowcase.data, "authorization")
+                             == 0);
+
     /* $http_<header>: its cached value is dropped when the header changes */
 
     var.len = sizeof("http_") - 1 + lcf->lowcase.len;
@@ -1052,6 +1054,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->prefix = prev->prefix;
         conf->suffix = prev->suffix;
         conf->variable = prev->variable;
+        conf->authorization = prev->authorization;
         conf->file = prev->file;
         conf->line = prev->line;
     }

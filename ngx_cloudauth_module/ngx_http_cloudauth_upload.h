@@ -145,7 +145,6 @@ ngx_int_t ngx_http_cloudauth_upload_reject(ngx_http_request_t *r,
 
 /* ngx_http_cloudauth_upload_name.c: object names and file names, pure */
 const char *ngx_http_cloudauth_upload_check_name(ngx_str_t *name);
-ngx_int_t ngx_http_cloudauth_upload_utf8(u_char *p, size_t len);
 void ngx_http_cloudauth_upload_sanitize(ngx_pool_t *pool, ngx_str_t *in,
     ngx_str_t *out);
 ngx_uint_t ngx_http_cloudauth_upload_token_char(u_char c);

@@ -660,8 +660,8 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
         return rc;
     }
 
-    if (!ngx_http_cloudauth_upload_utf8(content_type->data,
-                                        content_type->len))
+    if (ngx_cloudauth_utf8_valid(content_type->data, content_type->len)
+        != NGX_OK)
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: bad object name \"%V\": %s",

@@ -42,7 +42,7 @@ ngx_http_cloudauth_upload_check_name(ngx_str_t *name)
         }
     }
 
-    if (!ngx_http_cloudauth_upload_utf8(name->data, name->len)) {
+    if (ngx_cloudauth_utf8_valid(name->data, name->len) != NGX_OK) {
         return "the object name is not UTF-8";
     }
 
@@ -60,15 +60,6 @@ ngx_http_cloudauth_upload_check_name(ngx_str_t *name)
     }
 
     return NULL;
-}
-
-
-ngx_int_t
-ngx_http_cloudauth_upload_utf8(u_char *p, size_t len)
-{
-    /* not ngx_utf8_decode(): it takes "\xc3\xc3" and surrogates */
-
-    return ngx_cloudauth_utf8_valid(p, len) == NGX_OK;
 }
 
 
