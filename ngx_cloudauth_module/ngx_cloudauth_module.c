@@ -1460,8 +1460,10 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_cloudauth_loc_conf_t *prev = parent;
     ngx_http_cloudauth_loc_conf_t *conf = child;
 
-    ngx_http_core_loc_conf_t   *clcf;
-    ngx_cloudauth_main_conf_t  *cmcf;
+    ngx_uint_t                   i;
+    ngx_cloudauth_cred_t       **cp;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_cloudauth_main_conf_t   *cmcf;
 
     ngx_conf_merge_ptr_value(conf->subject, prev->subject, NULL);
 
@@ -1507,6 +1509,28 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                           "them at http level, in %s:%ui",
                           &conf->name, conf->file, conf->line);
             return NGX_CONF_ERROR;
+        }
+
+        if (conf->subject == NULL || conf->subject->lengths == NULL) {
+            return NGX_CONF_OK;
+        }
+
+        cp = cmcf->creds.elts;
+
+        for (i = 0; i < cmcf->creds.nelts; i++) {
+            if (cp[i]->kind->subject && cp[i]->subjects == NULL
+                && ngx_strlchr(cp[i]->name.data,
+                               cp[i]->name.data + cp[i]->name.len, '.')
+                   == NULL)
+            {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "cloudauth_subject with variables and "
+                              "\"cloudauth %V\": credential \"%V\" has no "
+                              "\"subjects=\": a client may obtain a token "
+                              "for any subject, in %s:%ui", &conf->name,
+                              &cp[i]->name, conf->file, conf->line);
+                break;
+            }
         }
 
         return NGX_CONF_OK;

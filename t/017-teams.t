@@ -496,6 +496,22 @@ like($out, qr/cloudauth "nosuch": no such cloudauth_credential/,
     }
 EOF
 is($rc, 0, 'nginx -t: a variable with credentials passes') or diag $out;
+unlike($out, qr/\[warn\]/, 'nginx -t: no warning: "c" takes no subject');
+
+($rc, $out) = $t->nginx_t(<<"EOF");
+    $cred
+    cloudauth_credential anyone type=google_service_account
+        key_file=%%KEY_FILE%% scopes=%%SCOPES%%;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / { cloudauth \$http_x_team; cloudauth_subject \$arg_u; }
+    }
+EOF
+is($rc, 0, 'nginx -t: a subject credential without subjects=: passes')
+    or diag $out;
+like($out, qr/\[warn\].*credential\x20"anyone"\x20has\x20no\x20"subjects=":
+              \x20a\x20client\x20may\x20obtain/x,
+     'nginx -t: but warns, naming it');
 
 $t->check_log_ok;
 
