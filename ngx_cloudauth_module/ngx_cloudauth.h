@@ -180,6 +180,7 @@ struct ngx_cloudauth_ask_s {
 
     ngx_str_t                      token;       /* on NGX_OK */
     time_t                         expires_at;
+    time_t                         obtained_at; /* when it was fetched */
     ngx_str_t                      reason;      /* on NGX_DECLINED */
     ngx_cloudauth_cache_status_e   cache_status;
 
@@ -234,6 +235,7 @@ typedef struct {
     /* out */
     ngx_str_t                  token;
     time_t                     expires_at;  /* seconds, wall clock */
+    time_t                     obtained_at; /* seconds, wall clock */
     ngx_uint_t                 claim;       /* the caller's claim, or 0 */
     unsigned                   stale:1;     /* in its refresh window */
 } ngx_cloudauth_take_t;

@@ -443,6 +443,7 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         ngx_memcpy(t->token.data, node->token, node->token_len);
         t->token.len = node->token_len;
         t->expires_at = (time_t) (node->expires_at / 1000);
+        t->obtained_at = (time_t) (node->refreshed_at / 1000);
 
         if (now >= node->refresh_at) {
             t->stale = 1;

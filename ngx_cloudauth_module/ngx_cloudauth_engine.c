@@ -127,6 +127,7 @@ again:
     case NGX_CLOUDAUTH_TAKE_TOKEN:
         ask->token = t.token;
         ask->expires_at = t.expires_at;
+        ask->obtained_at = t.obtained_at;
 
         if (ask->cache_status != NGX_CLOUDAUTH_MISS) {
             ask->cache_status = t.stale ? NGX_CLOUDAUTH_STALE
@@ -792,6 +793,7 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
                 ngx_memcpy(ask->token.data, t.token.data, t.token.len);
                 ask->token.len = t.token.len;
                 ask->expires_at = t.expires_at;
+                ask->obtained_at = t.obtained_at;
                 continue;
             }
         }
