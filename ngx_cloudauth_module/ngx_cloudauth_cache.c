@@ -694,28 +694,86 @@ ngx_cloudauth_cache_state(ngx_cloudauth_node_t *n, uint64_t now,
 }
 
 
+static int ngx_libc_cdecl
+ngx_cloudauth_cache_census_cmp(const void *one, const void *two)
+{
+    ngx_cloudauth_census_t  *a, *b;
+
+    a = *(ngx_cloudauth_census_t **) one;
+    b = *(ngx_cloudauth_census_t **) two;
+
+    return ngx_memcmp(a->cred->fp, b->cred->fp, NGX_CLOUDAUTH_FP_LEN);
+}
+
+
+/* the census of the credential of fp, in census sorted by fp, or NULL */
+
+static ngx_cloudauth_census_t *
+ngx_cloudauth_cache_census_find(ngx_cloudauth_census_t **census,
+    ngx_uint_t n, u_char *fp)
+{
+    ngx_int_t   rc;
+    ngx_uint_t  lo, hi, mid;
+
+    lo = 0;
+    hi = n;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        rc = ngx_memcmp(fp, census[mid]->cred->fp, NGX_CLOUDAUTH_FP_LEN);
+
+        if (rc == 0) {
+            return census[mid];
+        }
+
+        if (rc < 0) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return NULL;
+}
+
+
 /*
- * Copies every entry, most recently used first, into the array of
- * ngx_cloudauth_entry_t; lengths bounded by the copies, whatever the
- * entry says.  NGX_ERROR when the array cannot grow.
+ * One walk of the LRU queue, most recently used first, under the mutex:
+ * each entry of a credential in census (sorted by fingerprint here) is
+ * counted into its sums, and copied into its entries while they are fewer
+ * than its limit; lengths bounded by the copies, whatever the entry says.
+ * Entries of no credential in census (another configuration's) are passed
+ * over.  The copies are all the lock costs beyond the walk: the limits
+ * bound them.  NGX_ERROR when an array cannot grow.
  */
 
 ngx_int_t
-ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
+    ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_cloudauth_usage_t *usage)
 {
-    uint64_t                now, mono;
-    ngx_int_t               rc;
-    ngx_queue_t            *q;
-    ngx_cloudauth_node_t   *n;
-    ngx_cloudauth_entry_t  *e;
-    ngx_cloudauth_shctx_t  *sh;
+    time_t                   expires_in;
+    uint64_t                 now, mono;
+    ngx_int_t                rc;
+    ngx_queue_t             *q;
+    ngx_slab_pool_t         *shpool;
+    ngx_cloudauth_node_t    *node;
+    ngx_cloudauth_entry_t   *e;
+    ngx_cloudauth_shctx_t   *sh;
+    ngx_cloudauth_census_t  *c;
 
     if (zone == NULL || zone->data == NULL) {
         return NGX_OK;
     }
 
     sh = ngx_cloudauth_cache_sh(zone);
+    shpool = ngx_cloudauth_cache_shpool(zone);
     rc = NGX_OK;
+
+    ngx_qsort(census, n, sizeof(ngx_cloudauth_census_t *),
+              ngx_cloudauth_cache_census_cmp);
 
     ngx_cloudauth_cache_lock(zone);
 
@@ -726,31 +784,60 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
          q != ngx_queue_sentinel(&sh->lru);
          q = ngx_queue_next(q))
     {
-        n = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
-        e = ngx_array_push(entries);
+        c = ngx_cloudauth_cache_census_find(census, n, node->fp);
+        if (c == NULL) {
+            continue;
+        }
+
+        expires_in = (node->token_len && node->expires_at > now)
+                     ? (time_t) ((node->expires_at - now) / 1000) : 0;
+
+        c->total++;
+        c->hits += node->hits;
+        c->misses += node->misses;
+        c->fetches += node->fetches;
+        c->fetch_failures += node->fetch_failures;
+        c->waiters += node->waiters;
+        c->invalidations += node->invalidations;
+        c->unauthorized_kept += node->unauthorized_kept;
+
+        if (expires_in && (c->soonest == 0 || expires_in < c->soonest)) {
+            c->soonest = expires_in;
+        }
+
+        if (c->entries->nelts >= c->limit) {
+            continue;
+        }
+
+        e = ngx_array_push(c->entries);
         if (e == NULL) {
             rc = NGX_ERROR;
             break;
         }
 
-        e->cred = NULL;
-        ngx_memcpy(e->fp, n->fp, NGX_CLOUDAUTH_FP_LEN);
-        e->subject_len = ngx_min(n->subject_len, NGX_CLOUDAUTH_MAX_SUBJECT);
-        ngx_memcpy(e->subject, n->data + n->name_len, e->subject_len);
-        e->error_len = ngx_min(n->error_len, NGX_CLOUDAUTH_MAX_ERROR);
-        ngx_memcpy(e->error, n->error, e->error_len);
-        e->state = ngx_cloudauth_cache_state(n, now, mono);
-        e->expires_in = (n->token_len && n->expires_at > now)
-                        ? (time_t) ((n->expires_at - now) / 1000) : 0;
-        e->last_refresh = (time_t) (n->refreshed_at / 1000);
-        e->hits = n->hits;
-        e->misses = n->misses;
-        e->fetches = n->fetches;
-        e->fetch_failures = n->fetch_failures;
-        e->waiters = n->waiters;
-        e->invalidations = n->invalidations;
-        e->unauthorized_kept = n->unauthorized_kept;
+        e->subject_len = ngx_min(node->subject_len,
+                                 NGX_CLOUDAUTH_MAX_SUBJECT);
+        ngx_memcpy(e->subject, node->data + node->name_len, e->subject_len);
+        e->error_len = ngx_min(node->error_len, NGX_CLOUDAUTH_MAX_ERROR);
+        ngx_memcpy(e->error, node->error, e->error_len);
+        e->state = ngx_cloudauth_cache_state(node, now, mono);
+        e->expires_in = expires_in;
+        e->last_refresh = (time_t) (node->refreshed_at / 1000);
+        e->hits = node->hits;
+        e->misses = node->misses;
+        e->fetches = node->fetches;
+        e->fetch_failures = node->fetch_failures;
+        e->waiters = node->waiters;
+        e->invalidations = node->invalidations;
+        e->unauthorized_kept = node->unauthorized_kept;
+    }
+
+    if (usage) {
+        usage->size = zone->shm.size;
+        usage->used = (size_t) ((shpool->last - shpool->pages) - shpool->pfree)
+                      << ngx_pagesize_shift;
     }
 
     ngx_cloudauth_cache_unlock(zone);
