@@ -566,7 +566,7 @@ EOF
     t0=$(date +%s.%N)
     ok=$($LOAD_CPU curl -s -Z --parallel-max 32 -w 'CODE %{http_code}\n' \
              "http://127.0.0.1:$GW6/warm/?u=user[00001-$(printf %05d \
-              "$SUBJECTS")]@example.com" | grep -c '^CODE 200$' || true)
+              "$SUBJECTS")]@example.com" 2> /dev/null | grep -c '^CODE 200$' || true)
     t1=$(date +%s.%N)
     warm_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
     total=$(scale_status limit=0 '$_->{credentials}{people}{entries_total}')
