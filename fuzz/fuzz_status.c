@@ -29,7 +29,7 @@ static ngx_uint_t             with_stats;
 
 
 ngx_int_t
-ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
     ngx_cloudauth_census_t **census, ngx_uint_t n,
     ngx_cloudauth_usage_t *usage)
 {

@@ -289,7 +289,8 @@ typedef struct {
 typedef struct {
     ngx_cloudauth_cred_t      *cred;        /* in: the caller's */
     ngx_uint_t                 limit;       /* in: entries copied at most */
-    ngx_array_t               *entries;     /* ngx_cloudauth_entry_t */
+    ngx_array_t               *entries;     /* ngx_cloudauth_entry_t, made
+                                               by the snapshot */
 
     ngx_uint_t                 total;       /* entries, also those left out */
     ngx_uint_t                 hits;
@@ -348,7 +349,7 @@ ngx_cloudauth_invalidate_e ngx_cloudauth_cache_invalidate(
     ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key, ngx_str_t *token,
     ngx_msec_t gap);
 ngx_int_t ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
-    ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_pool_t *pool, ngx_cloudauth_census_t **census, ngx_uint_t n,
     ngx_cloudauth_usage_t *usage);
 ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone);
 uint64_t ngx_cloudauth_now(void);

@@ -740,23 +740,25 @@ ngx_cloudauth_cache_census_find(ngx_cloudauth_census_t **census,
 
 
 /*
- * One walk of the LRU queue, most recently used first, under the mutex:
- * each entry of a credential in census (sorted by fingerprint here) is
- * counted into its sums, and copied into its entries while they are fewer
- * than its limit; lengths bounded by the copies, whatever the entry says.
- * Entries of no credential in census (another configuration's) are passed
- * over.  The copies are all the lock costs beyond the walk: the limits
- * bound them.  NGX_ERROR when an array cannot grow.
+ * Two walks of the LRU queue, most recently used first, each under the
+ * mutex, for the credentials in census (sorted by fingerprint here).  The
+ * first counts their entries, and room for the copies is made without the
+ * lock.  The second sums each entry into its credential's census and
+ * copies it while there is room, up to the limit, most recently used
+ * first; lengths bounded by the copies, whatever the entry says.  Nothing
+ * is allocated under the lock; an entry made between the walks may be
+ * left out of the copies, never out of the sums.  Entries of no
+ * credential in census (another configuration's) are passed over.
  */
 
 ngx_int_t
-ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
     ngx_cloudauth_census_t **census, ngx_uint_t n,
     ngx_cloudauth_usage_t *usage)
 {
     time_t                   expires_in;
     uint64_t                 now, mono;
-    ngx_int_t                rc;
+    ngx_uint_t               i, room;
     ngx_queue_t             *q;
     ngx_slab_pool_t         *shpool;
     ngx_cloudauth_node_t    *node;
@@ -764,16 +766,62 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
     ngx_cloudauth_shctx_t   *sh;
     ngx_cloudauth_census_t  *c;
 
+    for (i = 0; i < n; i++) {
+        census[i]->entries = ngx_pcalloc(pool, sizeof(ngx_array_t));
+        if (census[i]->entries == NULL) {
+            return NGX_ERROR;
+        }
+
+        census[i]->entries->size = sizeof(ngx_cloudauth_entry_t);
+    }
+
     if (zone == NULL || zone->data == NULL) {
         return NGX_OK;
     }
 
     sh = ngx_cloudauth_cache_sh(zone);
     shpool = ngx_cloudauth_cache_shpool(zone);
-    rc = NGX_OK;
 
     ngx_qsort(census, n, sizeof(ngx_cloudauth_census_t *),
               ngx_cloudauth_cache_census_cmp);
+
+    ngx_cloudauth_cache_lock(zone);
+
+    for (q = ngx_queue_head(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+        c = ngx_cloudauth_cache_census_find(census, n, node->fp);
+
+        if (c) {
+            c->total++;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    /* zeroed: no page of it is first touched under the lock */
+
+    for (i = 0; i < n; i++) {
+        c = census[i];
+        room = ngx_min(c->limit, c->total + 16);
+        c->total = 0;
+
+        if (room == 0) {
+            continue;
+        }
+
+        if (ngx_array_init(c->entries, pool, room,
+                           sizeof(ngx_cloudauth_entry_t))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(c->entries->elts, room * sizeof(ngx_cloudauth_entry_t));
+    }
 
     ngx_cloudauth_cache_lock(zone);
 
@@ -807,15 +855,13 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
             c->soonest = expires_in;
         }
 
-        if (c->entries->nelts >= c->limit) {
+        /* room is at most the limit */
+
+        if (c->entries->nelts >= c->entries->nalloc) {
             continue;
         }
 
-        e = ngx_array_push(c->entries);
-        if (e == NULL) {
-            rc = NGX_ERROR;
-            break;
-        }
+        e = (ngx_cloudauth_entry_t *) c->entries->elts + c->entries->nelts++;
 
         e->subject_len = ngx_min(node->subject_len,
                                  NGX_CLOUDAUTH_MAX_SUBJECT);
@@ -842,7 +888,7 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
 
     ngx_cloudauth_cache_unlock(zone);
 
-    return rc;
+    return NGX_OK;
 }
 
 

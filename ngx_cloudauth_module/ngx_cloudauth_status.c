@@ -23,7 +23,7 @@
 
 /* entries listed per credential: by default, and at most (?limit=N) */
 #define NGX_CLOUDAUTH_STATUS_LIMIT      100
-#define NGX_CLOUDAUTH_STATUS_MAX_LIMIT  10000
+#define NGX_CLOUDAUTH_STATUS_MAX_LIMIT  1000
 
 
 /* what a page shows: the credentials asked for, and the zone's use */
@@ -348,22 +348,13 @@ ngx_cloudauth_status_snapshot(ngx_http_request_t *r,
     for (i = 0; i < n; i++) {
         c[i].cred = cp[i];
         c[i].limit = limit;
-
-        /* a small start: the arrays grow while they are filled */
-
-        c[i].entries = ngx_array_create(r->pool, ngx_max(ngx_min(limit, 16), 1),
-                                        sizeof(ngx_cloudauth_entry_t));
-        if (c[i].entries == NULL) {
-            return NGX_ERROR;
-        }
-
         sorted[i] = &c[i];
     }
 
     st->census = c;
     st->n = n;
 
-    return ngx_cloudauth_cache_snapshot(cmcf->shm_zone, sorted, n,
+    return ngx_cloudauth_cache_snapshot(cmcf->shm_zone, r->pool, sorted, n,
                                         &st->usage);
 }
 

@@ -2,10 +2,10 @@
 
 # cloudauth_status with 10,000 cached subjects: each credential lists its
 # 100 most recently used entries by default, most recently used first,
-# with entries_total and sums over all of them; ?limit=N lists more (0 to
-# 10000), ?credential=NAME one credential; bad values get 400 or 404 with
-# the reason; the zone's size and use.  The page answers quickly with
-# 10,000 entries (a generous bound here; bench/ measures it).
+# with entries_total and sums over all of them; ?limit=N lists more or
+# fewer (0 to 1000), ?credential=NAME one credential; bad values get 400
+# or 404 with the reason; the zone's size and use.  The page answers
+# quickly with 10,000 entries (a generous bound here; bench/ measures it).
 #
 # The 10,000 entries are made fast: subjects of a credential whose token
 # endpoint refuses connections, asked for by pipelined requests on a few
@@ -171,7 +171,8 @@ is(scalar @{ $many->{entries} || [] }, 100, '100 entries listed by default');
 is($many->{fetch_failures}, $N, 'sums over all entries, not only those '
                                 . 'listed');
 is($many->{misses}, $N, 'misses summed over all entries');
-is($many->{entries}[0]{state}, 'backoff', 'an entry in back-off');
+like($many->{entries}[0]{state}, qr/^(backoff|failing)$/,
+     'an entry that failed (in back-off, or out of it by now)');
 is_deeply([subjects($st, 'people')], ['a@example.com', 'b@example.com'],
           'most recently used first');
 is($st->{credentials}{people}{entries_total}, 2, 'people: entries_total');
@@ -194,24 +195,26 @@ is_deeply([subjects($st, 'many')], [map { subject($_) } 5, 3, 7],
 is_deeply([keys %{ $st->{credentials} }], ['many'],
           '?credential= shows that one');
 
-# all of them, and how long it takes
+# the most entries a page lists, and how long it takes
 
-$st = status("/status?credential=many&limit=$N");
+my $max = 1000;
+$st = status("/status?credential=many&limit=$max");
 my @all = subjects($st, 'many');
-is(scalar @all, $N, "?limit=$N lists all");
+is(scalar @all, $max, "?limit=$max lists $max");
 my %seen;
-is(scalar(grep { !$seen{$_}++ } @all), $N, 'each subject once');
+is(scalar(grep { !$seen{$_}++ } @all), $max, 'each subject once');
 is($all[0], subject(5), 'most recent first');
+is($st->{credentials}{many}{entries_total}, $N, 'and counts them all');
 
-# generous bounds (2 s; bench/ has the measurement, a few ms): a page
-# that takes that long has its mutex held far too long
-my ($took_default, $took_all) = (status('/status')->{took},
-                                 status("/status?limit=$N")->{took});
+# generous bounds (2 s; bench/ has the measurements, milliseconds): a page
+# that takes that long holds its worker, or the zone's mutex, far too long
+my ($took_default, $took_max) = (status('/status')->{took},
+                                 status("/status?limit=$max")->{took});
 note sprintf 'status with %d entries: %.1f ms (100 listed), '
            . '%.1f ms (%d listed)', $N, 1000 * $took_default,
-             1000 * $took_all, $N;
+             1000 * $took_max, $max;
 cmp_ok($took_default, '<', 2 * $t->tf, 'default page in < 2 s');
-cmp_ok($took_all, '<', 2 * $t->tf, 'all entries in < 2 s');
+cmp_ok($took_max, '<', 2 * $t->tf, "$max entries in < 2 s");
 
 $st = status('/status?limit=0&credential=peop%6Ce');
 is_deeply($st->{credentials}{people}{entries}, [], '?limit=0: none listed');
@@ -221,12 +224,12 @@ ok(!exists $st->{credentials}{many}, '?credential= URL-decoded');
 
 # bad values
 
-for my $q ('limit=-1', 'limit=abc', 'limit=', "limit=" . ($N + 1),
+for my $q ('limit=-1', 'limit=abc', 'limit=', "limit=" . ($max + 1),
            'limit=99999999999999999999999', 'limit=1e3', 'limit=%31')
 {
     my $r = $t->http_get("/status?$q");
     is($r->{status}, 400, "?$q: 400");
-    like($r->{body}, qr/"limit" must be a whole number from 0 to $N/,
+    like($r->{body}, qr/"limit" must be a whole number from 0 to $max/,
          "?$q: the reason");
 }
 
