@@ -266,8 +266,6 @@ typedef ngx_msec_t (*ngx_cloudauth_backoff_pt)(ngx_uint_t failures,
 /* an entry as the status page sees it: a copy, never a token */
 
 typedef struct {
-    ngx_cloudauth_cred_t      *cred;        /* the caller's, not the cache's */
-    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
     u_char                     subject[NGX_CLOUDAUTH_MAX_SUBJECT];
     size_t                     subject_len;
     u_char                     error[NGX_CLOUDAUTH_MAX_ERROR];
@@ -283,6 +281,38 @@ typedef struct {
     ngx_uint_t                 invalidations;
     ngx_uint_t                 unauthorized_kept;
 } ngx_cloudauth_entry_t;
+
+
+/*
+ * What the status page asks of the cache about one credential, and gets:
+ * copies of up to limit of its entries, most recently used first, and
+ * sums over all of them.
+ */
+
+typedef struct {
+    ngx_cloudauth_cred_t      *cred;        /* in: the caller's */
+    ngx_uint_t                 limit;       /* in: entries copied at most */
+    ngx_array_t               *entries;     /* ngx_cloudauth_entry_t, made
+                                               by the snapshot */
+
+    ngx_uint_t                 total;       /* entries, also those left out */
+    ngx_uint_t                 hits;
+    ngx_uint_t                 misses;
+    ngx_uint_t                 fetches;
+    ngx_uint_t                 fetch_failures;
+    ngx_uint_t                 waiters;
+    ngx_uint_t                 invalidations;
+    ngx_uint_t                 unauthorized_kept;
+    time_t                     soonest;     /* the soonest expires_in, or 0 */
+} ngx_cloudauth_census_t;
+
+
+/* how much of the zone is taken, in bytes (whole pages) */
+
+typedef struct {
+    size_t                     size;
+    size_t                     used;
+} ngx_cloudauth_usage_t;
 
 
 /* ngx_cloudauth_module.c */
@@ -322,7 +352,8 @@ ngx_cloudauth_invalidate_e ngx_cloudauth_cache_invalidate(
     ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key, ngx_str_t *token,
     ngx_msec_t gap);
 ngx_int_t ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
-    ngx_array_t *entries);
+    ngx_pool_t *pool, ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_cloudauth_usage_t *usage);
 ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone);
 u_char *ngx_cloudauth_cache_secret(ngx_shm_zone_t *zone);
 uint64_t ngx_cloudauth_now(void);

@@ -722,28 +722,134 @@ ngx_cloudauth_cache_state(ngx_cloudauth_node_t *n, uint64_t now,
 }
 
 
+static int ngx_libc_cdecl
+ngx_cloudauth_cache_census_cmp(const void *one, const void *two)
+{
+    ngx_cloudauth_census_t  *a, *b;
+
+    a = *(ngx_cloudauth_census_t **) one;
+    b = *(ngx_cloudauth_census_t **) two;
+
+    return ngx_memcmp(a->cred->fp, b->cred->fp, NGX_CLOUDAUTH_FP_LEN);
+}
+
+
+/* the census of the credential of fp, in census sorted by fp, or NULL */
+
+static ngx_cloudauth_census_t *
+ngx_cloudauth_cache_census_find(ngx_cloudauth_census_t **census,
+    ngx_uint_t n, u_char *fp)
+{
+    ngx_int_t   rc;
+    ngx_uint_t  lo, hi, mid;
+
+    lo = 0;
+    hi = n;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        rc = ngx_memcmp(fp, census[mid]->cred->fp, NGX_CLOUDAUTH_FP_LEN);
+
+        if (rc == 0) {
+            return census[mid];
+        }
+
+        if (rc < 0) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return NULL;
+}
+
+
 /*
- * Copies every entry, most recently used first, into the array of
- * ngx_cloudauth_entry_t; lengths bounded by the copies, whatever the
- * entry says.  NGX_ERROR when the array cannot grow.
+ * Two walks of the LRU queue, most recently used first, each under the
+ * mutex, for the credentials in census (sorted by fingerprint here).  The
+ * first counts their entries, and room for the copies is made without the
+ * lock.  The second sums each entry into its credential's census and
+ * copies it while there is room, up to the limit, most recently used
+ * first; lengths bounded by the copies, whatever the entry says.  Nothing
+ * is allocated under the lock; an entry made between the walks may be
+ * left out of the copies, never out of the sums.  Entries of no
+ * credential in census (another configuration's) are passed over.
  */
 
 ngx_int_t
-ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
+    ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_cloudauth_usage_t *usage)
 {
-    uint64_t                now, mono;
-    ngx_int_t               rc;
-    ngx_queue_t            *q;
-    ngx_cloudauth_node_t   *n;
-    ngx_cloudauth_entry_t  *e;
-    ngx_cloudauth_shctx_t  *sh;
+    time_t                   expires_in;
+    uint64_t                 now, mono;
+    ngx_uint_t               i, room;
+    ngx_queue_t             *q;
+    ngx_slab_pool_t         *shpool;
+    ngx_cloudauth_node_t    *node;
+    ngx_cloudauth_entry_t   *e;
+    ngx_cloudauth_shctx_t   *sh;
+    ngx_cloudauth_census_t  *c;
+
+    for (i = 0; i < n; i++) {
+        census[i]->entries = ngx_pcalloc(pool, sizeof(ngx_array_t));
+        if (census[i]->entries == NULL) {
+            return NGX_ERROR;
+        }
+
+        census[i]->entries->size = sizeof(ngx_cloudauth_entry_t);
+    }
 
     if (zone == NULL || zone->data == NULL) {
         return NGX_OK;
     }
 
     sh = ngx_cloudauth_cache_sh(zone);
-    rc = NGX_OK;
+    shpool = ngx_cloudauth_cache_shpool(zone);
+
+    ngx_qsort(census, n, sizeof(ngx_cloudauth_census_t *),
+              ngx_cloudauth_cache_census_cmp);
+
+    ngx_cloudauth_cache_lock(zone);
+
+    for (q = ngx_queue_head(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+        c = ngx_cloudauth_cache_census_find(census, n, node->fp);
+
+        if (c) {
+            c->total++;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    /* zeroed: no page of it is first touched under the lock */
+
+    for (i = 0; i < n; i++) {
+        c = census[i];
+        room = ngx_min(c->limit, c->total + 16);
+        c->total = 0;
+
+        if (room == 0) {
+            continue;
+        }
+
+        if (ngx_array_init(c->entries, pool, room,
+                           sizeof(ngx_cloudauth_entry_t))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(c->entries->elts, room * sizeof(ngx_cloudauth_entry_t));
+    }
 
     ngx_cloudauth_cache_lock(zone);
 
@@ -754,36 +860,63 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
          q != ngx_queue_sentinel(&sh->lru);
          q = ngx_queue_next(q))
     {
-        n = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
-        e = ngx_array_push(entries);
-        if (e == NULL) {
-            rc = NGX_ERROR;
-            break;
+        c = ngx_cloudauth_cache_census_find(census, n, node->fp);
+        if (c == NULL) {
+            continue;
         }
 
-        e->cred = NULL;
-        ngx_memcpy(e->fp, n->fp, NGX_CLOUDAUTH_FP_LEN);
-        e->subject_len = ngx_min(n->subject_len, NGX_CLOUDAUTH_MAX_SUBJECT);
-        ngx_memcpy(e->subject, n->data + n->name_len, e->subject_len);
-        e->error_len = ngx_min(n->error_len, NGX_CLOUDAUTH_MAX_ERROR);
-        ngx_memcpy(e->error, n->error, e->error_len);
-        e->state = ngx_cloudauth_cache_state(n, now, mono);
-        e->expires_in = (n->token_len && n->expires_at > now)
-                        ? (time_t) ((n->expires_at - now) / 1000) : 0;
-        e->last_refresh = (time_t) (n->refreshed_at / 1000);
-        e->hits = n->hits;
-        e->misses = n->misses;
-        e->fetches = n->fetches;
-        e->fetch_failures = n->fetch_failures;
-        e->waiters = n->waiters;
-        e->invalidations = n->invalidations;
-        e->unauthorized_kept = n->unauthorized_kept;
+        expires_in = (node->token_len && node->expires_at > now)
+                     ? (time_t) ((node->expires_at - now) / 1000) : 0;
+
+        c->total++;
+        c->hits += node->hits;
+        c->misses += node->misses;
+        c->fetches += node->fetches;
+        c->fetch_failures += node->fetch_failures;
+        c->waiters += node->waiters;
+        c->invalidations += node->invalidations;
+        c->unauthorized_kept += node->unauthorized_kept;
+
+        if (expires_in && (c->soonest == 0 || expires_in < c->soonest)) {
+            c->soonest = expires_in;
+        }
+
+        /* room is at most the limit */
+
+        if (c->entries->nelts >= c->entries->nalloc) {
+            continue;
+        }
+
+        e = (ngx_cloudauth_entry_t *) c->entries->elts + c->entries->nelts++;
+
+        e->subject_len = ngx_min(node->subject_len,
+                                 NGX_CLOUDAUTH_MAX_SUBJECT);
+        ngx_memcpy(e->subject, node->data + node->name_len, e->subject_len);
+        e->error_len = ngx_min(node->error_len, NGX_CLOUDAUTH_MAX_ERROR);
+        ngx_memcpy(e->error, node->error, e->error_len);
+        e->state = ngx_cloudauth_cache_state(node, now, mono);
+        e->expires_in = expires_in;
+        e->last_refresh = (time_t) (node->refreshed_at / 1000);
+        e->hits = node->hits;
+        e->misses = node->misses;
+        e->fetches = node->fetches;
+        e->fetch_failures = node->fetch_failures;
+        e->waiters = node->waiters;
+        e->invalidations = node->invalidations;
+        e->unauthorized_kept = node->unauthorized_kept;
+    }
+
+    if (usage) {
+        usage->size = zone->shm.size;
+        usage->used = (size_t) ((shpool->last - shpool->pages) - shpool->pfree)
+                      << ngx_pagesize_shift;
     }
 
     ngx_cloudauth_cache_unlock(zone);
 
-    return rc;
+    return NGX_OK;
 }
 
 
