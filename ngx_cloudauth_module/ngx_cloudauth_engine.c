@@ -17,6 +17,13 @@
  * knows nothing of providers: it asks the credential's kind to build the
  * request and to read the answer.  What it needs of the configuration
  * comes with the credential (cred->conf), not through ngx_cycle.
+ *
+ * A claim for a token request also needs one of the credential's request
+ * slots (concurrency=, shared by all workers).  A request that finds none
+ * free waits in its group like a waiter on another worker's claim: the
+ * group polls the entry, is woken early when a fetch of the credential ends
+ * in this worker, and fails only when cloudauth_timeout has passed.  A
+ * refresh ahead that finds no slot free leaves the token held to serve.
  */
 
 
@@ -38,6 +45,8 @@ typedef struct {
     ngx_queue_t              waiters;
     ngx_event_t              poll;
     uint64_t                 deadline;      /* monotonic */
+    uint64_t                 queued_until;  /* monotonic: for a slot */
+    unsigned                 queued:1;      /* waits for a request slot */
 } ngx_cloudauth_group_t;
 
 
@@ -96,6 +105,10 @@ static ngx_connection_t  ngx_cloudauth_poll_conn;
 #define ngx_cloudauth_engine_claim_for(cred)                                 \
     ((cred)->conf->timeout + NGX_CLOUDAUTH_CLAIM_SLACK)
 
+/* signing makes no token request: it needs no slot */
+#define ngx_cloudauth_engine_concurrency(cred)                               \
+    ((cred)->kind->sign ? 0 : (cred)->concurrency)
+
 
 ngx_int_t
 ngx_cloudauth_engine_get(ngx_cloudauth_ask_t *ask)
@@ -116,6 +129,7 @@ ngx_cloudauth_engine_get(ngx_cloudauth_ask_t *ask)
     t.pool = ask->pool;
     t.count = cred->kind->sign ? NGX_CLOUDAUTH_COUNT_SIGN
                                : NGX_CLOUDAUTH_COUNT_REQUEST;
+    t.concurrency = ngx_cloudauth_engine_concurrency(cred);
     t.refresh = 1;
 
 again:
@@ -217,6 +231,13 @@ again:
 
         break;
 
+    case NGX_CLOUDAUTH_TAKE_QUEUE:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ask->log, 0,
+                       "cloudauth: \"%V\": miss, no request slot free: "
+                       "queued", &cred->name);
+        ask->cache_status = NGX_CLOUDAUTH_MISS;
+        break;
+
     default: /* NGX_CLOUDAUTH_TAKE_WAIT */
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ask->log, 0,
                        "cloudauth: \"%V\": miss, waiting for a fetch",
@@ -227,6 +248,10 @@ again:
     g = ngx_cloudauth_engine_group(cred, &ask->subject, 1);
     if (g == NULL) {
         return NGX_ERROR;
+    }
+
+    if (rc == NGX_CLOUDAUTH_TAKE_QUEUE) {
+        g->queued = 1;
     }
 
     ngx_queue_insert_tail(&g->waiters, &ask->queue);
@@ -485,20 +510,36 @@ ngx_cloudauth_engine_job_done(ngx_cloudauth_fetch_t *f)
 static void
 ngx_cloudauth_engine_job_wake(ngx_cloudauth_job_t *job)
 {
-    ngx_cloudauth_group_t  *g;
+    ngx_queue_t            *q;
+    ngx_cloudauth_group_t  *g, *own, *next;
 
-    g = ngx_cloudauth_engine_group(job->cred, &job->subject, 0);
+    own = ngx_cloudauth_engine_group(job->cred, &job->subject, 0);
 
-    if (g == NULL) {
-        return;
+    /* and the first group here waiting for the slot the job leaves */
+
+    next = NULL;
+
+    for (q = ngx_queue_head(&ngx_cloudauth_groups);
+         q != ngx_queue_sentinel(&ngx_cloudauth_groups);
+         q = ngx_queue_next(q))
+    {
+        g = ngx_queue_data(q, ngx_cloudauth_group_t, queue);
+
+        if (g != own && g->cred == job->cred && g->queued && !g->poll.posted) {
+            next = g;
+            break;
+        }
     }
 
-    if (g->poll.timer_set) {
-        ngx_del_timer(&g->poll);
-    }
+    for (g = own; g; g = (g == own) ? next : NULL) {
 
-    if (!g->poll.posted) {
-        ngx_post_event(&g->poll, &ngx_posted_events);
+        if (g->poll.timer_set) {
+            ngx_del_timer(&g->poll);
+        }
+
+        if (!g->poll.posted) {
+            ngx_post_event(&g->poll, &ngx_posted_events);
+        }
     }
 }
 
@@ -674,6 +715,7 @@ ngx_cloudauth_engine_group(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
     g->deadline = ngx_cloudauth_monotonic()
                   + ngx_cloudauth_engine_claim_for(cred);
+    g->queued_until = g->deadline - NGX_CLOUDAUTH_CLAIM_SLACK;
 
     ngx_queue_insert_tail(&ngx_cloudauth_groups, &g->queue);
 
@@ -694,6 +736,7 @@ ngx_cloudauth_engine_group_poll(ngx_event_t *ev)
 static void
 ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
 {
+    char                     *reason;
     uint64_t                  now;
     ngx_int_t                 rc;
     ngx_pool_t               *pool;
@@ -723,19 +766,42 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
     t.claim_for = ngx_cloudauth_engine_claim_for(cred);
     t.pool = pool;
     t.count = NGX_CLOUDAUTH_COUNT_NONE;
+    t.concurrency = ngx_cloudauth_engine_concurrency(cred);
     t.refresh = 0;
 
     rc = ngx_cloudauth_cache_take(cred->conf->shm_zone, &key, &t);
 
     now = ngx_cloudauth_monotonic();
 
+    g->queued = (rc == NGX_CLOUDAUTH_TAKE_QUEUE);
+    reason = "token request failed";
+
+    if (rc == NGX_CLOUDAUTH_TAKE_QUEUE) {
+
+        if (now <= g->queued_until) {
+            ngx_destroy_pool(pool);
+            ngx_add_timer(&g->poll, NGX_CLOUDAUTH_POLL);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "cloudauth: credential \"%V\": no token request "
+                      "slot came free within cloudauth_timeout "
+                      "(concurrency=%ui)", &cred->name, cred->concurrency);
+
+        reason = "no token request slot free within cloudauth_timeout";
+        rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
+    }
+
     if (rc == NGX_CLOUDAUTH_TAKE_FETCH) {
 
-        /* the fetching worker died or gave up: take over */
+        /*
+         * a request slot came free, or the fetching worker died or gave
+         * up: fetch here
+         */
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                       "cloudauth: \"%V\": claim lapsed, taking over",
-                       &cred->name);
+                       "cloudauth: \"%V\": claimed: fetching", &cred->name);
 
         g->deadline = now + ngx_cloudauth_engine_claim_for(cred);
 
@@ -796,7 +862,8 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
             }
         }
 
-        ngx_str_set(&ask->reason, "token request failed");
+        ask->reason.data = (u_char *) reason;
+        ask->reason.len = ngx_strlen(reason);
         ask->cache_status = NGX_CLOUDAUTH_ERROR;
     }
 
