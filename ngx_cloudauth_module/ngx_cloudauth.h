@@ -136,7 +136,8 @@ struct ngx_cloudauth_cred_s {
     /* a credential whose token authorises this one's token request */
     ngx_cloudauth_cred_t      *source;
 
-    ngx_uint_t                 concurrency; /* token requests in flight */
+    ngx_uint_t                 concurrency; /* token requests in flight at
+                                               most; 0: signs, makes none */
 
     /* identity of the credential: name, kind, key, scopes, endpoint */
     u_char                     fp[NGX_CLOUDAUTH_FP_LEN];

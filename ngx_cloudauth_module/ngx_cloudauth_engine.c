@@ -19,11 +19,14 @@
  * comes with the credential (cred->conf), not through ngx_cycle.
  *
  * A claim for a token request also needs one of the credential's request
- * slots (concurrency=, shared by all workers).  A request that finds none
- * free waits in its group like a waiter on another worker's claim: the
- * group polls the entry, is woken early when a fetch of the credential ends
- * in this worker, and fails only when cloudauth_timeout has passed.  A
- * refresh ahead that finds no slot free leaves the token held to serve.
+ * slots (concurrency=, shared by all workers).  A group whose entry finds
+ * none free joins this worker's slot queue: the first group of each
+ * credential there polls its entry, the others only wait for their turn
+ * or for cloudauth_timeout to pass, when they fail; a group that leaves the
+ * queue, and a fetch of the credential that ends here, let the next one
+ * try at once.  So a cold start of thousands of subjects costs one poll
+ * per credential and worker, not one per subject.  A refresh ahead that
+ * finds no slot free leaves the token held to serve.
  */
 
 
@@ -46,6 +49,7 @@ typedef struct {
     ngx_event_t              poll;
     uint64_t                 deadline;      /* monotonic */
     uint64_t                 queued_until;  /* monotonic: for a slot */
+    ngx_queue_t              slot_queue;    /* while queued */
     unsigned                 queued:1;      /* waits for a request slot */
 } ngx_cloudauth_group_t;
 
@@ -86,6 +90,12 @@ static ngx_cloudauth_group_t *ngx_cloudauth_engine_group(
 static void ngx_cloudauth_engine_group_poll(ngx_event_t *ev);
 static void ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g);
 static void ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g);
+static void ngx_cloudauth_engine_queue(ngx_cloudauth_group_t *g,
+    uint64_t now);
+static void ngx_cloudauth_engine_unqueue(ngx_cloudauth_group_t *g);
+static ngx_cloudauth_group_t *ngx_cloudauth_engine_queue_first(
+    ngx_cloudauth_cred_t *cred);
+static void ngx_cloudauth_engine_group_post(ngx_cloudauth_group_t *g);
 static char *ngx_cloudauth_engine_subject_hash(ngx_str_t *subject,
     u_char *buf);
 
@@ -96,6 +106,8 @@ static ngx_queue_t       ngx_cloudauth_groups =
     { &ngx_cloudauth_groups, &ngx_cloudauth_groups };
 static ngx_queue_t       ngx_cloudauth_jobs =
     { &ngx_cloudauth_jobs, &ngx_cloudauth_jobs };
+static ngx_queue_t       ngx_cloudauth_slot_queue =
+    { &ngx_cloudauth_slot_queue, &ngx_cloudauth_slot_queue };
 static ngx_connection_t  ngx_cloudauth_poll_conn;
 
 
@@ -104,10 +116,6 @@ static ngx_connection_t  ngx_cloudauth_poll_conn;
 
 #define ngx_cloudauth_engine_claim_for(cred)                                 \
     ((cred)->conf->timeout + NGX_CLOUDAUTH_CLAIM_SLACK)
-
-/* signing makes no token request: it needs no slot */
-#define ngx_cloudauth_engine_concurrency(cred)                               \
-    ((cred)->kind->sign ? 0 : (cred)->concurrency)
 
 
 ngx_int_t
@@ -129,7 +137,7 @@ ngx_cloudauth_engine_get(ngx_cloudauth_ask_t *ask)
     t.pool = ask->pool;
     t.count = cred->kind->sign ? NGX_CLOUDAUTH_COUNT_SIGN
                                : NGX_CLOUDAUTH_COUNT_REQUEST;
-    t.concurrency = ngx_cloudauth_engine_concurrency(cred);
+    t.concurrency = cred->concurrency;
     t.refresh = 1;
 
 again:
@@ -251,7 +259,7 @@ again:
     }
 
     if (rc == NGX_CLOUDAUTH_TAKE_QUEUE) {
-        g->queued = 1;
+        ngx_cloudauth_engine_queue(g, ngx_cloudauth_monotonic());
     }
 
     ngx_queue_insert_tail(&g->waiters, &ask->queue);
@@ -510,36 +518,33 @@ ngx_cloudauth_engine_job_done(ngx_cloudauth_fetch_t *f)
 static void
 ngx_cloudauth_engine_job_wake(ngx_cloudauth_job_t *job)
 {
-    ngx_queue_t            *q;
-    ngx_cloudauth_group_t  *g, *own, *next;
+    ngx_cloudauth_group_t  *g;
 
-    own = ngx_cloudauth_engine_group(job->cred, &job->subject, 0);
+    g = ngx_cloudauth_engine_group(job->cred, &job->subject, 0);
+
+    if (g) {
+        ngx_cloudauth_engine_group_post(g);
+    }
 
     /* and the first group here waiting for the slot the job leaves */
 
-    next = NULL;
+    g = ngx_cloudauth_engine_queue_first(job->cred);
 
-    for (q = ngx_queue_head(&ngx_cloudauth_groups);
-         q != ngx_queue_sentinel(&ngx_cloudauth_groups);
-         q = ngx_queue_next(q))
-    {
-        g = ngx_queue_data(q, ngx_cloudauth_group_t, queue);
+    if (g) {
+        ngx_cloudauth_engine_group_post(g);
+    }
+}
 
-        if (g != own && g->cred == job->cred && g->queued && !g->poll.posted) {
-            next = g;
-            break;
-        }
+
+static void
+ngx_cloudauth_engine_group_post(ngx_cloudauth_group_t *g)
+{
+    if (g->poll.timer_set) {
+        ngx_del_timer(&g->poll);
     }
 
-    for (g = own; g; g = (g == own) ? next : NULL) {
-
-        if (g->poll.timer_set) {
-            ngx_del_timer(&g->poll);
-        }
-
-        if (!g->poll.posted) {
-            ngx_post_event(&g->poll, &ngx_posted_events);
-        }
+    if (!g->poll.posted) {
+        ngx_post_event(&g->poll, &ngx_posted_events);
     }
 }
 
@@ -766,21 +771,20 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
     t.claim_for = ngx_cloudauth_engine_claim_for(cred);
     t.pool = pool;
     t.count = NGX_CLOUDAUTH_COUNT_NONE;
-    t.concurrency = ngx_cloudauth_engine_concurrency(cred);
+    t.concurrency = cred->concurrency;
     t.refresh = 0;
 
     rc = ngx_cloudauth_cache_take(cred->conf->shm_zone, &key, &t);
 
     now = ngx_cloudauth_monotonic();
 
-    g->queued = (rc == NGX_CLOUDAUTH_TAKE_QUEUE);
     reason = "token request failed";
 
     if (rc == NGX_CLOUDAUTH_TAKE_QUEUE) {
 
         if (now <= g->queued_until) {
             ngx_destroy_pool(pool);
-            ngx_add_timer(&g->poll, NGX_CLOUDAUTH_POLL);
+            ngx_cloudauth_engine_queue(g, now);
             return;
         }
 
@@ -792,6 +796,9 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
         reason = "no token request slot free within cloudauth_timeout";
         rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
     }
+
+    /* out of the slot queue: the next group there tries at once */
+    ngx_cloudauth_engine_unqueue(g);
 
     if (rc == NGX_CLOUDAUTH_TAKE_FETCH) {
 
@@ -891,6 +898,8 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
 static void
 ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g)
 {
+    ngx_cloudauth_engine_unqueue(g);
+
     if (g->poll.timer_set) {
         ngx_del_timer(&g->poll);
     }
@@ -901,4 +910,72 @@ ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g)
 
     ngx_queue_remove(&g->queue);
     ngx_free(g);
+}
+
+
+/*
+ * The slot queue: groups whose entry found no request slot free, first
+ * come first.  The first of each credential polls; the others wake up at
+ * their deadline, or when it is their turn.
+ */
+
+static void
+ngx_cloudauth_engine_queue(ngx_cloudauth_group_t *g, uint64_t now)
+{
+    if (!g->queued) {
+        ngx_queue_insert_tail(&ngx_cloudauth_slot_queue, &g->slot_queue);
+        g->queued = 1;
+    }
+
+    if (g->poll.posted) {
+        return;
+    }
+
+    if (ngx_cloudauth_engine_queue_first(g->cred) == g) {
+        ngx_add_timer(&g->poll, NGX_CLOUDAUTH_POLL);
+
+    } else {
+        ngx_add_timer(&g->poll, (ngx_msec_t) (g->queued_until - now) + 1);
+    }
+}
+
+
+static void
+ngx_cloudauth_engine_unqueue(ngx_cloudauth_group_t *g)
+{
+    ngx_cloudauth_group_t  *next;
+
+    if (!g->queued) {
+        return;
+    }
+
+    ngx_queue_remove(&g->slot_queue);
+    g->queued = 0;
+
+    next = ngx_cloudauth_engine_queue_first(g->cred);
+
+    if (next) {
+        ngx_cloudauth_engine_group_post(next);
+    }
+}
+
+
+static ngx_cloudauth_group_t *
+ngx_cloudauth_engine_queue_first(ngx_cloudauth_cred_t *cred)
+{
+    ngx_queue_t            *q;
+    ngx_cloudauth_group_t  *g;
+
+    for (q = ngx_queue_head(&ngx_cloudauth_slot_queue);
+         q != ngx_queue_sentinel(&ngx_cloudauth_slot_queue);
+         q = ngx_queue_next(q))
+    {
+        g = ngx_queue_data(q, ngx_cloudauth_group_t, slot_queue);
+
+        if (g->cred == cred) {
+            return g;
+        }
+    }
+
+    return NULL;
 }

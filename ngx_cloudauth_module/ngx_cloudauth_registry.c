@@ -221,7 +221,9 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
 
     /* before the kind's init: the credentials it makes inherit it */
 
-    cred->concurrency = NGX_CLOUDAUTH_CONCURRENCY;
+    /* 0: a kind that signs makes no token request, it needs no slot */
+
+    cred->concurrency = cred->kind->sign ? 0 : NGX_CLOUDAUTH_CONCURRENCY;
 
     v = ngx_cloudauth_param(cred, "concurrency");
     if (v) {

@@ -264,7 +264,7 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
 {
     char                       *text;
     json_t                     *root, *creds, *c, *e, *list, *up;
-    ngx_uint_t                  i, k, skipped;
+    ngx_uint_t                  i, k, n, skipped;
     ngx_cloudauth_cred_t      **cp;
     ngx_cloudauth_snap_t       *s;
     ngx_cloudauth_stats_t      *st;
@@ -328,6 +328,19 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
         if (json_object_setn_new(creds, (char *) cp[i]->name.data,
                                  cp[i]->name.len, c)
             != 0)
+        {
+            goto failed;
+        }
+
+        /* token requests in flight now, and how many may be */
+
+        n = ngx_cloudauth_cache_in_flight(cmcf->shm_zone, cp[i]->fp);
+
+        if (json_object_set_new(c, "in_flight", json_integer((json_int_t) n))
+            != 0
+            || json_object_set_new(c, "concurrency",
+                                json_integer((json_int_t) cp[i]->concurrency))
+               != 0)
         {
             goto failed;
         }
