@@ -797,8 +797,17 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
         rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
     }
 
-    /* out of the slot queue: the next group there tries at once */
-    ngx_cloudauth_engine_unqueue(g);
+    if (g->queued) {
+
+        /* a claim it waits for now was made after it queued: a full wait */
+
+        if (rc == NGX_CLOUDAUTH_TAKE_WAIT) {
+            g->deadline = now + ngx_cloudauth_engine_claim_for(cred);
+        }
+
+        /* out of the slot queue: the next group there tries at once */
+        ngx_cloudauth_engine_unqueue(g);
+    }
 
     if (rc == NGX_CLOUDAUTH_TAKE_FETCH) {
 
