@@ -150,15 +150,11 @@ $r = $t->http_get('/status');
 like($r->{body}, qr/"in_flight":\s*0\b/, 'status: in_flight 0');
 like($r->{body}, qr/"concurrency":\s*3\b/, 'status: concurrency 3');
 
-$t->stop;
 $t->check_log_ok;
-$t->stop_fakes;
 
-# a worker killed while it holds all slots: they lapse with its claims
-# (cloudauth_timeout + 2 s), then a new subject gets its token; a test
-# directory of its own, whose token log is short to read
+# the logs begin anew: a short token log is quick to read
 
-$t = CloudAuth::Test->new;
+$t->write_file($_, '') for qw(fake_token.log error.log);
 
 $t->run(<<'EOF');
     cloudauth_zone 1m;
@@ -169,11 +165,21 @@ $t->run(<<'EOF');
         key_file=%%KEY_FILE%% scopes=%%SCOPES%% concurrency=2
         "subjects=user\d+@example\.com";
 
+    cloudauth_credential one type=google_service_account
+        key_file=%%KEY_FILE%% scopes=%%SCOPES%% concurrency=1
+        "subjects=user\d+@example\.com";
+
     server {
         listen 127.0.0.1:%%PORT%% reuseport;
 
         location /two/ {
             cloudauth two;
+            cloudauth_subject $http_x_user;
+            proxy_pass http://127.0.0.1:%%PORT_ECHO%%;
+        }
+
+        location /one/ {
+            cloudauth one;
             cloudauth_subject $http_x_user;
             proxy_pass http://127.0.0.1:%%PORT_ECHO%%;
         }
@@ -191,6 +197,22 @@ $t->run(<<'EOF');
         }
     }
 EOF
+
+# a refresh ahead needs a slot too: with none free the token held serves,
+# and a later request refreshes.  A token of 16 s: its refresh window opens
+# after 8 s, it is used up to 14.4 s; it is fetched now, the window is
+# tried after the worker deaths below.
+
+sub one { $t->http_get('/one/x', 'X-User' => "user$_[0]\@example.com") }
+
+$t->token_set(expires_in => 16);
+
+my $t0 = time;
+my ($held) = one(1)->{body} =~ /^Bearer (\S+)$/;
+ok($held, 'one: a token');
+
+# a worker killed while it holds all slots: they lapse with its claims
+# (cloudauth_timeout + 2 s), then a new subject gets its token
 
 $t->token_set(delay => 30);
 $n = $t->token_count;
@@ -241,6 +263,32 @@ note sprintf 'a token %.1f s after the death', time - $start;
 
 $r = $t->http_get('/two/x', 'X-User' => 'user1@example.com');
 is($r->{status}, 200, 'a subject of the dead worker gets its token too');
+
+# the refresh window of one's token is open; another subject's slow token
+# request takes the only slot
+
+my $wait = $t0 + 8.3 - time;
+sleep $wait if $wait > 0;
+
+$n = $t->token_count;
+$t->token_set(delay => 1.5);
+my $busy = $t->http_start('/one/x', 'X-User' => 'user2@example.com');
+ok($t->wait_for(sub { $t->token_count == $n + 1 }, 1),
+   'one: the only slot is taken');
+
+$r = one(1);
+is($r->{body}, "Bearer $held", 'one: due for refresh, no slot: the token held');
+cmp_ok($r->{latency}, '<', 1, 'one: at once');      # a sanity bound
+is($t->token_count, $n + 1, 'one: no refresh without a slot');
+
+$t->token_set;
+is($t->http_end($busy)->{status}, 200, 'one: the slow request got its token');
+
+is(one(1)->{body}, "Bearer $held", 'one: the token held, a refresh runs');
+ok($t->wait_for(sub { one(1)->{body} ne "Bearer $held" }, 2),
+   'one: then the refreshed token');
+is($t->token_count, $n + 2, 'one: one refresh');
+cmp_ok(time - $t0, '<', 14.4, 'one: before the token held was used up');
 
 $t->stop;
 my @bad = grep { !/worker process \d+ exited on signal 9/ } $t->check_log;
