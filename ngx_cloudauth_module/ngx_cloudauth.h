@@ -22,6 +22,10 @@
 #define NGX_CLOUDAUTH_FP_LEN          32
 #define NGX_CLOUDAUTH_ZONE_SECRET_LEN 32
 
+/* token requests one credential has in flight, across all workers */
+#define NGX_CLOUDAUTH_CONCURRENCY     8
+#define NGX_CLOUDAUTH_MAX_CONCURRENCY 1024
+
 
 typedef struct ngx_cloudauth_cred_s   ngx_cloudauth_cred_t;
 typedef struct ngx_cloudauth_kind_s   ngx_cloudauth_kind_t;
@@ -133,6 +137,9 @@ struct ngx_cloudauth_cred_s {
     /* a credential whose token authorises this one's token request */
     ngx_cloudauth_cred_t      *source;
 
+    ngx_uint_t                 concurrency; /* token requests in flight at
+                                               most; 0: signs, makes none */
+
     /* identity of the credential: name, kind, key, scopes, endpoint */
     u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
 
@@ -215,6 +222,7 @@ typedef enum {
     NGX_CLOUDAUTH_TAKE_TOKEN = 0,   /* a usable token, copied out */
     NGX_CLOUDAUTH_TAKE_FETCH,       /* none; claimed: the caller fetches */
     NGX_CLOUDAUTH_TAKE_WAIT,        /* none; another claim is running */
+    NGX_CLOUDAUTH_TAKE_QUEUE,       /* none; no request slot free: poll */
     NGX_CLOUDAUTH_TAKE_BACKOFF,     /* none; fetches fail, do not wait */
     NGX_CLOUDAUTH_TAKE_FULL,        /* no room for the entry */
     NGX_CLOUDAUTH_TAKE_NOMEM        /* no memory for the token's copy */
@@ -230,6 +238,8 @@ typedef struct {
     ngx_msec_t                 claim_for;   /* how long a new claim holds */
     ngx_pool_t                *pool;        /* the token is copied here */
     ngx_uint_t                 count;       /* NGX_CLOUDAUTH_COUNT_* */
+    ngx_uint_t                 concurrency; /* a claim needs a slot of
+                                               so many; 0: no slot */
     unsigned                   refresh:1;   /* claim a token due for it */
 
     /* out */
@@ -356,6 +366,7 @@ ngx_int_t ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
     ngx_cloudauth_usage_t *usage);
 ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone);
 u_char *ngx_cloudauth_cache_secret(ngx_shm_zone_t *zone);
+ngx_uint_t ngx_cloudauth_cache_in_flight(ngx_shm_zone_t *zone, u_char *fp);
 uint64_t ngx_cloudauth_now(void);
 uint64_t ngx_cloudauth_monotonic(void);
 

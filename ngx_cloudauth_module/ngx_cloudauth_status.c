@@ -365,12 +365,13 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_cloudauth_status_t *st,
 {
     char                       *text;
     json_t                     *root, *creds, *c, *e, *list, *up, *zone;
-    ngx_uint_t                  i, k, skipped;
+    ngx_uint_t                  i, k, n, skipped;
     ngx_cloudauth_entry_t      *s;
     ngx_cloudauth_stats_t      *stats;
     ngx_cloudauth_census_t     *cs;
     ngx_cloudauth_main_conf_t  *cmcf;
 
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
     skipped = 0;
 
     root = json_object();
@@ -410,6 +411,19 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_cloudauth_status_t *st,
             goto failed;
         }
 
+        /* token requests in flight now, and how many may be */
+
+        n = ngx_cloudauth_cache_in_flight(cmcf->shm_zone, cs->cred->fp);
+
+        if (json_object_set_new(c, "in_flight", json_integer((json_int_t) n))
+            != 0
+            || json_object_set_new(c, "concurrency",
+                           json_integer((json_int_t) cs->cred->concurrency))
+               != 0)
+        {
+            goto failed;
+        }
+
         list = json_object_get(c, "entries");
         s = cs->entries->elts;
 
@@ -438,7 +452,6 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_cloudauth_status_t *st,
         }
     }
 
-    cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
     stats = ngx_cloudauth_cache_stats(cmcf->shm_zone);
 
     if (stats) {
