@@ -15,6 +15,8 @@
 #include "ngx_cloudauth.h"
 
 
+static ngx_int_t ngx_cloudauth_gcs_session_op(ngx_cloudauth_gcs_t *s,
+    ngx_cloudauth_gcs_req_e op);
 static ngx_int_t ngx_cloudauth_gcs_run(ngx_cloudauth_gcs_t *s);
 static void ngx_cloudauth_gcs_token(ngx_cloudauth_ask_t *ask);
 static ngx_int_t ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s);
@@ -142,35 +144,36 @@ ngx_cloudauth_gcs_attach(ngx_cloudauth_gcs_t *s, ngx_str_t *uri)
 }
 
 
-/* what GCS holds: progress, or done if the object is stored */
+/*
+ * What GCS holds: progress, or done if the object is stored.  Or the
+ * session is cancelled (DELETE): done with NULL.  Either may fail.
+ */
 
 ngx_int_t
 ngx_cloudauth_gcs_query(ngx_cloudauth_gcs_t *s)
 {
-    if (s->uri.len == 0) {
-        ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
-        return NGX_ERROR;
-    }
-
-    s->op = NGX_CLOUDAUTH_GCS_QUERY;
-    s->req = NGX_CLOUDAUTH_GCS_QUERY;
-
-    return ngx_cloudauth_gcs_run(s);
+    return ngx_cloudauth_gcs_session_op(s, NGX_CLOUDAUTH_GCS_QUERY);
 }
 
 
-/* DELETE on the session URI, answered: done (NULL), or failed */
-
 ngx_int_t
 ngx_cloudauth_gcs_terminate(ngx_cloudauth_gcs_t *s)
+{
+    return ngx_cloudauth_gcs_session_op(s, NGX_CLOUDAUTH_GCS_DELETE);
+}
+
+
+static ngx_int_t
+ngx_cloudauth_gcs_session_op(ngx_cloudauth_gcs_t *s,
+    ngx_cloudauth_gcs_req_e op)
 {
     if (s->uri.len == 0) {
         ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
         return NGX_ERROR;
     }
 
-    s->op = NGX_CLOUDAUTH_GCS_DELETE;
-    s->req = NGX_CLOUDAUTH_GCS_DELETE;
+    s->op = op;
+    s->req = op;
 
     return ngx_cloudauth_gcs_run(s);
 }
@@ -480,6 +483,7 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
     /* no byte moved for cloudauth_timeout: given up (and resumed) */
     s->moved = 0;
     s->moved_at = ngx_current_msec;
+    s->asked_at = ngx_current_msec;
     ngx_add_timer(&s->stall, s->ask.cred->conf->timeout / 4 + 1);
 
     return NGX_OK;
@@ -1277,10 +1281,14 @@ ngx_cloudauth_gcs_stall(ngx_event_t *ev)
 
     /*
      * waiting for a connection (all in use) is no stall: the transfer has
-     * not begun; a connection that does not come is curl's connect timeout
+     * not begun; a connection that does not come is curl's connect timeout,
+     * one that is not free for a minute a stall
      */
 
-    if (moved != s->moved || begun == 0) {
+    if (moved != s->moved
+        || (begun == 0
+            && ngx_current_msec - s->asked_at < NGX_CLOUDAUTH_GCS_RETRY_WINDOW))
+    {
         s->moved = moved;
         s->moved_at = ngx_current_msec;
     }

@@ -148,6 +148,7 @@ struct ngx_cloudauth_gcs_s {
     ngx_event_t                    stall;
     off_t                          moved;       /* by the fetch */
     ngx_msec_t                     moved_at;
+    ngx_msec_t                     asked_at;    /* the request began */
     ngx_msec_t                     fail_start;
     ngx_uint_t                     attempts;    /* since the last step */
     ngx_uint_t                     retries;     /* in all, for the log */

@@ -52,6 +52,8 @@ static void ngx_http_cloudauth_upload_guard(ngx_event_t *ev);
 static void ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
     ngx_uint_t status, const char *reason, size_t len);
 static void ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u);
+static void ngx_http_cloudauth_upload_settle(ngx_http_cloudauth_upload_t *u,
+    ngx_http_cloudauth_upload_status_e outcome);
 static void ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u);
 static u_char *ngx_http_cloudauth_upload_buf_alloc(size_t size,
     ngx_log_t *log);
@@ -324,7 +326,9 @@ ngx_http_cloudauth_upload_pull(ngx_http_cloudauth_upload_t *u)
             return rc;
         }
 
-        if (u->max_size && u->body_bytes > u->max_size) {
+        /* a tus upload's bytes count from where its request began */
+
+        if (u->max_size && u->obj.base + u->body_bytes > u->max_size) {
             return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         }
 
@@ -1009,7 +1013,6 @@ ngx_http_cloudauth_upload_park(ngx_http_cloudauth_upload_t *u)
 {
     off_t                                end;
     size_t                               aligned;
-    ngx_cloudauth_stats_t               *st;
     ngx_http_cloudauth_upload_object_t  *obj;
 
     obj = &u->obj;
@@ -1027,18 +1030,7 @@ ngx_http_cloudauth_upload_park(ngx_http_cloudauth_upload_t *u)
         return NGX_AGAIN;
     }
 
-    if (u->guard.timer_set) {
-        ngx_del_timer(&u->guard);
-    }
-
-    if (u->active) {
-        u->active = 0;
-
-        st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
-        if (st) {
-            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
-        }
-    }
+    ngx_http_cloudauth_upload_settle(u, NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL);
 
     if (!u->cut) {
         u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL;
@@ -1319,12 +1311,6 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
 static void
 ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 {
-    ngx_cloudauth_stats_t  *st;
-
-    if (u->guard.timer_set) {
-        ngx_del_timer(&u->guard);
-    }
-
     if (u->obj.gcs) {
         if (u->tus && u->given) {
             /* the client may come back to it */
@@ -1337,14 +1323,43 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 
     ngx_http_cloudauth_upload_close(u);
 
-    if (u->active) {
-        u->active = 0;
+    ngx_http_cloudauth_upload_settle(u, NGX_HTTP_CLOUDAUTH_UPLOAD_FAILED);
+}
 
-        st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
-        if (st) {
-            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
-            (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
-        }
+
+/*
+ * The end of the request's upload: a graceful shutdown no longer waits for
+ * it, and it is counted (a tus request's part is neither done nor failed)
+ */
+
+static void
+ngx_http_cloudauth_upload_settle(ngx_http_cloudauth_upload_t *u,
+    ngx_http_cloudauth_upload_status_e outcome)
+{
+    ngx_cloudauth_stats_t  *st;
+
+    if (u->guard.timer_set) {
+        ngx_del_timer(&u->guard);
+    }
+
+    if (!u->active) {
+        return;
+    }
+
+    u->active = 0;
+
+    st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
+    if (st == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
+
+    if (outcome == NGX_HTTP_CLOUDAUTH_UPLOAD_STORED) {
+        (void) ngx_atomic_fetch_add(&st->uploads_completed, 1);
+
+    } else if (outcome == NGX_HTTP_CLOUDAUTH_UPLOAD_FAILED) {
+        (void) ngx_atomic_fetch_add(&st->uploads_failed, 1);
     }
 }
 
@@ -1352,9 +1367,8 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 static void
 ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
 {
-    json_t                 *body;
-    ngx_int_t               rc;
-    ngx_cloudauth_stats_t  *st;
+    json_t     *body;
+    ngx_int_t   rc;
 
     if (u->objects == 0) {
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_REQUEST,
@@ -1366,19 +1380,7 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
     u->finished = 1;
     u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_STORED;
 
-    if (u->guard.timer_set) {
-        ngx_del_timer(&u->guard);
-    }
-
-    if (u->active) {
-        u->active = 0;
-
-        st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
-        if (st) {
-            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
-            (void) ngx_atomic_fetch_add(&st->uploads_completed, 1);
-        }
-    }
+    ngx_http_cloudauth_upload_settle(u, NGX_HTTP_CLOUDAUTH_UPLOAD_STORED);
 
     body = u->multipart ? u->results : json_array_get(u->results, 0);
 

@@ -31,6 +31,8 @@
     (1 + NGX_HTTP_CLOUDAUTH_UPLOAD_ID_NONCE + NGX_HTTP_CLOUDAUTH_UPLOAD_ID_TAG)
 
 
+static u_char *ngx_http_cloudauth_upload_id_put64(u_char *p, uint64_t v);
+static uint64_t ngx_http_cloudauth_upload_id_get64(u_char **p);
 static u_char *ngx_http_cloudauth_upload_id_put(u_char *p, ngx_str_t *s);
 static ngx_int_t ngx_http_cloudauth_upload_id_get(u_char **p, u_char *last,
     ngx_str_t *s);
@@ -73,9 +75,7 @@ ngx_http_cloudauth_upload_id_seal(ngx_pool_t *pool, u_char *key,
 {
     u_char     *plain, *sealed, *p;
     size_t      len;
-    uint64_t    v;
     ngx_str_t   src;
-    ngx_uint_t  i;
 
     if (id->uri.len > 0xffff || id->bucket.len > 0xffff
         || id->name.len > 0xffff || id->metadata.len > 0xffff)
@@ -97,19 +97,8 @@ ngx_http_cloudauth_upload_id_seal(ngx_pool_t *pool, u_char *key,
     }
 
     p = plain;
-
-    v = (uint64_t) id->created;
-
-    for (i = 0; i < 8; i++) {
-        *p++ = (u_char) (v >> (56 - 8 * i));
-    }
-
-    v = (uint64_t) (id->length + 1);
-
-    for (i = 0; i < 8; i++) {
-        *p++ = (u_char) (v >> (56 - 8 * i));
-    }
-
+    p = ngx_http_cloudauth_upload_id_put64(p, (uint64_t) id->created);
+    p = ngx_http_cloudauth_upload_id_put64(p, (uint64_t) (id->length + 1));
     p = ngx_http_cloudauth_upload_id_put(p, &id->uri);
     p = ngx_http_cloudauth_upload_id_put(p, &id->bucket);
     p = ngx_http_cloudauth_upload_id_put(p, &id->name);
@@ -145,6 +134,35 @@ ngx_http_cloudauth_upload_id_seal(ngx_pool_t *pool, u_char *key,
 
 
 static u_char *
+ngx_http_cloudauth_upload_id_put64(u_char *p, uint64_t v)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < 8; i++) {
+        *p++ = (u_char) (v >> (56 - 8 * i));
+    }
+
+    return p;
+}
+
+
+static uint64_t
+ngx_http_cloudauth_upload_id_get64(u_char **p)
+{
+    uint64_t    v;
+    ngx_uint_t  i;
+
+    v = 0;
+
+    for (i = 0; i < 8; i++) {
+        v = (v << 8) | *(*p)++;
+    }
+
+    return v;
+}
+
+
+static u_char *
 ngx_http_cloudauth_upload_id_put(u_char *p, ngx_str_t *s)
 {
     *p++ = (u_char) (s->len >> 8);
@@ -163,11 +181,10 @@ ngx_int_t
 ngx_http_cloudauth_upload_id_open(ngx_pool_t *pool, u_char *key,
     ngx_str_t *aad, ngx_str_t *in, ngx_http_cloudauth_upload_id_t *id)
 {
-    u_char      *plain, *p, *last;
-    size_t       len;
-    uint64_t     v;
-    ngx_str_t    raw, canon;
-    ngx_uint_t   i;
+    u_char     *plain, *p, *last;
+    size_t      len;
+    uint64_t    v;
+    ngx_str_t   raw, canon;
 
     if (in->len == 0 || in->len > NGX_HTTP_CLOUDAUTH_UPLOAD_ID_MAX) {
         return NGX_DECLINED;
@@ -221,19 +238,15 @@ ngx_http_cloudauth_upload_id_open(ngx_pool_t *pool, u_char *key,
     p = plain;
     last = plain + len;
 
-    v = 0;
+    v = ngx_http_cloudauth_upload_id_get64(&p);
 
-    for (i = 0; i < 8; i++) {
-        v = (v << 8) | *p++;
+    if (v > (uint64_t) NGX_MAX_TIME_T_VALUE) {
+        return NGX_DECLINED;
     }
 
     id->created = (time_t) v;
 
-    v = 0;
-
-    for (i = 0; i < 8; i++) {
-        v = (v << 8) | *p++;
-    }
+    v = ngx_http_cloudauth_upload_id_get64(&p);
 
     if (v > (uint64_t) NGX_MAX_OFF_T_VALUE) {
         return NGX_DECLINED;

@@ -33,6 +33,8 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_tus_e op, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id);
+static ngx_int_t ngx_http_cloudauth_upload_tus_aad(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *aad);
 static ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
 static ngx_int_t ngx_http_cloudauth_upload_tus_session(
@@ -47,6 +49,8 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_state(
     ngx_http_cloudauth_upload_t *u, off_t offset, off_t length);
 static ngx_int_t ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r,
     json_t *object);
+static ngx_uint_t ngx_http_cloudauth_upload_tus_octets(
+    ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r,
     const char *name, size_t len, off_t *n);
 static ngx_int_t ngx_http_cloudauth_upload_tus_off(ngx_http_request_t *r,
@@ -306,14 +310,7 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
     /* a body is the first bytes (creation-with-upload) */
 
     if (r->headers_in.content_length_n != 0) {
-        h = r->headers_in.content_type;
-
-        if (h == NULL
-            || h->value.len != sizeof(NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS) - 1
-            || ngx_strncasecmp(h->value.data,
-                               (u_char *) NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS,
-                               h->value.len) != 0)
-        {
+        if (!ngx_http_cloudauth_upload_tus_octets(r)) {
             return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                            "the bytes of an upload are "
@@ -530,21 +527,13 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     off_t                            offset, length;
     ngx_int_t                        rc;
     ngx_str_t                        type, md5, filename;
-    ngx_table_elt_t                 *h;
     ngx_http_cloudauth_upload_t     *u;
     ngx_http_cloudauth_upload_id_t   id;
 
     offset = 0;
 
     if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
-        h = r->headers_in.content_type;
-
-        if (h == NULL
-            || h->value.len != sizeof(NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS) - 1
-            || ngx_strncasecmp(h->value.data,
-                               (u_char *) NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS,
-                               h->value.len) != 0)
-        {
+        if (!ngx_http_cloudauth_upload_tus_octets(r)) {
             return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                            "a PATCH is application/offset+octet-stream");
@@ -590,7 +579,13 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
             length = id.length;
         }
 
-        if ((max && length > max) || (length >= 0 && offset > length)) {
+        if (length >= 0 && offset > length) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_CONFLICT,
+                           "Upload-Offset is past Upload-Length");
+        }
+
+        if (max && length > max) {
             return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                            "Upload-Length is larger than max_size");
@@ -675,7 +670,7 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     u_char     *p;
     time_t      now;
     ngx_int_t   rc;
-    ngx_str_t   sealed;
+    ngx_str_t   sealed, aad;
     u_char      key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
 
     p = r->uri.data + r->uri.len;
@@ -695,8 +690,12 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_cloudauth_upload_id_open(r->pool, key, &conf->location,
-                                           &sealed, id);
+    if (ngx_http_cloudauth_upload_tus_aad(r, conf, &aad) != NGX_OK) {
+        ngx_explicit_memzero(key, sizeof(key));
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_cloudauth_upload_id_open(r->pool, key, &aad, &sealed, id);
 
     ngx_explicit_memzero(key, sizeof(key));
 
@@ -728,6 +727,42 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
                       "cloudauth: upload: an upload ID of another bucket");
         return NGX_DECLINED;
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * What an ID is made for, its additional data: the server's name, the
+ * location's and the credential's (the bucket is inside).  The same in
+ * every nginx of a fleet with the same configuration.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_aad(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *aad)
+{
+    u_char                    *p;
+    ngx_str_t                 *cred;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+    cred = &conf->gcs.cred->name;
+
+    aad->len = cscf->server_name.len + 1 + conf->location.len + 1 + cred->len;
+
+    p = ngx_pnalloc(r->pool, aad->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    aad->data = p;
+
+    p = ngx_cpymem(p, cscf->server_name.data, cscf->server_name.len);
+    *p++ = '\0';
+    p = ngx_cpymem(p, conf->location.data, conf->location.len);
+    *p++ = '\0';
+    ngx_memcpy(p, cred->data, cred->len);
 
     return NGX_OK;
 }
@@ -814,9 +849,11 @@ ngx_http_cloudauth_upload_tus_held(ngx_cloudauth_gcs_t *s, off_t offset)
     ngx_http_cloudauth_upload_t *u = s->handlers.data;
 
     ngx_int_t            rc;
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = u->request;
+    c = r->connection;
     u->finished = 1;
     u->obj.gcs = NULL;
 
@@ -828,7 +865,7 @@ ngx_http_cloudauth_upload_tus_held(ngx_cloudauth_gcs_t *s, off_t offset)
     }
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -842,9 +879,11 @@ ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s, json_t *object)
     off_t                size;
     json_t              *v;
     ngx_int_t            rc;
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = u->request;
+    c = r->connection;
     u->finished = 1;
     u->obj.gcs = NULL;
 
@@ -885,7 +924,7 @@ ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s, json_t *object)
 done:
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -897,9 +936,11 @@ ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
 
     ngx_int_t            rc;
     ngx_uint_t           level;
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = u->request;
+    c = r->connection;
     u->finished = 1;
 
     if (s->gone) {
@@ -911,8 +952,8 @@ ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
 
     ngx_log_error(level, r->connection->log,
                   0, "cloudauth: upload: %s of \"%V\" failed (%ui): %V%s%V",
-                  u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD ? "HEAD"
-                                                              : "DELETE",
+                  u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD
+                  ? "a HEAD" : "a DELETE",
                   &u->id.name, status, reason,
                   said->len ? "; GCS said: " : "", said);
 
@@ -924,7 +965,7 @@ ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
                                           reason->len);
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -1084,7 +1125,7 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
     size_t                           len;
     uintptr_t                        escape;
     ngx_int_t                        rc;
-    ngx_str_t                        location;
+    ngx_str_t                        location, aad;
     ngx_uint_t                       status;
     ngx_http_request_t              *r;
     u_char                           key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
@@ -1110,8 +1151,12 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
             goto done;
         }
 
-        rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &u->conf->location,
-                                               &u->id, &u->sealed);
+        rc = ngx_http_cloudauth_upload_tus_aad(r, u->conf, &aad);
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &aad, &u->id,
+                                                   &u->sealed);
+        }
 
         ngx_explicit_memzero(key, sizeof(key));
 
@@ -1174,6 +1219,23 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
 done:
 
     ngx_http_finalize_request(r, rc);
+}
+
+
+/* the bytes of an upload are application/offset+octet-stream */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_tus_octets(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.content_type;
+
+    return h
+           && h->value.len == sizeof(NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS) - 1
+           && ngx_strncasecmp(h->value.data,
+                              (u_char *) NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS,
+                              h->value.len) == 0;
 }
 
 

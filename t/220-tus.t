@@ -48,6 +48,7 @@ my $conf = <<'EOF';
 
     server {
         listen 127.0.0.1:%%PORT%%;
+        server_name localhost;
 
         client_max_body_size 20m;
 
@@ -76,6 +77,17 @@ my $conf = <<'EOF';
         location /plain/ {
             cloudauth_gcs_upload google bucket=test-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+    }
+
+    # the same location, bucket and credential in another server
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name other.example;
+
+        location /files/ {
+            cloudauth_gcs_upload google bucket=test-bucket resumable=on
+                chunk_size=256k endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
     }
 EOF
@@ -218,6 +230,9 @@ is($r->{status}, 415, 'PATCH of another Content-Type: 415');
 $r = patch($url, $Q, substr($data, $Q) . 'extra');
 is($r->{status}, 413, 'PATCH past Upload-Length: 413');
 
+$r = patch($url, $len + 1, '');
+is($r->{status}, 409, 'PATCH at an offset past Upload-Length: 409');
+
 $r = patch($url, $Q, substr($data, $Q));
 is($r->{status}, 204, 'the final PATCH: 204');
 is($r->{headers}{'upload-offset'}, $len, 'Upload-Offset is the length');
@@ -273,6 +288,24 @@ is($r->{headers}{'upload-offset'}, length $data, 'at the length');
 
 $stored = CloudAuth::FakeGCS->object($t, $B, 'later.bin');
 ok($stored && $stored->{data} eq $data, 'deferred: stored whole');
+
+# max_size= holds for the upload, not each request: a deferred length
+# whose chunked PATCHes go past it
+
+($r, $url) = create('/small/', undef,
+                    'Upload-Metadata' => meta(filename => 'big.bin'));
+($r) = CloudAuth::Upload::upload($t, $url, method => 'PATCH', chunked => 1,
+    size => 3 * $Q, headers => { %TUS, 'Upload-Offset' => 0,
+        'Content-Type' => 'application/offset+octet-stream' });
+is($r->{headers}{'upload-offset'} // $r->{status}, 3 * $Q,
+   'deferred, max_size=1m: 768 KiB in');
+($r) = CloudAuth::Upload::upload($t, $url, method => 'PATCH', chunked => 1,
+    data => CloudAuth::Upload::pattern(2 * $Q), headers => { %TUS,
+        'Upload-Offset' => 3 * $Q,
+        'Content-Type' => 'application/offset+octet-stream' });
+is($r->{status}, 413, 'a chunked PATCH that goes past max_size: 413');
+is(req('HEAD', $url, %TUS)->{headers}{'upload-offset'}, 3 * $Q,
+   'and GCS holds none of its bytes');
 
 ###############################################################################
 # creation with upload
@@ -409,6 +442,8 @@ is(req('DELETE', "/other/$id", %TUS)->{status}, 404,
    'a DELETE with it there: 404');
 is(req('HEAD', "/files/$id?x=1", %TUS)->{status}, 404,
    'the ID with arguments: 404');
+is(req('HEAD', "/files/$id", %TUS, Host => 'other.example')->{status}, 404,
+   'the ID at the same location of another server: 404');
 is(gcs_requests(), $before, 'GCS untouched by any of them');
 
 is(req('HEAD', $url, %TUS)->{status}, 200, 'the ID itself still works');
