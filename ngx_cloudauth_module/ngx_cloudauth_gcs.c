@@ -902,6 +902,11 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
         return;
     }
 
+    if (f->status == 400) {
+        /* maybe another request's bytes came first (tus) */
+        s->conflict = 1;
+    }
+
     ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
                               "GCS refused a chunk");
 }
@@ -987,6 +992,8 @@ ngx_cloudauth_gcs_ack(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
                                                : s->offset + (off_t) s->len;
 
     if (committed < s->offset || committed > last) {
+        s->conflict = 1;
+
         ngx_log_error(NGX_LOG_ERR, s->log, 0,
                       "cloudauth: upload: GCS reports %O bytes, we have "
                       "%O to %O", committed, s->offset, last);
@@ -1054,6 +1061,11 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
 
     size = st.size;
     md5 = st.md5;
+
+    if (md5.data == NULL) {
+        /* GCS computes none for composite objects, nor some emulators */
+        ngx_str_set(&md5, "");
+    }
     ctype = s->object.content_type.len ? &s->object.content_type
                                        : &st.content_type;
 

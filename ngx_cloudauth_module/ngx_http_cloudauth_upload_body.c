@@ -1246,6 +1246,15 @@ ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
         goto done;
     }
 
+    if (u->tus && s->conflict) {
+        /* another request moved the upload on: the client asks (HEAD) */
+        ngx_http_cloudauth_upload_fail(u, NGX_HTTP_CONFLICT,
+                          "the upload's offset moved on; ask it again",
+                          sizeof("the upload's offset moved on; ask it "
+                                 "again") - 1);
+        goto done;
+    }
+
     ngx_http_cloudauth_upload_fail(u, status, (char *) reason->data,
                                    reason->len);
 

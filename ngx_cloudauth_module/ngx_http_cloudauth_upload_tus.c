@@ -309,7 +309,7 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
 
     /* a body is the first bytes (creation-with-upload) */
 
-    if (r->headers_in.content_length_n != 0) {
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
         if (!ngx_http_cloudauth_upload_tus_octets(r)) {
             return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
@@ -914,12 +914,14 @@ ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s, json_t *object)
         rc = ngx_http_cloudauth_upload_tus_object(r, object);
     }
 
-    json_decref(object);
+    /* the headers point into the object: it goes after they are sent */
 
     if (rc == NGX_OK) {
         rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
                                                NGX_HTTP_OK, NULL);
     }
+
+    json_decref(object);
 
 done:
 
