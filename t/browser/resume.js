@@ -12,6 +12,9 @@
 //   {"wait": "progress", "file": "a.bin", "at": 0.5}
 //                                     until a.bin's progress bar is there
 //   {"wait": "state", "file": "a.bin", "state": "paused"}
+//   {"wait": "seen", "file": "a.bin", "state": "retrying"}
+//                                     until the row has been in that state
+//                                     (since the page was loaded)
 //   {"wait": "end", "n": 2}           until 2 rows are done or failed
 //   {"click": "pause", "file": "a.bin"}   (or "resume")
 //   {"reload": true}                  reloads the page, whatever it does
@@ -153,6 +156,7 @@ async function main() {
         const collect = async () => {
             const s = await page.evaluate(() => {
                 const s = window.__states || [];
+                window.__seen = (window.__seen || []).concat(s);
                 window.__states = [];
                 return s;
             }).catch(() => []);
@@ -179,6 +183,14 @@ async function main() {
                     const li = document.querySelector(sel);
                     return li && li.dataset.state === st;
                 }, [row(step.file), step.state], { polling: 20 });
+
+            } else if (step.wait === 'seen') {
+                await page.waitForFunction(([f, st]) =>
+                    (window.__states || []).some(
+                        s => s.file === f && s.state === st)
+                    || (window.__seen || []).some(
+                        s => s.file === f && s.state === st),
+                    [step.file, step.state], { polling: 20 });
 
             } else if (step.wait === 'end') {
                 await page.waitForFunction(n => {
