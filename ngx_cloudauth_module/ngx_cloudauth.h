@@ -20,6 +20,7 @@
 #define NGX_CLOUDAUTH_MAX_ERROR       256
 #define NGX_CLOUDAUTH_MAX_RESPONSE    65536
 #define NGX_CLOUDAUTH_FP_LEN          32
+#define NGX_CLOUDAUTH_ZONE_SECRET_LEN 32
 
 
 typedef struct ngx_cloudauth_cred_s   ngx_cloudauth_cred_t;
@@ -321,6 +322,7 @@ ngx_cloudauth_invalidate_e ngx_cloudauth_cache_invalidate(
 ngx_int_t ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
     ngx_array_t *entries);
 ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone);
+u_char *ngx_cloudauth_cache_secret(ngx_shm_zone_t *zone);
 uint64_t ngx_cloudauth_now(void);
 uint64_t ngx_cloudauth_monotonic(void);
 

@@ -16,6 +16,8 @@
 
 #include "ngx_cloudauth.h"
 
+#include <openssl/rand.h>
+
 
 /* an entry; wall clock times are milliseconds since the epoch */
 
@@ -64,6 +66,7 @@ typedef struct {
     ngx_rbtree_node_t      sentinel;
     ngx_queue_t            lru;
     ngx_cloudauth_stats_t  stats;
+    u_char                 secret[NGX_CLOUDAUTH_ZONE_SECRET_LEN];
 } ngx_cloudauth_shctx_t;
 
 
@@ -106,6 +109,14 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_rbtree_init(&sh->rbtree, &sh->sentinel, ngx_cloudauth_cache_insert);
     ngx_queue_init(&sh->lru);
+
+    /* the zone's own secret: what upload IDs are sealed with by default */
+
+    if (RAND_bytes(sh->secret, NGX_CLOUDAUTH_ZONE_SECRET_LEN) != 1) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "cloudauth: RAND_bytes() failed");
+        return NGX_ERROR;
+    }
 
     shpool->data = sh;
     shpool->log_nomem = 0;
@@ -359,6 +370,22 @@ ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone)
     }
 
     return &ngx_cloudauth_cache_sh(zone)->stats;
+}
+
+
+/*
+ * Random bytes made with the zone: they live as long as it does (reloads
+ * that keep its size), not across a restart
+ */
+
+u_char *
+ngx_cloudauth_cache_secret(ngx_shm_zone_t *zone)
+{
+    if (zone == NULL || zone->data == NULL) {
+        return NULL;
+    }
+
+    return ngx_cloudauth_cache_sh(zone)->secret;
 }
 
 

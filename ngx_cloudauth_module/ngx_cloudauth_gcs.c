@@ -110,6 +110,72 @@ ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s)
 }
 
 
+/*
+ * A session from before (a tus ID): its URI is checked like the one GCS
+ * gives at the start.  NGX_OK; NGX_DECLINED: not on the endpoint's origin
+ * (logged); NGX_ERROR.  No handler runs: query() or terminate() follows.
+ */
+
+ngx_int_t
+ngx_cloudauth_gcs_attach(ngx_cloudauth_gcs_t *s, ngx_str_t *uri)
+{
+    ngx_int_t  rc;
+
+    s->location.data = ngx_pnalloc(s->pool, uri->len + 1);
+    if (s->location.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(s->location.data, uri->data, uri->len);
+    s->location.data[uri->len] = '\0';
+    s->location.len = uri->len;
+
+    rc = ngx_cloudauth_gcs_session(s);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    s->uri = s->location;
+    s->offset = 0;
+
+    return NGX_OK;
+}
+
+
+/* what GCS holds: progress, or done if the object is stored */
+
+ngx_int_t
+ngx_cloudauth_gcs_query(ngx_cloudauth_gcs_t *s)
+{
+    if (s->uri.len == 0) {
+        ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
+        return NGX_ERROR;
+    }
+
+    s->op = NGX_CLOUDAUTH_GCS_QUERY;
+    s->req = NGX_CLOUDAUTH_GCS_QUERY;
+
+    return ngx_cloudauth_gcs_run(s);
+}
+
+
+/* DELETE on the session URI, answered: done (NULL), or failed */
+
+ngx_int_t
+ngx_cloudauth_gcs_terminate(ngx_cloudauth_gcs_t *s)
+{
+    if (s->uri.len == 0) {
+        ngx_cloudauth_gcs_fail(s, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL, 0);
+        return NGX_ERROR;
+    }
+
+    s->op = NGX_CLOUDAUTH_GCS_DELETE;
+    s->req = NGX_CLOUDAUTH_GCS_DELETE;
+
+    return ngx_cloudauth_gcs_run(s);
+}
+
+
 /* a PUT of bytes from offset, which must be where GCS holds up to */
 
 static ngx_int_t
@@ -353,6 +419,14 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
         rc = ngx_cloudauth_gcs_start_body(s, pool, &req);
         break;
 
+    case NGX_CLOUDAUTH_GCS_DELETE:
+        ngx_str_set(&req.method, "DELETE");
+        rc = NGX_OK;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
+                       "cloudauth: gcs: terminate \"%V\"", &s->object.name);
+        break;
+
     case NGX_CLOUDAUTH_GCS_QUERY:
         length = 0;
         rc = ngx_cloudauth_header_printf(pool, &req,
@@ -568,6 +642,11 @@ ngx_cloudauth_gcs_final_headers(ngx_cloudauth_gcs_t *s, ngx_pool_t *pool,
         return NGX_ERROR;
     }
 
+    if (s->hash.no_crc32c) {
+        /* bytes sent by other requests: GCS's own sums stand */
+        return NGX_OK;
+    }
+
     crc.data = crcbuf;
     ngx_cloudauth_gcs_crc32c_base64(s->hash.crc32c, &crc);
 
@@ -710,9 +789,36 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
     }
 
     if (ngx_cloudauth_gcs_retryable(f->status)) {
-        ngx_cloudauth_gcs_backoff(s, f, req == NGX_CLOUDAUTH_GCS_START
-                                        ? NGX_CLOUDAUTH_GCS_START
-                                        : NGX_CLOUDAUTH_GCS_QUERY);
+        ngx_cloudauth_gcs_backoff(s, f, (req == NGX_CLOUDAUTH_GCS_START
+                                         || req == NGX_CLOUDAUTH_GCS_DELETE)
+                                        ? req : NGX_CLOUDAUTH_GCS_QUERY);
+        return;
+    }
+
+    /* GCS answers a cancellation 499, and everything after it too */
+
+    if (req == NGX_CLOUDAUTH_GCS_DELETE
+        && (f->status == 499 || f->status == 200 || f->status == 204))
+    {
+        s->uri.len = 0;
+        s->op = NGX_CLOUDAUTH_GCS_NONE;
+        s->handlers.done(s, NULL);
+        return;
+    }
+
+    if (req != NGX_CLOUDAUTH_GCS_START
+        && (f->status == 404 || f->status == 410 || f->status == 499))
+    {
+        s->uri.len = 0;   /* gone: nothing to cancel */
+        s->gone = 1;
+        ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
+                                  "the upload session is gone");
+        return;
+    }
+
+    if (req == NGX_CLOUDAUTH_GCS_DELETE) {
+        ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
+                                  "GCS refused to cancel the session");
         return;
     }
 
@@ -789,13 +895,6 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
                                "the object exists (overwrite=off)",
                                sizeof("the object exists (overwrite=off)")
                                - 1);
-        return;
-    }
-
-    if (f->status == 404 || f->status == 410) {
-        s->uri.len = 0;   /* gone: nothing to cancel */
-        ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
-                                  "the upload session is gone");
         return;
     }
 
@@ -959,6 +1058,10 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
 
         crc.data = crcbuf;
         ngx_cloudauth_gcs_crc32c_base64(s->hash.crc32c, &crc);
+
+        if (s->hash.no_crc32c) {
+            crc = st.crc32c;
+        }
 
         if (st.crc32c.len != crc.len
             || ngx_strncmp(st.crc32c.data, crc.data, crc.len) != 0

@@ -3,11 +3,12 @@
  * Copyright (C) ngx_cloudauth authors
  *
  * A client of GCS's resumable uploads (the JSON API): start a session,
- * resume one by its URI, send bytes at an offset, finish with the size and
- * the hashes, cancel.  Transient failures are retried with back-off and a
+ * resume one by its URI (checked to be on the endpoint's origin), send
+ * bytes at an offset, finish with the size and the hashes, cancel or
+ * terminate.  Transient failures are retried with back-off and a
  * status query; a lapsed token is replaced once per step forward.  It
  * reports through three handlers and knows nothing of the HTTP request
- * that drives it: a single PUT or POST today, tus PATCHes tomorrow.
+ * that drives it: a single PUT or POST, or tus requests.
  */
 
 
@@ -69,6 +70,7 @@ typedef struct {
     uint32_t                       crc32c;
     u_char                         md5[16];
     unsigned                       has_md5:1;   /* else GCS's own is kept */
+    unsigned                       no_crc32c:1; /* not every byte seen */
 } ngx_cloudauth_gcs_hash_t;
 
 
@@ -89,8 +91,9 @@ typedef struct {
  * The handlers.  Each is the last thing the client does in an event: the
  * session may be gone when it returns.  progress: GCS holds [0, offset)
  * (after start, resume, send, and a query after a failure; the caller
- * sends again from there).  done: the object is stored; the handler owns
- * the reference to its summary.  failed: status is the HTTP status to
+ * sends again from there).  done: the object is stored (the handler owns
+ * the reference to its summary), or after terminate() the session is
+ * cancelled (object NULL).  failed: status is the HTTP status to
  * answer with, reason ours for the client, said GCS's for the log.
  */
 
@@ -115,7 +118,8 @@ typedef enum {
     NGX_CLOUDAUTH_GCS_START,        /* POST: open the session */
     NGX_CLOUDAUTH_GCS_CHUNK,        /* PUT bytes X-Y, total unknown */
     NGX_CLOUDAUTH_GCS_FINAL,        /* PUT bytes X-Y/TOTAL, X-Goog-Hash */
-    NGX_CLOUDAUTH_GCS_QUERY         /* PUT, no bytes: what GCS holds */
+    NGX_CLOUDAUTH_GCS_QUERY,        /* PUT, no bytes: what GCS holds */
+    NGX_CLOUDAUTH_GCS_DELETE        /* the session is cancelled */
 } ngx_cloudauth_gcs_req_e;
 
 
@@ -157,6 +161,7 @@ struct ngx_cloudauth_gcs_s {
 
     unsigned                       token:1;
     unsigned                       reauth:1;    /* a 401 was retried */
+    unsigned                       gone:1;      /* GCS: 404, 410, 499 */
 };
 
 
@@ -165,6 +170,9 @@ ngx_cloudauth_gcs_t *ngx_cloudauth_gcs_create(ngx_pool_t *pool,
     ngx_log_t *log, ngx_cloudauth_gcs_conf_t *conf,
     ngx_cloudauth_gcs_object_t *object, ngx_cloudauth_gcs_handlers_t *h);
 ngx_int_t ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s);
+ngx_int_t ngx_cloudauth_gcs_attach(ngx_cloudauth_gcs_t *s, ngx_str_t *uri);
+ngx_int_t ngx_cloudauth_gcs_query(ngx_cloudauth_gcs_t *s);
+ngx_int_t ngx_cloudauth_gcs_terminate(ngx_cloudauth_gcs_t *s);
 ngx_int_t ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset,
     u_char *data, size_t len);
 ngx_int_t ngx_cloudauth_gcs_finish(ngx_cloudauth_gcs_t *s, off_t offset,

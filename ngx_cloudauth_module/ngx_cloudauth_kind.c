@@ -219,11 +219,16 @@ ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         goto failed;
     }
 
-    if (fi.st_mode & (S_IRGRP | S_IROTH)) {
+    if ((fi.st_mode & (S_IRGRP | S_IROTH)) && cred) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
                            "cloudauth: credential \"%V\": \"%V\" is readable "
                            "by group or others; \"chmod 600\" it",
                            &cred->name, path);
+
+    } else if (fi.st_mode & (S_IRGRP | S_IROTH)) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "cloudauth: \"%V\" is readable by group or "
+                           "others; \"chmod 600\" it", path);
     }
 
     out->len = ngx_file_size(&fi);

@@ -26,6 +26,13 @@
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_FILES_MAX     1000
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_NAMES_MAX     4096
 
+/* resumable uploads (tus 1.0.0) */
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN       32
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_ID_PLAIN_MAX  4096
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_ID_MAX        5600
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_METADATA_MAX  1024
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_EXPIRES       (7 * 24 * 60 * 60)
+
 
 /* $cloudauth_upload_status */
 
@@ -34,7 +41,8 @@ typedef enum {
     NGX_HTTP_CLOUDAUTH_UPLOAD_UPLOADING,
     NGX_HTTP_CLOUDAUTH_UPLOAD_STORED,
     NGX_HTTP_CLOUDAUTH_UPLOAD_FAILED,
-    NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED        /* the client went away */
+    NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED,       /* the client went away */
+    NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL        /* a tus request's part */
 } ngx_http_cloudauth_upload_status_e;
 
 
@@ -46,6 +54,35 @@ typedef enum {
 } ngx_http_cloudauth_upload_part_e;
 
 
+/* what a tus request asks */
+
+typedef enum {
+    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_NONE = 0,  /* a single-request upload */
+    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE,
+    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD,
+    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH,
+    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_DELETE
+} ngx_http_cloudauth_upload_tus_e;
+
+
+/* an upload's ID, sealed for the client (ngx_http_cloudauth_upload_id.c) */
+
+typedef struct {
+    ngx_str_t                     uri;      /* the GCS session */
+    ngx_str_t                     bucket;
+    ngx_str_t                     name;     /* the object */
+    ngx_str_t                     metadata; /* Upload-Metadata as given */
+    off_t                         length;   /* -1: deferred */
+    time_t                        created;
+} ngx_http_cloudauth_upload_id_t;
+
+
+typedef struct {
+    u_char                        key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
+    ngx_str_t                     key_file; /* empty: the zone's secret */
+} ngx_http_cloudauth_upload_main_conf_t;
+
+
 typedef struct {
     ngx_cloudauth_gcs_conf_t      gcs;      /* credential, bucket, endpoint */
     ngx_http_complex_value_t     *object;   /* NULL: URI below location */
@@ -53,6 +90,9 @@ typedef struct {
     size_t                        chunk_size;
     off_t                         max_size; /* -1: client_max_body_size */
     ngx_array_t                  *cors;     /* ngx_str_t origins */
+    ngx_flag_t                    resumable;
+    time_t                        expires;  /* of a resumable upload */
+    ngx_str_t                     location; /* the IDs' additional data */
 } ngx_http_cloudauth_upload_conf_t;
 
 
@@ -62,6 +102,7 @@ typedef struct {
     ngx_cloudauth_gcs_t          *gcs;      /* its session */
     ngx_str_t                     name;
     off_t                         offset;   /* GCS holds [0, offset) */
+    off_t                         base;     /* where the body's bytes go */
     off_t                         received; /* bytes taken from the body */
     off_t                         total;    /* declared, or -1 */
 
@@ -112,13 +153,32 @@ typedef struct {
     ngx_str_t                            reason;    /* of a 4xx */
     ngx_str_t                            said;      /* GCS's, for the log */
 
+    /* tus */
+    ngx_http_cloudauth_upload_tus_e      tus;
+    ngx_http_cloudauth_upload_id_t       id;
+    ngx_str_t                            sealed;    /* the ID, for Location */
+    off_t                                client_offset;
+
     unsigned                             multipart:1;
+    unsigned                             parked:1;  /* a tus body is over */
+    unsigned                             cut:1;     /* its client went */
+    unsigned                             resumed:1; /* GCS said its offset */
+    unsigned                             given:1;   /* the ID is out */
     unsigned                             pending:1; /* a file part waits */
     unsigned                             input_done:1;
     unsigned                             finished:1;
     unsigned                             active:1;
 } ngx_http_cloudauth_upload_t;
 
+
+extern ngx_module_t  ngx_http_cloudauth_upload_module;
+
+
+/* ngx_http_cloudauth_upload_module.c */
+ngx_http_cloudauth_upload_t *ngx_http_cloudauth_upload_create(
+    ngx_http_request_t *r, ngx_http_cloudauth_upload_conf_t *conf,
+    ngx_str_t *origin, off_t max);
+ngx_int_t ngx_http_cloudauth_upload_read_body(ngx_http_request_t *r);
 
 /* ngx_http_cloudauth_upload_body.c: the body into objects */
 ngx_int_t ngx_http_cloudauth_upload_init(ngx_http_cloudauth_upload_t *u);
@@ -138,10 +198,32 @@ ngx_int_t ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
 ngx_int_t ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf);
+ngx_int_t ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r,
+    char *key, ngx_str_t *value);
 ngx_int_t ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status, json_t *body);
 ngx_int_t ngx_http_cloudauth_upload_reject(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status, const char *reason, size_t len);
+
+/* ngx_http_cloudauth_upload_tus.c: tus 1.0.0 on a resumable location */
+ngx_int_t ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
+ngx_int_t ngx_http_cloudauth_upload_tus_open(ngx_http_cloudauth_upload_t *u);
+void ngx_http_cloudauth_upload_tus_progress(ngx_http_cloudauth_upload_t *u,
+    off_t offset);
+void ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
+    json_t *object);
+ngx_int_t ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
+    ngx_uint_t status);
+
+/* ngx_http_cloudauth_upload_id.c: the sealed IDs, pure */
+ngx_int_t ngx_http_cloudauth_upload_id_key(u_char *secret, size_t len,
+    u_char *key);
+ngx_int_t ngx_http_cloudauth_upload_id_seal(ngx_pool_t *pool, u_char *key,
+    ngx_str_t *aad, ngx_http_cloudauth_upload_id_t *id, ngx_str_t *out);
+ngx_int_t ngx_http_cloudauth_upload_id_open(ngx_pool_t *pool, u_char *key,
+    ngx_str_t *aad, ngx_str_t *in, ngx_http_cloudauth_upload_id_t *id);
 
 /* ngx_http_cloudauth_upload_name.c: object names and file names, pure */
 const char *ngx_http_cloudauth_upload_check_name(ngx_str_t *name);

@@ -38,6 +38,8 @@ static ngx_int_t ngx_http_cloudauth_upload_step(
     ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_session(
     ngx_http_cloudauth_upload_t *u);
+static ngx_int_t ngx_http_cloudauth_upload_park(
+    ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_last(
     ngx_http_cloudauth_upload_t *u);
 static void ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s,
@@ -71,10 +73,6 @@ ngx_http_cloudauth_upload_init(ngx_http_cloudauth_upload_t *u)
     ngx_http_request_t  *r;
 
     r = u->request;
-
-    u->guard.handler = ngx_http_cloudauth_upload_guard;
-    u->guard.data = r->connection;
-    u->guard.log = r->connection->log;
 
     ngx_str_null(&ct);
     ngx_str_null(&md5);
@@ -138,6 +136,10 @@ ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
 
     u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_UPLOADING;
 
+    u->guard.handler = ngx_http_cloudauth_upload_guard;
+    u->guard.data = u->request->connection;
+    u->guard.log = u->request->connection->log;
+
     st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->uploads_active, 1);
@@ -180,6 +182,20 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
         }
 
         rc = ngx_http_cloudauth_upload_pull(u);
+
+        if (rc != NGX_OK
+            && (r->connection->error || rc == NGX_HTTP_REQUEST_TIME_OUT)
+            && u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH
+            && u->obj.started && !u->obj.eof)
+        {
+            /* what GCS can keep of it is sent; the client resumes */
+            u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED;
+            u->cut = 1;
+            u->parked = 1;
+            u->input_done = 1;
+            u->in = NULL;
+            rc = NGX_OK;
+        }
 
         if (rc != NGX_OK) {
             if (r->connection->error || rc == NGX_HTTP_REQUEST_TIME_OUT) {
@@ -357,7 +373,14 @@ ngx_http_cloudauth_upload_take(ngx_http_cloudauth_upload_t *u, u_char *p,
 
     n = ngx_min((size_t) (last - p), u->conf->chunk_size - u->len);
 
-    if (u->obj.total >= 0 && u->obj.received + (off_t) n > u->obj.total) {
+    if (u->obj.total >= 0
+        && u->obj.base + u->obj.received + (off_t) n > u->obj.total)
+    {
+        if (u->tus) {
+            ngx_str_set(&u->reason, "the body goes past Upload-Length");
+            return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        }
+
         ngx_str_set(&u->reason, "the body is longer than Content-Length");
         return NGX_HTTP_BAD_REQUEST;
     }
@@ -612,6 +635,21 @@ ngx_http_cloudauth_upload_field(ngx_http_cloudauth_upload_t *u, u_char *data,
 static ngx_int_t
 ngx_http_cloudauth_upload_input_end(ngx_http_cloudauth_upload_t *u)
 {
+    if (u->tus) {
+        /* the last byte, or the end of this request's part */
+
+        if (u->obj.total >= 0
+            && u->obj.base + u->obj.received == u->obj.total)
+        {
+            u->obj.eof = 1;
+
+        } else {
+            u->parked = 1;
+        }
+
+        return NGX_OK;
+    }
+
     if (!u->multipart) {
         if (u->obj.total >= 0 && u->obj.received != u->obj.total) {
             ngx_str_set(&u->reason, "the body is shorter than Content-Length");
@@ -653,11 +691,20 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     ngx_memzero(obj, sizeof(ngx_http_cloudauth_upload_object_t));
     obj->total = total;
 
+    /* a tus PATCH: the bytes go on from the client's offset */
+    obj->base = u->client_offset;
+    obj->offset = u->client_offset;
+
     ngx_http_cloudauth_upload_sanitize(r->pool, filename, &u->filename);
 
-    rc = ngx_http_cloudauth_upload_object_name(u, &name);
-    if (rc != NGX_OK) {
-        return rc;
+    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+        name = u->id.name;
+
+    } else {
+        rc = ngx_http_cloudauth_upload_object_name(u, &name);
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
 
     if (ngx_cloudauth_utf8_valid(content_type->data, content_type->len)
@@ -676,10 +723,11 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     }
 
     obj->name = name;
+    obj->offset = obj->base;
 
     /* MD5 costs more CPU than the rest of the upload together */
 
-    if (u->conf->md5 || obj->has_md5) {
+    if ((u->conf->md5 || obj->has_md5) && obj->base == 0) {
         obj->md5 = EVP_MD_CTX_new();
         if (obj->md5 == NULL
             || EVP_DigestInit_ex(obj->md5, EVP_md5(), NULL) != 1)
@@ -762,8 +810,8 @@ ngx_http_cloudauth_upload_object_name(ngx_http_cloudauth_upload_t *u,
         name->data = r->uri.data + below;
         name->len = r->uri.len - below;
 
-        if (u->multipart) {
-            /* the form's URI is a "directory" for its files */
+        if (u->multipart || u->tus) {
+            /* the URI is a "directory" for a form's files, tus uploads */
 
             p = ngx_pnalloc(r->pool, name->len + 1 + u->filename.len);
             if (p == NULL) {
@@ -899,6 +947,10 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
         return ngx_http_cloudauth_upload_last(u);
     }
 
+    if (u->parked) {
+        return ngx_http_cloudauth_upload_park(u);
+    }
+
     if (u->len == u->conf->chunk_size) {
         rc = ngx_cloudauth_gcs_send(obj->gcs, obj->offset, u->buf, u->len);
         return (rc == NGX_OK) ? NGX_AGAIN : NGX_ERROR;
@@ -911,13 +963,92 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
 static ngx_int_t
 ngx_http_cloudauth_upload_session(ngx_http_cloudauth_upload_t *u)
 {
+    ngx_int_t  rc;
+
     u->obj.started = 1;
+
+    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+
+        /* the session of the ID: what does GCS hold? */
+
+        rc = ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
+
+        if (rc != NGX_OK) {
+            ngx_http_cloudauth_upload_fail(u,
+                                 rc == NGX_ERROR
+                                 ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                                 : NGX_HTTP_NOT_FOUND,
+                                 "no such upload",
+                                 sizeof("no such upload") - 1);
+            return NGX_ERROR;
+        }
+
+        if (ngx_cloudauth_gcs_query(u->obj.gcs) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        return NGX_AGAIN;
+    }
 
     if (ngx_cloudauth_gcs_start(u->obj.gcs) != NGX_OK) {
         return NGX_ERROR;
     }
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * The end of a tus request's bytes before the object's last: GCS keeps
+ * whole 256 KiB blocks only, so those go, the rest is dropped (the client
+ * sends it again from the offset it is told), and the client is answered
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_park(ngx_http_cloudauth_upload_t *u)
+{
+    off_t                                end;
+    size_t                               aligned;
+    ngx_cloudauth_stats_t               *st;
+    ngx_http_cloudauth_upload_object_t  *obj;
+
+    obj = &u->obj;
+
+    end = obj->offset + (off_t) u->len;
+    aligned = (size_t) (end - end % NGX_CLOUDAUTH_GCS_QUANTUM - obj->offset);
+
+    if (end > obj->offset + NGX_CLOUDAUTH_GCS_QUANTUM - 1 && aligned) {
+        if (ngx_cloudauth_gcs_send(obj->gcs, obj->offset, u->buf, aligned)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_AGAIN;
+    }
+
+    if (u->guard.timer_set) {
+        ngx_del_timer(&u->guard);
+    }
+
+    if (u->active) {
+        u->active = 0;
+
+        st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
+        if (st) {
+            (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
+        }
+    }
+
+    if (!u->cut) {
+        u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL;
+    }
+
+    ngx_http_cloudauth_upload_close(u);
+
+    ngx_http_cloudauth_upload_tus_answer(u, NULL);
+
+    return NGX_DONE;
 }
 
 
@@ -933,6 +1064,9 @@ ngx_http_cloudauth_upload_last(ngx_http_cloudauth_upload_t *u)
 
     ngx_memzero(&hash, sizeof(ngx_cloudauth_gcs_hash_t));
     hash.crc32c = obj->crc32c;
+
+    /* a tus PATCH from an offset did not see the bytes before it */
+    hash.no_crc32c = (obj->base != 0);
 
     if (obj->md5) {
         EVP_DigestFinal_ex(obj->md5, hash.md5, NULL);
@@ -982,6 +1116,27 @@ ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
     c = u->request->connection;
     obj = &u->obj;
 
+    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH && !u->resumed) {
+        u->resumed = 1;
+
+        if (offset != obj->offset) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "cloudauth: upload: a PATCH of \"%V\" at %O, "
+                          "GCS holds %O", &obj->name, obj->offset, offset);
+
+            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_CONFLICT,
+                          "Upload-Offset is not the upload's offset",
+                          sizeof("Upload-Offset is not the upload's offset")
+                          - 1);
+            goto done;
+        }
+    }
+
+    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE && u->id.uri.len == 0)
+    {
+        u->id.uri = s->uri;
+    }
+
     /* GCS holds [0, offset): the buffer keeps the rest */
 
     drop = offset - obj->offset;
@@ -993,6 +1148,8 @@ ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
     }
 
     ngx_http_cloudauth_upload_run(u);
+
+done:
 
     ngx_http_run_posted_requests(c);
 }
@@ -1010,6 +1167,18 @@ ngx_http_cloudauth_upload_done(ngx_cloudauth_gcs_t *s, json_t *object)
 
     c = u->request->connection;
     obj = &u->obj;
+
+    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH && !u->resumed) {
+        u->resumed = 1;
+
+        if (obj->base != obj->total || obj->received || !u->input_done) {
+            json_decref(object);
+            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_CONFLICT,
+                                 "the upload is complete",
+                                 sizeof("the upload is complete") - 1);
+            goto done;
+        }
+    }
 
     if (u->results == NULL) {
         u->results = json_array();
@@ -1078,8 +1247,18 @@ ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
 
     u->said = *said;
 
+    if (u->tus && s->gone) {
+        ngx_http_cloudauth_upload_fail(u, NGX_HTTP_NOT_FOUND,
+                                       "no such upload",
+                                       sizeof("no such upload") - 1);
+        goto done;
+    }
+
     ngx_http_cloudauth_upload_fail(u, status, (char *) reason->data,
                                    reason->len);
+
+done:
+
 
     ngx_http_run_posted_requests(c);
 }
@@ -1147,7 +1326,13 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
     }
 
     if (u->obj.gcs) {
-        ngx_cloudauth_gcs_cancel(u->obj.gcs);
+        if (u->tus && u->given) {
+            /* the client may come back to it */
+            ngx_cloudauth_gcs_abort(u->obj.gcs);
+
+        } else {
+            ngx_cloudauth_gcs_cancel(u->obj.gcs);
+        }
     }
 
     ngx_http_cloudauth_upload_close(u);
@@ -1196,6 +1381,12 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
     }
 
     body = u->multipart ? u->results : json_array_get(u->results, 0);
+
+    if (u->tus) {
+        u->obj.offset = u->obj.total;
+        ngx_http_cloudauth_upload_tus_answer(u, body);
+        return;
+    }
 
     rc = ngx_http_cloudauth_upload_respond(u->request, &u->cors_origin,
                                            NGX_HTTP_CREATED, body);

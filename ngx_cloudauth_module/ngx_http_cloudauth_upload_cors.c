@@ -15,8 +15,6 @@ static ngx_uint_t ngx_http_cloudauth_upload_listed(
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
 static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     ngx_str_t *origin);
-static ngx_int_t ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r,
-    char *key, ngx_str_t *value);
 
 
 static ngx_str_t  ngx_http_cloudauth_upload_json =
@@ -80,7 +78,14 @@ ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
 
     if (origin == NULL
         || !((method.len == 3 && ngx_strncmp(method.data, "PUT", 3) == 0)
-             || (method.len == 4 && ngx_strncmp(method.data, "POST", 4) == 0)))
+             || (method.len == 4 && ngx_strncmp(method.data, "POST", 4) == 0)
+             || (conf->resumable
+                 && ((method.len == 5
+                      && ngx_strncmp(method.data, "PATCH", 5) == 0)
+                     || (method.len == 4
+                         && ngx_strncmp(method.data, "HEAD", 4) == 0)
+                     || (method.len == 6
+                         && ngx_strncmp(method.data, "DELETE", 6) == 0)))))
     {
         return ngx_http_cloudauth_upload_reject(r, NULL, NGX_HTTP_FORBIDDEN,
                                  "CORS preflight refused",
@@ -104,7 +109,13 @@ ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_str_set(&method, "PUT, POST, OPTIONS");
+    if (conf->resumable) {
+        ngx_str_set(&method, "PUT, POST, PATCH, HEAD, DELETE, OPTIONS");
+
+    } else {
+        ngx_str_set(&method, "PUT, POST, OPTIONS");
+    }
+
     ngx_str_set(&v, "600");
 
     if (ngx_http_cloudauth_upload_header_out(r, "Access-Control-Allow-Origin",
@@ -137,7 +148,7 @@ ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r, char *key,
     ngx_str_t *value)
 {
@@ -157,37 +168,54 @@ ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r, char *key,
 }
 
 
-/* answers: JSON, the CORS headers for an allowed origin */
+/*
+ * answers: JSON (or none, body NULL), the CORS headers for an allowed
+ * origin, and on a resumable location the tus headers
+ */
 
 ngx_int_t
 ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
     ngx_uint_t status, json_t *body)
 {
-    char         *s;
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_str_t     vary, allow;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    char                              *s;
+    size_t                             len;
+    ngx_int_t                          rc;
+    ngx_str_t                          vary, allow;
+    ngx_buf_t                         *b;
+    ngx_chain_t                        out;
+    ngx_http_cloudauth_upload_conf_t  *conf;
 
-    s = json_dumps(body, JSON_COMPACT|JSON_ENSURE_ASCII);
-    if (s == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    b = NULL;
 
-    len = ngx_strlen(s);
+    if (body) {
+        s = json_dumps(body, JSON_COMPACT|JSON_ENSURE_ASCII);
+        if (s == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
+        len = ngx_strlen(s);
+
+        b = ngx_create_temp_buf(r->pool, len + 1);
+        if (b == NULL) {
+            free(s);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        b->last = ngx_cpymem(b->pos, s, len);
+        *b->last++ = LF;
+        b->last_buf = 1;
+        b->last_in_chain = 1;
         free(s);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->last = ngx_cpymem(b->pos, s, len);
-    *b->last++ = LF;
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-    free(s);
+    conf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_upload_module);
+
+    if (conf->resumable
+        && ngx_http_cloudauth_upload_tus_headers(r, conf, origin, status)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (origin && origin->len) {
         ngx_str_set(&vary, "Origin");
@@ -203,7 +231,12 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
     }
 
     if (status == NGX_HTTP_NOT_ALLOWED) {
-        ngx_str_set(&allow, "PUT, POST, OPTIONS");
+        if (conf->resumable) {
+            ngx_str_set(&allow, "PUT, POST, PATCH, HEAD, DELETE, OPTIONS");
+
+        } else {
+            ngx_str_set(&allow, "PUT, POST, OPTIONS");
+        }
 
         if (ngx_http_cloudauth_upload_header_out(r, "Allow", &allow)
             != NGX_OK)
@@ -213,15 +246,24 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
     }
 
     r->headers_out.status = status;
-    r->headers_out.content_type = ngx_http_cloudauth_upload_json;
-    r->headers_out.content_type_len = ngx_http_cloudauth_upload_json.len;
-    r->headers_out.content_type_lowcase = NULL;
-    r->headers_out.content_length_n = b->last - b->pos;
 
     if (r->headers_out.content_length) {
         r->headers_out.content_length->hash = 0;
         r->headers_out.content_length = NULL;
     }
+
+    if (b == NULL) {
+        r->headers_out.content_length_n = (status == NGX_HTTP_NO_CONTENT)
+                                          ? -1 : 0;
+        r->header_only = 1;
+
+        return ngx_http_send_header(r);
+    }
+
+    r->headers_out.content_type = ngx_http_cloudauth_upload_json;
+    r->headers_out.content_type_len = ngx_http_cloudauth_upload_json.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.content_length_n = b->last - b->pos;
 
     rc = ngx_http_send_header(r);
 

@@ -27,16 +27,16 @@
 
 
 static ngx_int_t ngx_http_cloudauth_upload_handler(ngx_http_request_t *r);
-static ngx_http_cloudauth_upload_t *ngx_http_cloudauth_upload_create(
-    ngx_http_request_t *r, ngx_http_cloudauth_upload_conf_t *conf,
-    ngx_str_t *origin, off_t max);
 static void ngx_http_cloudauth_upload_body_handler(ngx_http_request_t *r);
 static void ngx_http_cloudauth_upload_read(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf);
+static void *ngx_http_cloudauth_upload_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_cloudauth_upload_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_cloudauth_upload_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cloudauth_upload_param(ngx_conf_t *cf,
@@ -52,6 +52,13 @@ static ngx_command_t  ngx_http_cloudauth_upload_commands[] = {
       0,
       NULL },
 
+    { ngx_string("cloudauth_upload_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_cloudauth_upload_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -60,7 +67,7 @@ static ngx_http_module_t  ngx_http_cloudauth_upload_module_ctx = {
     ngx_http_cloudauth_upload_add_variables, /* preconfiguration */
     NULL,                                    /* postconfiguration */
 
-    NULL,                                    /* create main configuration */
+    ngx_http_cloudauth_upload_create_main_conf, /* create main conf */
     NULL,                                    /* init main configuration */
 
     NULL,                                    /* create server configuration */
@@ -128,7 +135,8 @@ static ngx_str_t  ngx_http_cloudauth_upload_statuses[] = {
     ngx_string("uploading"),
     ngx_string("stored"),
     ngx_string("failed"),
-    ngx_string("aborted")
+    ngx_string("aborted"),
+    ngx_string("partial")
 };
 
 /* the request */
@@ -152,8 +160,21 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
 
     origin = ngx_http_cloudauth_upload_cors(r, conf);
 
-    if (r->method == NGX_HTTP_OPTIONS && conf->cors) {
+    if (r->method == NGX_HTTP_OPTIONS && conf->cors
+        && (!conf->resumable
+            || ngx_http_cloudauth_upload_header_in(r,
+                               "Access-Control-Request-Method",
+                               sizeof("Access-Control-Request-Method") - 1)))
+    {
         return ngx_http_cloudauth_upload_preflight(r, conf, origin);
+    }
+
+    if (conf->resumable) {
+        rc = ngx_http_cloudauth_upload_tus(r, conf, origin);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
     }
 
     if (!(r->method & (NGX_HTTP_PUT|NGX_HTTP_POST))) {
@@ -210,6 +231,17 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
                                                 u->reason.len);
     }
 
+    return ngx_http_cloudauth_upload_read_body(r);
+}
+
+
+/* the body, unbuffered, into the upload found by the request */
+
+ngx_int_t
+ngx_http_cloudauth_upload_read_body(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
     r->request_body_no_buffering = 1;
 
     rc = ngx_http_read_client_request_body(r,
@@ -225,7 +257,7 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
 
 /* the upload's state, found by the request */
 
-static ngx_http_cloudauth_upload_t *
+ngx_http_cloudauth_upload_t *
 ngx_http_cloudauth_upload_create(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max)
 {
@@ -428,6 +460,77 @@ ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf)
 /* configuration */
 
 static void *
+ngx_http_cloudauth_upload_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_cloudauth_upload_main_conf_t  *umcf;
+
+    umcf = ngx_pcalloc(cf->pool,
+                       sizeof(ngx_http_cloudauth_upload_main_conf_t));
+    if (umcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     umcf->key_file = { 0, NULL };
+     */
+
+    return umcf;
+}
+
+
+/*
+ * cloudauth_upload_key FILE: 32 or more random bytes, read by the master
+ * like the other secrets; every nginx with the same file can continue
+ * every resumable upload.  The cipher's key is derived from them.
+ */
+
+static char *
+ngx_http_cloudauth_upload_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cloudauth_upload_main_conf_t *umcf = conf;
+
+    char       *err;
+    ngx_str_t  *value, path, secret;
+
+    if (umcf->key_file.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    path = value[1];
+
+    if (ngx_cloudauth_read_file(cf, NULL, &path, &secret, &err) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_upload_key \"%V\": %s", &path, err);
+        return NGX_CONF_ERROR;
+    }
+
+    if (secret.len < NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cloudauth_upload_key \"%V\": %uz bytes, needs "
+                           "32 or more random bytes (make one with "
+                           "\"openssl rand -out upload.key 32\")",
+                           &path, secret.len);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_cloudauth_upload_id_key(secret.data, secret.len, umcf->key)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_explicit_memzero(secret.data, secret.len);
+
+    umcf->key_file = path;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
 ngx_http_cloudauth_upload_create_loc_conf(ngx_conf_t *cf)
 {
     ngx_http_cloudauth_upload_conf_t  *conf;
@@ -503,8 +606,9 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ucf->gcs.subject = cred->subject;
     ucf->gcs.overwrite = 0;
     ngx_str_set(&ucf->gcs.endpoint, NGX_CLOUDAUTH_GCS_URL);
-    ucf->md5 = 1;
+    ucf->md5 = 0;
     ucf->chunk_size = NGX_HTTP_CLOUDAUTH_UPLOAD_CHUNK;
+    ucf->expires = NGX_HTTP_CLOUDAUTH_UPLOAD_EXPIRES;
 
     for (i = 2; i < cf->args->nelts; i++) {
         rv = ngx_http_cloudauth_upload_param(cf, ucf, &value[i]);
@@ -542,6 +646,9 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cloudauth_upload_handler;
+
+    /* an upload ID is for this location only */
+    ucf->location = clcf->name;
 
     return NGX_CONF_OK;
 }
@@ -629,6 +736,29 @@ ngx_http_cloudauth_upload_param(ngx_conf_t *cf,
         || ngx_strcmp(value->data, "overwrite=off") == 0)
     {
         ucf->gcs.overwrite = (value->data[sizeof("overwrite=o") - 1] == 'n');
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value->data, "resumable=on") == 0
+        || ngx_strcmp(value->data, "resumable=off") == 0)
+    {
+        ucf->resumable = (value->data[sizeof("resumable=o") - 1] == 'n');
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "expires=", 8) == 0) {
+        v.data = value->data + 8;
+        v.len = value->len - 8;
+
+        ucf->expires = ngx_parse_time(&v, 1);
+
+        if (ucf->expires == (time_t) NGX_ERROR || ucf->expires <= 0
+            || ucf->expires > NGX_HTTP_CLOUDAUTH_UPLOAD_EXPIRES)
+        {
+            return "has an invalid \"expires=\": a time up to 7d (GCS keeps "
+                   "a resumable session a week)";
+        }
+
         return NGX_CONF_OK;
     }
 

@@ -81,6 +81,11 @@ $t->run(<<'EOF');
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
+        location /md5/ {
+            cloudauth_gcs_upload google bucket=test-bucket md5=on
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
         location /nobucket/ {
             cloudauth_gcs_upload google bucket=no-such-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
@@ -140,8 +145,8 @@ is(join(' ', map { "$_->{method}:" . ($_->{content_range} // '-') }
              @req[0 .. 2]),
    'POST:- PUT:bytes 0-8388607/* PUT:bytes 8388608-8388608/8388609',
    '8 MiB + 1: a session, a full chunk, a final byte');
-like($req[2]{hash} // '', qr{^crc32c=[A-Za-z0-9+/]{6}==,md5=\S{22}==$},
-     'X-Goog-Hash on the final chunk');
+like($req[2]{hash} // '', qr{^crc32c=[A-Za-z0-9+/]{6}==$},
+     'X-Goog-Hash on the final chunk: CRC32C (md5= is off by default)');
 ok(!defined $req[1]{hash}, 'no X-Goog-Hash on a non-final chunk');
 
 @req = requests_for('size-0');
@@ -336,6 +341,15 @@ ok(!CloudAuth::FakeGCS->object($t, $B, 'md5-bad'), 'nothing stored');
 ok($t->wait_for(sub { grep { $_->{method} eq 'DELETE' }
                         requests_for('md5-bad') }),
    'wrong Content-MD5: session cancelled');
+
+# md5=on: both sums go to GCS
+
+($r, $sent) = CloudAuth::Upload::put($t, '/md5/with-md5', $data);
+is($r->{status}, 201, 'md5=on: 201');
+CloudAuth::Upload::stored_ok($t, $B, 'with-md5', $sent, 'md5=on');
+@req = requests_for('with-md5');
+like($req[-1]{hash} // '', qr{^crc32c=[A-Za-z0-9+/]{6}==,md5=\S{22}==$},
+     'md5=on: X-Goog-Hash has crc32c and md5');
 
 # md5=off: CRC32C only, unless the client sends a Content-MD5
 

@@ -1,0 +1,1241 @@
+
+/*
+ * Copyright (C) ngx_cloudauth authors
+ *
+ * cloudauth_gcs_upload ... resumable=on: tus 1.0.0 (core, creation,
+ * creation-with-upload, creation-defer-length, termination, expiration)
+ * over GCS's resumable sessions, with no state in the gateway.  GCS keeps
+ * the upload; the client keeps its ID, the session sealed for it
+ * (ngx_http_cloudauth_upload_id.c).  The offset is always what GCS holds
+ * durably: a PATCH whose bytes end between two 256 KiB marks stores up to
+ * the last mark and says so, and the client sends the rest again.
+ *
+ * This file reads what a tus request asks, opens its ID, and answers; the
+ * bytes of a PATCH (and of a creation with upload) go through the same
+ * body reader as a single upload (ngx_http_cloudauth_upload_body.c).
+ */
+
+
+#include "ngx_http_cloudauth_upload.h"
+
+
+static ngx_int_t ngx_http_cloudauth_upload_tus_method(ngx_http_request_t *r,
+    ngx_uint_t *method);
+static ngx_int_t ngx_http_cloudauth_upload_tus_options(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
+static ngx_int_t ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
+static ngx_int_t ngx_http_cloudauth_upload_tus_metadata(
+    ngx_http_cloudauth_upload_t *u, ngx_str_t *raw, ngx_str_t *filename,
+    ngx_str_t *filetype);
+static ngx_int_t ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
+    ngx_http_cloudauth_upload_tus_e op, off_t max);
+static ngx_int_t ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id);
+static ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
+static ngx_int_t ngx_http_cloudauth_upload_tus_session(
+    ngx_http_cloudauth_upload_t *u);
+static void ngx_http_cloudauth_upload_tus_held(ngx_cloudauth_gcs_t *s,
+    off_t offset);
+static void ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s,
+    json_t *object);
+static void ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
+    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said);
+static ngx_int_t ngx_http_cloudauth_upload_tus_state(
+    ngx_http_cloudauth_upload_t *u, off_t offset, off_t length);
+static ngx_int_t ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r,
+    json_t *object);
+static ngx_int_t ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r,
+    const char *name, size_t len, off_t *n);
+static ngx_int_t ngx_http_cloudauth_upload_tus_off(ngx_http_request_t *r,
+    char *key, off_t n);
+static ngx_int_t ngx_http_cloudauth_upload_tus_text(ngx_http_request_t *r,
+    char *key, const char *value);
+static ngx_int_t ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
+    ngx_str_t *origin, ngx_uint_t status, const char *reason);
+
+
+#define ngx_http_cloudauth_upload_tus_header(r, name)                        \
+    ngx_http_cloudauth_upload_header_in(r, name, sizeof(name) - 1)
+
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_EXTENSIONS                             \
+    "creation,creation-with-upload,creation-defer-length,termination,"      \
+    "expiration"
+
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_EXPOSE                                 \
+    "Location, Upload-Offset, Upload-Length, Upload-Metadata, "             \
+    "Upload-Defer-Length, Upload-Expires, Tus-Resumable, Tus-Version, "     \
+    "Tus-Extension, Tus-Max-Size, Cloudauth-Object-Name, "                  \
+    "Cloudauth-Object-Size, Cloudauth-Object-Generation, "                  \
+    "Cloudauth-Object-Crc32c, Cloudauth-Object-Url"
+
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS  "application/offset+octet-stream"
+
+
+/*
+ * NGX_DECLINED: not a tus request (a plain PUT or POST, the single-request
+ * upload); else the content handler's return code
+ */
+
+ngx_int_t
+ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin)
+{
+    off_t                             max;
+    ngx_int_t                         rc;
+    ngx_uint_t                        method;
+    ngx_table_elt_t                  *h;
+    ngx_http_core_loc_conf_t         *clcf;
+    ngx_http_cloudauth_upload_tus_e   op;
+
+    rc = ngx_http_cloudauth_upload_tus_method(r, &method);
+    if (rc != NGX_OK) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_BAD_REQUEST,
+                           "X-HTTP-Method-Override names no tus method");
+    }
+
+    switch (method) {
+
+    case NGX_HTTP_OPTIONS:
+        return ngx_http_cloudauth_upload_tus_options(r, conf, origin);
+
+    case NGX_HTTP_POST:
+        if (ngx_http_cloudauth_upload_tus_header(r, "Upload-Length") == NULL
+            && ngx_http_cloudauth_upload_tus_header(r, "Upload-Defer-Length")
+               == NULL)
+        {
+            return NGX_DECLINED;
+        }
+
+        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE;
+        break;
+
+    case NGX_HTTP_HEAD:
+        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD;
+        break;
+
+    case NGX_HTTP_PATCH:
+        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH;
+        break;
+
+    case NGX_HTTP_DELETE:
+        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_DELETE;
+        break;
+
+    default:
+        return NGX_DECLINED;
+    }
+
+    h = ngx_http_cloudauth_upload_tus_header(r, "Tus-Resumable");
+
+    if (h == NULL || h->value.len != 5
+        || ngx_strncmp(h->value.data, "1.0.0", 5) != 0)
+    {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_PRECONDITION_FAILED,
+                           "Tus-Resumable: 1.0.0 is required");
+    }
+
+    if (ngx_http_cloudauth_upload_csrf(r, conf) != NGX_OK) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, NULL,
+                           NGX_HTTP_FORBIDDEN, "cross-site upload refused");
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
+
+    if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE) {
+        return ngx_http_cloudauth_upload_tus_create(r, conf, origin, max);
+    }
+
+    return ngx_http_cloudauth_upload_tus_resume(r, conf, origin, op, max);
+}
+
+
+/* the method, or the one X-HTTP-Method-Override names on a POST */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_method(ngx_http_request_t *r,
+    ngx_uint_t *method)
+{
+    ngx_str_t        *v;
+    ngx_table_elt_t  *h;
+
+    *method = r->method;
+
+    h = ngx_http_cloudauth_upload_tus_header(r, "X-HTTP-Method-Override");
+
+    if (h == NULL || r->method != NGX_HTTP_POST) {
+        return NGX_OK;
+    }
+
+    v = &h->value;
+
+    if (v->len == 5 && ngx_strncasecmp(v->data, (u_char *) "PATCH", 5) == 0) {
+        *method = NGX_HTTP_PATCH;
+
+    } else if (v->len == 6
+               && ngx_strncasecmp(v->data, (u_char *) "DELETE", 6) == 0)
+    {
+        *method = NGX_HTTP_DELETE;
+
+    } else if (v->len == 4
+               && ngx_strncasecmp(v->data, (u_char *) "HEAD", 4) == 0)
+    {
+        *method = NGX_HTTP_HEAD;
+
+    } else if (v->len == 4
+               && ngx_strncasecmp(v->data, (u_char *) "POST", 4) == 0)
+    {
+        *method = NGX_HTTP_POST;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* what the server offers (not a CORS preflight: the caller took those) */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_options(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin)
+{
+    off_t                      max;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
+
+    if (ngx_http_cloudauth_upload_tus_text(r, "Tus-Version", "1.0.0")
+           != NGX_OK
+        || ngx_http_cloudauth_upload_tus_text(r, "Tus-Extension",
+                                  NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_EXTENSIONS)
+           != NGX_OK
+        || (max && ngx_http_cloudauth_upload_tus_off(r, "Tus-Max-Size", max)
+                   != NGX_OK))
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cloudauth_upload_respond(r, origin, NGX_HTTP_NO_CONTENT,
+                                             NULL);
+}
+
+
+/* on every answer of a resumable location */
+
+ngx_int_t
+ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
+    ngx_uint_t status)
+{
+    if (ngx_http_cloudauth_upload_tus_text(r, "Tus-Resumable", "1.0.0")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (status == NGX_HTTP_PRECONDITION_FAILED
+        && ngx_http_cloudauth_upload_tus_text(r, "Tus-Version", "1.0.0")
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (origin && origin->len) {
+        return ngx_http_cloudauth_upload_tus_text(r,
+                                    "Access-Control-Expose-Headers",
+                                    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_EXPOSE);
+    }
+
+    return NGX_OK;
+}
+
+
+/* creation: POST with Upload-Length or Upload-Defer-Length: 1 */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max)
+{
+    off_t                         length;
+    ngx_int_t                     rc;
+    ngx_str_t                     raw, filename, filetype, md5;
+    ngx_table_elt_t              *h, *defer;
+    ngx_http_cloudauth_upload_t  *u;
+
+    defer = ngx_http_cloudauth_upload_tus_header(r, "Upload-Defer-Length");
+
+    rc = ngx_http_cloudauth_upload_tus_number(r, "Upload-Length",
+                                              sizeof("Upload-Length") - 1,
+                                              &length);
+    if (rc == NGX_ERROR) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_BAD_REQUEST,
+                           "Upload-Length is not a number");
+    }
+
+    if ((rc == NGX_OK) == (defer != NULL)
+        || (defer && (defer->value.len != 1 || defer->value.data[0] != '1')))
+    {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_BAD_REQUEST,
+                           "give Upload-Length or Upload-Defer-Length: 1");
+    }
+
+    if (defer) {
+        length = -1;
+    }
+
+    if (max && length > max) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "Upload-Length is larger than max_size");
+    }
+
+    /* a body is the first bytes (creation-with-upload) */
+
+    if (r->headers_in.content_length_n != 0) {
+        h = r->headers_in.content_type;
+
+        if (h == NULL
+            || h->value.len != sizeof(NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS) - 1
+            || ngx_strncasecmp(h->value.data,
+                               (u_char *) NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS,
+                               h->value.len) != 0)
+        {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                           "the bytes of an upload are "
+                           "application/offset+octet-stream");
+        }
+
+        if (length >= 0 && r->headers_in.content_length_n > length) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "the body is longer than Upload-Length");
+        }
+    }
+
+    u = ngx_http_cloudauth_upload_create(r, conf, origin, max);
+    if (u == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    u->tus = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE;
+    u->id.bucket = conf->gcs.bucket;
+    u->id.length = length;
+    u->id.created = ngx_time();
+
+    ngx_str_null(&raw);
+    ngx_str_null(&filename);
+    ngx_str_null(&md5);
+    ngx_str_null(&filetype);
+
+    h = ngx_http_cloudauth_upload_tus_header(r, "Upload-Metadata");
+    if (h) {
+        raw = h->value;
+    }
+
+    rc = ngx_http_cloudauth_upload_tus_metadata(u, &raw, &filename,
+                                                &filetype);
+    if (rc != NGX_OK) {
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_cloudauth_upload_reject(r, origin, rc,
+                                                (char *) u->reason.data,
+                                                u->reason.len);
+    }
+
+    u->id.metadata = raw;
+
+    if (filetype.len == 0) {
+        ngx_str_set(&filetype, "application/octet-stream");
+    }
+
+    rc = ngx_http_cloudauth_upload_open(u, &filename, &filetype, &md5,
+                                        length);
+    if (rc != NGX_OK) {
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_cloudauth_upload_reject(r, origin, rc,
+                                                (char *) u->reason.data,
+                                                u->reason.len);
+    }
+
+    u->id.name = u->obj.name;
+
+    return ngx_http_cloudauth_upload_read_body(r);
+}
+
+
+/*
+ * Upload-Metadata: "key base64,key base64,key": filename and filetype
+ * name the object and its type, the others become its metadata
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_metadata(ngx_http_cloudauth_upload_t *u,
+    ngx_str_t *raw, ngx_str_t *filename, ngx_str_t *filetype)
+{
+    u_char        *p, *last, *q, *sp, *c;
+    ngx_str_t      key, value, enc, *dst;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+
+    if (raw->len > NGX_HTTP_CLOUDAUTH_UPLOAD_METADATA_MAX) {
+        ngx_str_set(&u->reason, "Upload-Metadata is longer than 1024 bytes");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    u->fields = ngx_array_create(u->request->pool, 4, sizeof(ngx_keyval_t));
+    if (u->fields == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = raw->data;
+    last = raw->data + raw->len;
+
+    while (p < last) {
+        q = ngx_strlchr(p, last, ',');
+        if (q == NULL) {
+            q = last;
+        }
+
+        while (p < q && *p == ' ') {
+            p++;
+        }
+
+        sp = ngx_strlchr(p, q, ' ');
+
+        key.data = p;
+        key.len = (sp ? sp : q) - p;
+
+        ngx_str_null(&value);
+
+        if (sp) {
+            enc.data = sp + 1;
+            enc.len = q - sp - 1;
+
+            value.data = ngx_pnalloc(u->request->pool,
+                                     ngx_base64_decoded_length(enc.len));
+            if (value.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (ngx_decode_base64(&value, &enc) != NGX_OK) {
+                ngx_str_set(&u->reason,
+                            "Upload-Metadata has a value that is not base64");
+                return NGX_HTTP_BAD_REQUEST;
+            }
+        }
+
+        if (key.len == 0 || key.len > 128) {
+            ngx_str_set(&u->reason, "Upload-Metadata has a bad key");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        for (c = key.data; c < key.data + key.len; c++) {
+            if (!ngx_http_cloudauth_upload_token_char(*c)) {
+                ngx_str_set(&u->reason, "Upload-Metadata has a bad key");
+                return NGX_HTTP_BAD_REQUEST;
+            }
+        }
+
+        if (ngx_cloudauth_utf8_valid(value.data, value.len) != NGX_OK) {
+            ngx_str_set(&u->reason, "Upload-Metadata has a value that is "
+                                    "not UTF-8");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        kv = u->fields->elts;
+
+        for (i = 0; i < u->fields->nelts; i++) {
+            if (kv[i].key.len == key.len
+                && ngx_strncmp(kv[i].key.data, key.data, key.len) == 0)
+            {
+                ngx_str_set(&u->reason, "Upload-Metadata repeats a key");
+                return NGX_HTTP_BAD_REQUEST;
+            }
+        }
+
+        dst = NULL;
+
+        if (key.len == 8 && ngx_strncmp(key.data, "filename", 8) == 0) {
+            dst = filename;
+
+        } else if (key.len == 8 && ngx_strncmp(key.data, "filetype", 8) == 0)
+        {
+            dst = filetype;
+        }
+
+        if (dst && dst->data != NULL) {
+            ngx_str_set(&u->reason, "Upload-Metadata repeats a key");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        if (dst) {
+            *dst = value;
+
+        } else {
+            kv = ngx_array_push(u->fields);
+            if (kv == NULL) {
+                return NGX_ERROR;
+            }
+
+            kv->key = key;
+            kv->value = value;
+        }
+
+        p = q + 1;
+    }
+
+    for (c = filetype->data; c < filetype->data + filetype->len; c++) {
+        if (*c < 0x20 || *c == 0x7f) {
+            ngx_str_set(&u->reason, "filetype is not a content type");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    if (filetype->len > 255) {
+        ngx_str_set(&u->reason, "filetype is not a content type");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    return NGX_OK;
+}
+
+
+/* HEAD, PATCH, DELETE on an upload's URL */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
+    ngx_http_cloudauth_upload_tus_e op, off_t max)
+{
+    off_t                            offset, length;
+    ngx_int_t                        rc;
+    ngx_str_t                        type, md5, filename;
+    ngx_table_elt_t                 *h;
+    ngx_http_cloudauth_upload_t     *u;
+    ngx_http_cloudauth_upload_id_t   id;
+
+    offset = 0;
+
+    if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+        h = r->headers_in.content_type;
+
+        if (h == NULL
+            || h->value.len != sizeof(NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS) - 1
+            || ngx_strncasecmp(h->value.data,
+                               (u_char *) NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS,
+                               h->value.len) != 0)
+        {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                           "a PATCH is application/offset+octet-stream");
+        }
+
+        if (ngx_http_cloudauth_upload_tus_number(r, "Upload-Offset",
+                                                 sizeof("Upload-Offset") - 1,
+                                                 &offset)
+            != NGX_OK)
+        {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_BAD_REQUEST,
+                           "a PATCH needs Upload-Offset");
+        }
+    }
+
+    rc = ngx_http_cloudauth_upload_tus_id(r, conf, &id);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_NOT_FOUND, "no such upload");
+    }
+
+    length = id.length;
+
+    if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+        rc = ngx_http_cloudauth_upload_tus_number(r, "Upload-Length",
+                                                  sizeof("Upload-Length") - 1,
+                                                  &length);
+        if (rc == NGX_ERROR
+            || (rc == NGX_OK && id.length >= 0 && length != id.length))
+        {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_BAD_REQUEST,
+                           "Upload-Length is not the upload's");
+        }
+
+        if (rc == NGX_DECLINED) {
+            length = id.length;
+        }
+
+        if ((max && length > max) || (length >= 0 && offset > length)) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "Upload-Length is larger than max_size");
+        }
+
+        if (length >= 0 && r->headers_in.content_length_n > length - offset)
+        {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "the body goes past Upload-Length");
+        }
+
+        if (max && r->headers_in.content_length_n > max - offset) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "the upload goes past max_size");
+        }
+    }
+
+    u = ngx_http_cloudauth_upload_create(r, conf, origin, max);
+    if (u == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    u->tus = op;
+    u->id = id;
+    u->given = 1;
+    u->client_offset = offset;
+
+    if (op != NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rc = ngx_http_cloudauth_upload_tus_session(u);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        r->main->count++;
+
+        if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD) {
+            (void) ngx_cloudauth_gcs_query(u->obj.gcs);
+
+        } else {
+            (void) ngx_cloudauth_gcs_terminate(u->obj.gcs);
+        }
+
+        return NGX_DONE;
+    }
+
+    /* the PATCH's bytes go on from offset, after GCS says it holds that */
+
+    ngx_str_null(&md5);
+    ngx_str_null(&filename);
+    ngx_str_set(&type, "application/octet-stream");
+
+    rc = ngx_http_cloudauth_upload_open(u, &filename, &type, &md5, length);
+    if (rc != NGX_OK) {
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_cloudauth_upload_reject(r, origin, rc,
+                                                (char *) u->reason.data,
+                                                u->reason.len);
+    }
+
+    return ngx_http_cloudauth_upload_read_body(r);
+}
+
+
+/*
+ * The ID is the last segment of the URI; it opens with the key, for this
+ * location, in this bucket, before it expires.  NGX_DECLINED: 404.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id)
+{
+    u_char     *p;
+    time_t      now;
+    ngx_int_t   rc;
+    ngx_str_t   sealed;
+    u_char      key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
+
+    p = r->uri.data + r->uri.len;
+
+    while (p > r->uri.data && p[-1] != '/') {
+        p--;
+    }
+
+    sealed.data = p;
+    sealed.len = r->uri.data + r->uri.len - p;
+
+    if (sealed.len == 0 || r->args.len) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_cloudauth_upload_tus_key(r, conf, key) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_cloudauth_upload_id_open(r->pool, key, &conf->location,
+                                           &sealed, id);
+
+    ngx_explicit_memzero(key, sizeof(key));
+
+    if (rc != NGX_OK) {
+        if (rc == NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "cloudauth: upload: an upload ID that does not "
+                          "open with the upload key for this location");
+        }
+
+        return rc;
+    }
+
+    now = ngx_time();
+
+    if (id->created + conf->expires <= now) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: the upload of \"%V\" expired",
+                      &id->name);
+        return NGX_DECLINED;
+    }
+
+    if (id->bucket.len != conf->gcs.bucket.len
+        || ngx_strncmp(id->bucket.data, conf->gcs.bucket.data,
+                       id->bucket.len) != 0
+        || ngx_http_cloudauth_upload_check_name(&id->name) != NULL)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: an upload ID of another bucket");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* cloudauth_upload_key, or the zone's secret: the AES key of the IDs */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, u_char *key)
+{
+    u_char                                 *secret;
+    ngx_http_cloudauth_upload_main_conf_t  *umcf;
+
+    umcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_upload_module);
+
+    if (umcf->key_file.len) {
+        ngx_memcpy(key, umcf->key, NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN);
+        return NGX_OK;
+    }
+
+    secret = ngx_cloudauth_cache_secret(conf->gcs.cred->conf->shm_zone);
+    if (secret == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "cloudauth: upload: no zone for the upload key");
+        return NGX_ERROR;
+    }
+
+    return ngx_http_cloudauth_upload_id_key(secret,
+                                            NGX_CLOUDAUTH_ZONE_SECRET_LEN,
+                                            key);
+}
+
+
+/* HEAD and DELETE: the session, without the body machinery */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_session(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_int_t                      rc;
+    ngx_http_request_t            *r;
+    ngx_cloudauth_gcs_object_t     object;
+    ngx_cloudauth_gcs_handlers_t   h;
+
+    r = u->request;
+
+    ngx_memzero(&object, sizeof(ngx_cloudauth_gcs_object_t));
+    object.name = u->id.name;
+    object.size = u->id.length;
+
+    h.progress = ngx_http_cloudauth_upload_tus_held;
+    h.done = ngx_http_cloudauth_upload_tus_stored;
+    h.failed = ngx_http_cloudauth_upload_tus_failed;
+    h.data = u;
+
+    u->obj.gcs = ngx_cloudauth_gcs_create(r->pool, r->connection->log,
+                                          &u->conf->gcs, &object, &h);
+    if (u->obj.gcs == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    u->obj.name = u->id.name;
+
+    rc = ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
+                           NGX_HTTP_NOT_FOUND, "no such upload");
+    }
+
+    return NGX_OK;
+}
+
+
+/* HEAD: GCS holds [0, offset) */
+
+static void
+ngx_http_cloudauth_upload_tus_held(ngx_cloudauth_gcs_t *s, off_t offset)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+    u->finished = 1;
+    u->obj.gcs = NULL;
+
+    rc = ngx_http_cloudauth_upload_tus_state(u, offset, u->id.length);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
+                                               NGX_HTTP_OK, NULL);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(r->connection);
+}
+
+
+/* HEAD: the object is complete; DELETE: the session is cancelled */
+
+static void
+ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s, json_t *object)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    off_t                size;
+    json_t              *v;
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+    u->finished = 1;
+    u->obj.gcs = NULL;
+
+    if (object == NULL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: the upload of \"%V\" terminated",
+                      &u->id.name);
+
+        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
+                                               NGX_HTTP_NO_CONTENT, NULL);
+        goto done;
+    }
+
+    v = json_object_get(object, "size");
+    size = json_is_integer(v) ? (off_t) json_integer_value(v) : -1;
+
+    if (size < 0 || (u->id.length >= 0 && size != u->id.length)) {
+        json_decref(object);
+        rc = ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
+                           NGX_HTTP_BAD_GATEWAY,
+                           "GCS stored another length than declared");
+        goto done;
+    }
+
+    rc = ngx_http_cloudauth_upload_tus_state(u, size, size);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_cloudauth_upload_tus_object(r, object);
+    }
+
+    json_decref(object);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
+                                               NGX_HTTP_OK, NULL);
+    }
+
+done:
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(r->connection);
+}
+
+
+static void
+ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
+    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    ngx_int_t            rc;
+    ngx_uint_t           level;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+    u->finished = 1;
+
+    if (s->gone) {
+        status = NGX_HTTP_NOT_FOUND;
+        ngx_str_set(reason, "no such upload");
+    }
+
+    level = s->gone ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, r->connection->log,
+                  0, "cloudauth: upload: %s of \"%V\" failed (%ui): %V%s%V",
+                  u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD ? "HEAD"
+                                                              : "DELETE",
+                  &u->id.name, status, reason,
+                  said->len ? "; GCS said: " : "", said);
+
+    ngx_cloudauth_gcs_abort(s);
+    u->obj.gcs = NULL;
+
+    rc = ngx_http_cloudauth_upload_reject(r, &u->cors_origin, status,
+                                          (char *) reason->data,
+                                          reason->len);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(r->connection);
+}
+
+
+/* Upload-Offset, the length, the metadata, the expiry; no caching */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_state(ngx_http_cloudauth_upload_t *u,
+    off_t offset, off_t length)
+{
+    u_char              *p;
+    ngx_str_t            v;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+
+    if (ngx_http_cloudauth_upload_tus_off(r, "Upload-Offset", offset)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (length >= 0) {
+        if (ngx_http_cloudauth_upload_tus_off(r, "Upload-Length", length)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else if (ngx_http_cloudauth_upload_tus_text(r, "Upload-Defer-Length",
+                                                  "1")
+               != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (u->id.metadata.len
+        && ngx_http_cloudauth_upload_header_out(r, "Upload-Metadata",
+                                                &u->id.metadata)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("Mon, 28 Sep 1970 06:00:00 GMT") - 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    v.data = p;
+    v.len = ngx_http_time(p, u->id.created + u->conf->expires) - p;
+
+    if (ngx_http_cloudauth_upload_header_out(r, "Upload-Expires", &v)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_cloudauth_upload_tus_text(r, "Cache-Control", "no-store");
+}
+
+
+/* the stored object, from the GCS client's summary, in headers */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r, json_t *object)
+{
+    u_char      *p;
+    size_t       len;
+    json_t      *j;
+    ngx_str_t    v, name;
+    ngx_uint_t   i;
+    const char  *keys[] = { "size", "generation", "crc32c", "url" };
+    char        *headers[] = { "Cloudauth-Object-Size",
+                               "Cloudauth-Object-Generation",
+                               "Cloudauth-Object-Crc32c",
+                               "Cloudauth-Object-Url" };
+
+    name.data = (u_char *) json_string_value(json_object_get(object, "name"));
+    if (name.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    name.len = json_string_length(json_object_get(object, "name"));
+
+    len = name.len + 2 * ngx_escape_uri(NULL, name.data, name.len,
+                                        NGX_ESCAPE_URI_COMPONENT);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    v.data = p;
+    v.len = (u_char *) ngx_escape_uri(p, name.data, name.len,
+                                      NGX_ESCAPE_URI_COMPONENT) - p;
+
+    if (ngx_http_cloudauth_upload_header_out(r, "Cloudauth-Object-Name", &v)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        j = json_object_get(object, keys[i]);
+
+        if (json_is_integer(j)) {
+            p = ngx_pnalloc(r->pool, NGX_OFF_T_LEN);
+            if (p == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            v.data = p;
+            v.len = ngx_sprintf(p, "%O", (off_t) json_integer_value(j)) - p;
+
+        } else if (json_is_string(j)) {
+            v.data = (u_char *) json_string_value(j);
+            v.len = json_string_length(j);
+
+            /* GCS's and our own words, but a header line stays one */
+
+            for (p = v.data; p < v.data + v.len; p++) {
+                if (*p <= 0x20 || *p >= 0x7f) {
+                    return NGX_HTTP_BAD_GATEWAY;
+                }
+            }
+
+        } else {
+            continue;
+        }
+
+        if (v.len == 0) {
+            continue;
+        }
+
+        if (ngx_http_cloudauth_upload_header_out(r, headers[i], &v)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The end of a PATCH or a creation, from the body reader: the ID and the
+ * offset GCS holds, and the object when the last byte is in (object: the
+ * GCS client's summary, or NULL).  A client that went away gets nothing.
+ */
+
+void
+ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
+    json_t *object)
+{
+    u_char                          *p, *start;
+    size_t                           len;
+    uintptr_t                        escape;
+    ngx_int_t                        rc;
+    ngx_str_t                        location;
+    ngx_uint_t                       status;
+    ngx_http_request_t              *r;
+    u_char                           key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
+
+    r = u->request;
+    u->finished = 1;
+
+    if (u->cut) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: the client of \"%V\" went away; "
+                      "GCS holds %O bytes", &u->obj.name, u->obj.offset);
+        ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+        return;
+    }
+
+    status = NGX_HTTP_NO_CONTENT;
+
+    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE) {
+        status = NGX_HTTP_CREATED;
+
+        if (ngx_http_cloudauth_upload_tus_key(r, u->conf, key) != NGX_OK) {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            goto done;
+        }
+
+        rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &u->conf->location,
+                                               &u->id, &u->sealed);
+
+        ngx_explicit_memzero(key, sizeof(key));
+
+        if (rc != NGX_OK) {
+            if (rc == NGX_DECLINED) {
+                rc = ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
+                           NGX_HTTP_REQUEST_URI_TOO_LARGE,
+                           "the object name is too long for an upload URL");
+            } else {
+                rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            goto done;
+        }
+
+        /* the creation's URI, a "directory", and the ID */
+
+        start = r->uri.data;
+        len = r->uri.len;
+
+        escape = 2 * ngx_escape_uri(NULL, start, len, NGX_ESCAPE_URI);
+
+        p = ngx_pnalloc(r->pool, len + escape + 1 + u->sealed.len);
+        if (p == NULL) {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            goto done;
+        }
+
+        location.data = p;
+        p = (u_char *) ngx_escape_uri(p, start, len, NGX_ESCAPE_URI);
+
+        if (p == location.data || p[-1] != '/') {
+            *p++ = '/';
+        }
+
+        p = ngx_cpymem(p, u->sealed.data, u->sealed.len);
+        location.len = p - location.data;
+
+        if (ngx_http_cloudauth_upload_header_out(r, "Location", &location)
+            != NGX_OK)
+        {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            goto done;
+        }
+
+        u->given = 1;
+    }
+
+    rc = ngx_http_cloudauth_upload_tus_state(u, u->obj.offset, u->obj.total);
+
+    if (rc == NGX_OK && object) {
+        rc = ngx_http_cloudauth_upload_tus_object(r, object);
+    }
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin, status,
+                                               NULL);
+    }
+
+done:
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+/* the number in a header: NGX_OK, NGX_DECLINED (none), NGX_ERROR (bad) */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r, const char *name,
+    size_t len, off_t *n)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_cloudauth_upload_header_in(r, name, len);
+
+    if (h == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (h->value.len == 0 || h->value.len > NGX_OFF_T_LEN) {
+        return NGX_ERROR;
+    }
+
+    *n = ngx_atoof(h->value.data, h->value.len);
+
+    return (*n == NGX_ERROR) ? NGX_ERROR : NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_off(ngx_http_request_t *r, char *key, off_t n)
+{
+    u_char     *p;
+    ngx_str_t   v;
+
+    p = ngx_pnalloc(r->pool, NGX_OFF_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v.data = p;
+    v.len = ngx_sprintf(p, "%O", n) - p;
+
+    return ngx_http_cloudauth_upload_header_out(r, key, &v);
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_text(ngx_http_request_t *r, char *key,
+    const char *value)
+{
+    ngx_str_t  v;
+
+    v.data = (u_char *) value;
+    v.len = ngx_strlen(value);
+
+    return ngx_http_cloudauth_upload_header_out(r, key, &v);
+}
+
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
+    ngx_str_t *origin, ngx_uint_t status, const char *reason)
+{
+    return ngx_http_cloudauth_upload_reject(r, origin, status, reason,
+                                            ngx_strlen(reason));
+}
