@@ -10,9 +10,10 @@
 # plain PUT.  What landed in the fake GCS is compared byte for byte and by
 # CRC32C with what was sent, and with what the page listed.  The same page
 # served at /plain/, whose upload/ has no resumable=on, sends a file as a
-# single multipart POST.  The browser not running is a failure, never a skip: tools/deps.sh
-# test installs chromium and playwright-core.  TEST_NGINX_LEAVE=1 keeps the
-# test directory, with page.png, the page as it ended.
+# single multipart POST.  The browser not running is a failure, never a
+# skip: tools/deps.sh test installs chromium and playwright-core.
+# TEST_NGINX_LEAVE=1 keeps the test directory, with page.png, the page as it
+# ended.
 
 use strict;
 use warnings;

@@ -79,6 +79,8 @@ sub tus {
                         %h);
 }
 
+my %OCTETS = ('Content-Type' => 'application/offset+octet-stream');
+
 sub gcs_requests { scalar(my @r = CloudAuth::FakeGCS->requests($t1)) }
 
 # started through the first
@@ -86,14 +88,15 @@ sub gcs_requests { scalar(my @r = CloudAuth::FakeGCS->requests($t1)) }
 $t1->run(conf($t1, "$d1/upload.key"));
 
 my $r = tus($t1, 'POST', '/files/', 'Upload-Length' => $SIZE,
-            'Upload-Metadata' => 'filename ' . encode_base64('fleet.bin', ''));
+            'Upload-Metadata' => 'filename ' . encode_base64('fleet.bin', ''),
+            -body => '');
 is($r->{status}, 201, 'first gateway: created');
 
 my $loc = $r->{headers}{location} // '';
 like($loc, qr{^/files/[A-Za-z0-9_-]+$}, 'Location is /files/ID');
 
 my $first = 1024 * 1024 + 100;
-$r = tus($t1, 'PATCH', $loc, 'Content-Type' => 'application/offset+octet-stream',
+$r = tus($t1, 'PATCH', $loc, %OCTETS,
          'Upload-Offset' => 0, -body => substr($data, 0, $first));
 is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'),
    '204 1048576', 'first gateway: 1 MiB + 100 bytes sent, 1 MiB stored');
@@ -117,7 +120,7 @@ $t2->run(conf($t2, "$d2/other.key"));
 
 $r = tus($t2, 'HEAD', $loc);
 is($r->{status}, 404, 'another key: HEAD 404');
-$r = tus($t2, 'PATCH', $loc, 'Content-Type' => 'application/offset+octet-stream',
+$r = tus($t2, 'PATCH', $loc, %OCTETS,
          'Upload-Offset' => 1048576, -body => substr($data, 1048576, $Q));
 is($r->{status}, 404, 'another key: PATCH 404');
 $r = tus($t2, 'DELETE', $loc);
@@ -136,7 +139,7 @@ is($r->{headers}{'upload-offset'}, 1048576,
    'shared key: Upload-Offset is what GCS holds');
 is($r->{headers}{'upload-length'}, $SIZE, 'shared key: Upload-Length');
 
-$r = tus($t2, 'PATCH', $loc, 'Content-Type' => 'application/offset+octet-stream',
+$r = tus($t2, 'PATCH', $loc, %OCTETS,
          'Upload-Offset' => 1048576, -body => substr($data, 1048576));
 is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'), "204 $SIZE",
    'shared key: the rest sent, the upload complete');
