@@ -4,7 +4,7 @@
 # html/upload.html at / and a resumable=on location at /upload/ against the
 # fake GCS, and Debian's headless Chromium (playwright-core,
 # t/browser/resume.js) reaches both through a relay (CloudAuth::CutProxy)
-# that cuts connections of PATCHes of a 20 MiB file midway.
+# that cuts a PATCH of a 20 MiB file midway (and the network for a while).
 # The page retries by itself (HEAD, then PATCH from the offset the gateway
 # holds); then it is paused and resumed, and the page is reloaded mid-PATCH.
 # After the reload it lists the unfinished upload, and picking the same
@@ -64,13 +64,16 @@ $t->run(<<"EOF");
     }
 EOF
 
-# the relay: the first connection to carry 6 MiB towards nginx is cut, then
-# the first to carry 2 MiB.  Chromium sends a request again by itself when
-# a connection it had reused fails before an answer (the first cut may be
-# such a one); the second cut makes sure that the page's own retry is seen.
+# the relay: the first connection to carry 6 MiB towards nginx is cut, and
+# with it the network goes down for 1.5 s: Chromium sends a request again
+# by itself when a connection it had reused breaks, and only when that
+# fails too does the page see the error.  The fake GCS answers each 1 MiB
+# chunk 0.2 s late, so that the upload takes seconds: time for the page to
+# be paused and reloaded mid-way (the waits are on the page's progress).
 
 my $port = CloudAuth::CutProxy->start($t, name => 'cut',
-    to => $t->port('nginx'), cuts => [ 6 * $MiB + 77, 2 * $MiB + 33 ]);
+    to => $t->port('nginx'), cuts => [ 6 * $MiB + 77 ], outage => 1.5);
+CloudAuth::FakeGCS->faults($t, delay => 0.2);
 
 my $dir = $t->dir . '/files';
 make_path($dir);
@@ -157,7 +160,7 @@ is($out->{status}, 200, 'the page is served at /');
 # the cut, and the page's own retry
 
 my @cut = grep { $_->{cut} } CloudAuth::CutProxy->connections($t, 'cut');
-is(scalar @cut, 2, 'the relay cut two connections mid-PATCH');
+is(scalar @cut, 1, 'the relay cut a connection mid-PATCH');
 
 my @states = @{ $out->{states} || [] };
 my ($reload) = grep { $states[$_]{reload} } 0 .. $#states;
@@ -202,15 +205,34 @@ for my $r (@req) {
 }
 
 my @small_after = grep { $_->{path} =~ /notAnUpload/ } @req;
-my ($h1, $p1) = @after;
+my ($h1) = @after;
+@after = grep { $_->{path} eq $h1->{path} } @after if $h1;
 
 is($h1 && "$h1->{method} $h1->{status}", 'HEAD 200',
    'after the reload and the pick: HEAD on the kept URL');
-ok($p1 && $p1->{method} eq 'PATCH' && $p1->{path} eq $h1->{path}
-   && $p1->{offset} > 0 && $p1->{offset} % $Q == 0
-   && $p1->{offset} == $h1->{answer_offset} && $p1->{status} == 204
-   && $p1->{answer_offset} == $SIZE,
-   'then one PATCH from the offset the gateway held, to the end')
+
+# then PATCH from the offset the HEAD answered, to the end.  A HEAD may
+# come while the gateway still stores what the PATCH the reload broke off
+# had brought: its offset is then behind, and the next PATCH gets 409 (the
+# gateway sees it at the start) or 502 (GCS refuses its first chunk: the
+# other request stored more meanwhile), and the page asks again.
+my ($ok, $last_head, $steps) = (1, undef, '');
+for my $r (@after) {
+    if ($r->{method} eq 'HEAD') {
+        $ok = 0 unless $r->{status} == 200;
+        $last_head = $r;
+    } else {
+        $ok = 0 unless $last_head && $r->{offset} == $last_head->{answer_offset}
+                       && $r->{offset} % $Q == 0 && $r->{offset} > 0
+                       && $r->{status} =~ /^(204|409|502)$/;
+        $last_head = undef;
+    }
+    $steps .= " $r->{method} $r->{status}";
+}
+ok($ok && $steps =~ / PATCH 204$/ && $after[-1]{answer_offset} == $SIZE,
+   'then PATCH from the offset the gateway held, to the end'
+   . ' (409 or 502 only for an offset from before the broken-off PATCH '
+   . 'was stored)')
     or diag(JSON::PP->new->canonical->encode(\@after));
 
 # the stored objects, as the page lists them

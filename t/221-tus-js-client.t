@@ -136,8 +136,17 @@ sub run_upload {
     my @head = grep { $_->{method} eq 'HEAD' } @req;
 
     is(scalar @post, 1, "$what: created once, never started over");
-    is(scalar(grep { $_->{status} == 0 } @{ $out->{retries} }),
-       scalar @{ $o{cuts} }, "$what: the client retried after each cut");
+    # a retry per cut; and a HEAD right after a cut may report the offset
+    # from before the bytes the cut PATCH was still storing: the PATCH that
+    # follows gets 409 (or its connection closed mid-body with it), and
+    # tus-js-client asks again, as the protocol means it to
+    my @retry = @{ $out->{retries} || [] };
+    cmp_ok(scalar(grep { $_->{status} == 0 } @retry), '>=',
+           scalar @{ $o{cuts} }, "$what: the client retried after each cut");
+    is(join(' ', map { $_->{status} } grep { $_->{status} != 0
+                                             && $_->{status} != 409 } @retry),
+       '', "$what: no retry but after a cut or a 409")
+        or diag(JSON::PP->new->canonical->encode(\@retry));
     is(join(' ', map { $_->{status} // 'cut' } @head),
        join(' ', ('200') x @head), "$what: every HEAD answered 200");
 

@@ -6,7 +6,8 @@ package CloudAuth::CutProxy;
 # towards the server, as a network that goes away does.
 #
 #   my $port = CloudAuth::CutProxy->start($t, name => 'cut',
-#       to => $t->port('nginx'), cuts => [5 << 20, 11 << 20, 3 << 20]);
+#       to => $t->port('nginx'), cuts => [5 << 20, 11 << 20, 3 << 20],
+#       outage => 0);
 #   ... clients talk to 127.0.0.1:$port ...
 #   my @c = CloudAuth::CutProxy->connections($t, 'cut');
 #
@@ -17,9 +18,14 @@ package CloudAuth::CutProxy;
 # passes.  set_cuts() gives a new list while it runs (read by every new
 # connection and every 64 KiB).  One process, select(): the order of
 # connections and cuts is what the bytes did, never a race between
-# processes.  Every connection, when it ends, is a JSON line in
-# DIR/NAME.log: {n, up, down, cut (0|1), start, end}; "up" is what
-# reached the server.
+# processes.  outage => SECS: a cut takes the whole network down: every
+# other open connection is reset too, and connections made in the next
+# SECS seconds are reset as soon as they are accepted (a browser sends a
+# request again by itself on another connection when the one it had reused
+# breaks; in an outage that fails too, and the page sees the error).
+# Every connection, when it ends, is a JSON line in DIR/NAME.log: {n, up,
+# down, cut (1: the one that crossed the threshold), dropped (1: reset by
+# an outage), start, end}; "up" is what reached the server.
 
 use strict;
 use warnings;
@@ -63,7 +69,7 @@ sub start {
     $SIG{PIPE} = 'IGNORE';
     STDOUT->autoflush(1);
 
-    eval { relay($listen, $o{to}, "$dir/$name") };
+    eval { relay($listen, $o{to}, "$dir/$name", $o{outage} // 0) };
     print STDERR "cut proxy: $@" if $@;
     POSIX::_exit(0);
 }
@@ -87,7 +93,7 @@ sub connections {
 # other takes them; a socket is read only when what it gave went on, so a
 # server that reads slowly slows its client down (and nothing else)
 sub relay {
-    my ($listen, $to, $base) = @_;
+    my ($listen, $to, $base, $outage) = @_;
 
     my $rd = IO::Select->new($listen);
     my $wr = IO::Select->new;
@@ -96,6 +102,7 @@ sub relay {
     my ($cuts, $stamp) = read_cuts($base);
     my $used = 0;
     my $since = 0;
+    my $down_until = 0;
 
     $listen->blocking(0);
 
@@ -139,6 +146,17 @@ sub relay {
 
             if ($s == $listen) {
                 my $c = $listen->accept or next;
+
+                if (time < $down_until) {
+                    setsockopt($c, Socket::SOL_SOCKET(), Socket::SO_LINGER(),
+                               pack('ii', 1, 0));
+                    close $c;
+                    CloudAuth::FakeGoogle::append_json("$base.log", {
+                        n => ++$n, up => 0, down => 0, cut => 0,
+                        dropped => 1, start => time, end => time });
+                    next;
+                }
+
                 my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                               PeerPort => $to);
                 if (!$u) {
@@ -191,6 +209,14 @@ sub relay {
                     $k->{cut} = 1;
                     $used++;
                     finish($base, $rd, $wr, \%conn, $k);
+
+                    if ($outage) {
+                        $down_until = time + $outage;
+                        for my $o (values %conn) {
+                            $o->{dropped} = 1;
+                            finish($base, $rd, $wr, \%conn, $o);
+                        }
+                    }
                     next;
                 }
 
@@ -224,13 +250,13 @@ sub finish {
         delete $conn->{"$s"};
         # a reset, not an orderly end, when cut
         setsockopt($s, Socket::SOL_SOCKET(), Socket::SO_LINGER(),
-                   pack('ii', 1, 0)) if $k->{cut};
+                   pack('ii', 1, 0)) if $k->{cut} || $k->{dropped};
         close $s;
     }
 
     CloudAuth::FakeGoogle::append_json("$base.log", {
         n => $k->{n}, up => $k->{up}, down => $k->{down}, cut => $k->{cut},
-        start => $k->{start}, end => time });
+        dropped => $k->{dropped} // 0, start => $k->{start}, end => time });
 }
 
 # (cuts, a stamp that changes with the list)
