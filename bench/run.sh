@@ -656,6 +656,7 @@ bench_tus() {
     local r v res t_start D loc cpu0
 
     t_start=$(date +%s)
+    T_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     TUS_BYTES=$((UPLOAD_MB * 1024 * 1024))
 
     mkdir -p "$(dirname "$SINK")"
@@ -783,10 +784,15 @@ whose \`PATCH\` the client broke off (closed its connection) three times at
 odd byte counts; after each, \`HEAD\` gave the offset the gateway holds
 (asked until two answers 0.2 s apart agree) and the next \`PATCH\` went on
 from there. Sent again: $T_RESENT (largest $(awk -v m="$T_RESENT_MAX" \
-'BEGIN { printf "%.2f", m / 1048576 }') MiB) — what the
-client had handed to its socket beyond the last 256 KiB mark the gateway
-stored: the part of the \`chunk_size\` buffer not yet in GCS, and what sat
-in the socket buffers. Final \`PATCH\`: $T_FINAL (status, offset).
+'BEGIN { printf "%.2f", m / 1048576 }') MiB). Here the client closes its
+connection after its last byte, so nginx reads every byte it was sent,
+the gateway stores them up to the last 256 KiB mark (its \`chunk_size\`
+buffer included), and less than 256 KiB is sent again. A network that
+drops also loses what is in flight (socket buffers, the part of a chunk not
+yet in GCS): \`t/221-tus-js-client.t\` measures that through its relay.
+Final \`PATCH\`: $T_FINAL (status, offset). Load average at the start:
+$T_LOAD (the machine is shared; the MB/s are noisy, the CPU per GiB
+less so).
 
 \`\`\`
 one upload (variant round MB/s code bytes s [upload_offset] worker_cpu_s)
