@@ -10,10 +10,12 @@
 # ONLY=upload runs section 4 alone and replaces that section in an existing
 # RESULTS.md (UPLOAD_MB=1024 CONC=20 CONC_MB=100 size it;
 # UPLOAD_BODY_BUF=128k is the gateway's client_body_buffer_size).
-# ONLY=tus runs section 6 alone (resumable uploads: tus PATCH against a
+# ONLY=scale runs section 6 alone and replaces (or adds) that section in
+# RESULTS.md (SUBJECTS=10000 cached subjects, SCALE_TOKEN_LEN=240 bytes).
+# ONLY=tus runs section 7 alone (resumable uploads: tus PATCH against a
 # single PUT to the same location and against proxy_pass, and the bytes
-# sent again after interruptions; UPLOAD_MB sizes it) and puts it into
-# RESULTS.md.
+# sent again after interruptions; UPLOAD_MB sizes it; TUS_SINK_MD5=1 runs
+# the GCS stand-in with MD5) and replaces (or adds) it in RESULTS.md.
 
 set -euo pipefail
 
@@ -31,10 +33,14 @@ CONC=${CONC:-20}
 CONC_MB=${CONC_MB:-100}
 UPLOAD_BODY_BUF=${UPLOAD_BODY_BUF:-128k}
 SINK=${SINK:-$ROOT/build/gcs_sink}
+SUBJECTS=${SUBJECTS:-10000}
+SCALE_TOKEN_LEN=${SCALE_TOKEN_LEN:-240}
 
 case "$ONLY" in
-    ""|upload|hotpath|tus) ;;
-    *) echo "ONLY=$ONLY: ONLY=upload, ONLY=tus or ONLY=hotpath" >&2; exit 2 ;;
+    ""|upload|hotpath|scale|tus) ;;
+    *) echo "ONLY=$ONLY: ONLY=upload, ONLY=hotpath, ONLY=scale or" \
+            "ONLY=tus" >&2
+       exit 2 ;;
 esac
 
 T=$(mktemp -d /tmp/cloudauth-bench.XXXXXX)
@@ -104,9 +110,11 @@ temps() {
     echo "uwsgi_temp_path $d; scgi_temp_path $d;"
 }
 
-# wrk URL -> "rps p50_ms p99_ms non2xx"
+# wrk DURATION URL [WRK-ARGS] -> "rps p50_ms p99_ms non2xx"
 run_wrk() {
-    $LOAD_CPU wrk -t1 -c"$CONNS" -d"$1"s --latency "$2" | awk '
+    local dur=$1
+    shift
+    $LOAD_CPU wrk -t1 -c"$CONNS" -d"$dur"s --latency "$@" | awk '
         function ms(v) {
             if (v ~ /us$/) return v / 1000;
             if (v ~ /ms$/) return v + 0;
@@ -496,6 +504,181 @@ $(cat "$T/conc.tsv")
 EOF
 }
 
+# 6. thousands of subjects (defined here, run after 5) ----------------------
+
+# a field of the status page's JSON: scale_status QUERY PERL-EXPRESSION
+scale_status() {
+    curl -sf "http://127.0.0.1:$GW6/status?$1" \
+        | perl -MJSON::PP -e 'local $/; $_ = decode_json(<STDIN>);
+                              print eval($ARGV[0]) // "", "\n"' "$2"
+}
+
+# the status page's answer time in ms, median of 21: scale_status_ms QUERY
+scale_status_ms() {
+    for _ in $(seq 21); do
+        $LOAD_CPU curl -sf -o /dev/null -w '%{time_total}\n' \
+            "http://127.0.0.1:$GW6/status?$1"
+    done | median | awk '{ printf "%.1f", $1 * 1000 }'
+}
+
+bench_scale() {
+    local r n v res used0 used1 t0 t1 warm_s total ok
+
+    TOK6=$(port)
+    perl "$B/fake_token.pl" "$TOK6" 0 3600 - "$SCALE_TOKEN_LEN" &
+    PIDS+=($!)
+    wait_port "$TOK6"
+
+    GW6=$(port)
+    start_nginx scale "$GW_CPU" <<EOF
+load_module $MODULE;
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    $(temps scale)
+    keepalive_requests 1000000;
+    cloudauth_zone 16m;
+    cloudauth_credential people type=google_service_account
+        key_file=$T/sa.json scopes=https://www.googleapis.com/auth/drive
+        "subjects=user\\d{5}@example\\.com"
+        token_url=http://127.0.0.1:$TOK6/token;
+    upstream up { server 127.0.0.1:$UP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$GW6 backlog=4096;
+        location / {
+            cloudauth people;
+            cloudauth_subject \$http_x_user;
+            $LOC_PROXY
+            proxy_pass http://up;
+        }
+        location /warm/ {
+            cloudauth people;
+            cloudauth_subject \$arg_u;
+            $LOC_PROXY
+            proxy_pass http://up;
+        }
+        location = /status { cloudauth_status; }
+    }
+}
+EOF
+    wait_port "$GW6"
+
+    # the zone's pages in use before and after SUBJECTS entries
+    used0=$(scale_status limit=0 '$_->{zone}{used}')
+
+    echo "== scale: $SUBJECTS subjects into the cache"
+    t0=$(date +%s.%N)
+    ok=$($LOAD_CPU curl -s -Z --parallel-max 32 -w 'CODE %{http_code}\n' \
+             "http://127.0.0.1:$GW6/warm/?u=user[00001-$(printf %05d \
+              "$SUBJECTS")]@example.com" 2> /dev/null | grep -c '^CODE 200$' || true)
+    t1=$(date +%s.%N)
+    warm_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    total=$(scale_status limit=0 '$_->{credentials}{people}{entries_total}')
+    used1=$(scale_status limit=0 '$_->{zone}{used}')
+    echo "== scale: $ok of $SUBJECTS answered 200 in $warm_s s;" \
+         "entries_total $total; zone used $used0 -> $used1 bytes"
+
+    SC_PER=$(awk -v a="$used0" -v b="$used1" -v n="$total" \
+             'BEGIN { printf "%.0f", (b - a) / n }')
+    SC_PER_MB=$(awk -v p="$SC_PER" 'BEGIN { printf "%.0f", 1048576 / p }')
+
+    # the status page with SUBJECTS entries
+    SC_ST_DEF=$(scale_status_ms "")
+    SC_ST_ZERO=$(scale_status_ms "limit=0")
+    SC_ST_ALL=$(scale_status_ms "limit=1000")
+    SC_ST_ALL_KB=$(curl -sf "http://127.0.0.1:$GW6/status?limit=1000" \
+                   | wc -c | awk '{ printf "%.0f", $1 / 1024 }')
+    echo "== scale: status $SC_ST_DEF ms, limit=0 $SC_ST_ZERO ms," \
+         "limit=1000 $SC_ST_ALL ms"
+
+    # the same script: a random one of SUBJECTS, or always the same one
+    echo "== scale: $ROUNDS rounds of ${DUR}s, one subject and $SUBJECTS"
+    : > "$T/scale.tsv"
+    for r in $(seq "$ROUNDS"); do
+        for v in one many; do
+            [ $v = one ] && n=1 || n=$SUBJECTS
+            res=$(run_wrk "$DUR" "http://127.0.0.1:$GW6/" \
+                  -s "$B/subjects.lua" -- "$n")
+            echo "$v $r $res" | tee -a "$T/scale.tsv"
+        done
+    done
+
+    SC_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+    SC_FETCHES=$(scale_status limit=0 '$_->{credentials}{people}{fetches}')
+    SC_TOTAL=$(scale_status limit=0 \
+               '$_->{credentials}{people}{entries_total}')
+    stop_nginx scale
+
+    sc() { awk -v v="$1" -v c="$2" '$1 == v {print $c}' "$T/scale.tsv" \
+           | median; }
+    SC_ONE=$(sc one 3);     SC_MANY=$(sc many 3)
+    SC_ONE_P99=$(sc one 5); SC_MANY_P99=$(sc many 5)
+    SC_BAD=$(awk '{s += $6} END {print s + 0}' "$T/scale.tsv")
+    SC_RATIO=$(ratio "$SC_MANY" "$SC_ONE")
+
+    cat > "$T/scale.md" <<EOF
+## 6. Thousands of subjects
+
+$SUBJECTS subjects of one \`google_service_account\` credential with
+\`subjects=\` cached ($warm_s s to fetch them all, 32 at a time: $ok
+answered 200; entries_total $total), tokens of $SCALE_TOKEN_LEN bytes,
+\`cloudauth_zone 16m\`, one worker. The same wrk script
+([\`bench/subjects.lua\`](subjects.lua), an \`X-User\` header per request)
+picks one of the $SUBJECTS subjects at random, or always the same one;
+$CONNS connections, rounds interleaved, medians of $ROUNDS.
+
+| subjects | requests/s | ratio | p99 ms |
+|---|---|---|---|
+| one | $SC_ONE | 1.000 | $SC_ONE_P99 |
+| **$SUBJECTS, at random** | $SC_MANY | **$SC_RATIO** | $SC_MANY_P99 |
+
+Target: ≥ 0.95×. Non-2xx answers (all runs): $SC_BAD; token requests
+during the runs: $((SC_FETCHES - total)) (entries at the end: $SC_TOTAL).
+Load average after the runs: $SC_LOAD ($(nproc) cores; other load makes
+the rounds vary, see the raw data).
+
+**Zone memory:** $used0 → $used1 bytes of the zone in use (whole pages)
+for $total entries: **$SC_PER bytes per entry, $SC_PER_MB entries per
+MiB** (with $SCALE_TOKEN_LEN-byte tokens).
+
+**Status page** with $SUBJECTS entries (curl, median of 21):
+
+| query | ms |
+|---|---|
+| \`/status\` (100 entries listed) | $SC_ST_DEF |
+| \`/status?limit=0\` (sums only: the walk of the zone) | $SC_ST_ZERO |
+| \`/status?limit=1000\` (the most a page lists, $SC_ST_ALL_KB KiB of JSON) | $SC_ST_ALL |
+
+\`\`\`
+scale (variant round rps p50 p99 non2xx)
+$(cat "$T/scale.tsv")
+\`\`\`
+EOF
+}
+
+# ONLY=scale: section 6 alone, put in place of the one in RESULTS.md, or
+# before its raw data
+only_scale() {
+    bench_scale
+    if [ -f "$B/RESULTS.md" ] && grep -q '^## 6\. ' "$B/RESULTS.md"; then
+        perl -0pi -e '
+            BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
+            s/^## 6\. .*?(?=^## |\z)/$new\n/ms' \
+            "$T/scale.md" "$B/RESULTS.md"
+    elif [ -f "$B/RESULTS.md" ] && grep -q '^## Raw data' "$B/RESULTS.md"
+    then
+        perl -0pi -e '
+            BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
+            s/^(?=## Raw data)/$new\n/m' \
+            "$T/scale.md" "$B/RESULTS.md"
+    else
+        { echo "# Benchmark results"; echo; cat "$T/scale.md"; } \
+            > "$B/RESULTS.md"
+    fi
+    echo "== wrote section 6 of $B/RESULTS.md"
+}
+
 # ONLY=upload: section 4 alone, put in place of the one in RESULTS.md
 only_upload() {
     bench_upload
@@ -516,9 +699,9 @@ if [ "$ONLY" = upload ]; then
     exit 0
 fi
 
-# 6. resumable uploads (tus) -------------------------------------------------
+# 7. resumable uploads (tus) -------------------------------------------------
 
-# the gateway for section 6: one resumable=on location with default
+# the gateway for section 7: one resumable=on location with default
 # settings (plain PUT and tus alike), and proxy_pass as in section 4
 tus_conf() {
     cat <<EOF
@@ -762,7 +945,7 @@ gateway's cost"
                         END { print m + 0 }' "$T/tus-cuts.tsv")
 
     cat > "$T/tus.md" <<EOF
-## 6. Resumable uploads (tus)
+## 7. Resumable uploads (tus)
 
 One \`resumable=on\` location with default settings (\`chunk_size\` 8m,
 \`md5=off\`) in front of the stand-in of section 4 ($T_SINK), one worker on
@@ -804,13 +987,13 @@ $(cat "$T/tus-cuts.tsv")
 EOF
 }
 
-# ONLY=tus: section 6 alone, put in place of the one in RESULTS.md
+# ONLY=tus: section 7 alone, put in place of the one in RESULTS.md
 only_tus() {
     bench_tus
-    if [ -f "$B/RESULTS.md" ] && grep -q '^## 6\. ' "$B/RESULTS.md"; then
+    if [ -f "$B/RESULTS.md" ] && grep -q '^## 7\. ' "$B/RESULTS.md"; then
         perl -0pi -e '
             BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
-            s/^## 6\. .*?(?=^## Raw data|\z)/$new\n/ms' \
+            s/^## 7\. .*?(?=^## |\z)/$new\n/ms' \
             "$T/tus.md" "$B/RESULTS.md"
     elif [ -f "$B/RESULTS.md" ] && grep -q '^## Raw data' "$B/RESULTS.md"; then
         perl -0pi -e '
@@ -821,7 +1004,7 @@ only_tus() {
         { echo "# Benchmark results"; echo; cat "$T/tus.md"; } \
             > "$B/RESULTS.md"
     fi
-    echo "== wrote section 6 of $B/RESULTS.md"
+    echo "== wrote section 7 of $B/RESULTS.md"
 }
 
 if [ "$ONLY" = tus ]; then
@@ -845,6 +1028,13 @@ http {
 }
 EOF
 wait_port "$UP"
+
+LOC_PROXY='proxy_http_version 1.1; proxy_set_header Connection "";'
+
+if [ "$ONLY" = scale ]; then
+    only_scale
+    exit 0
+fi
 
 # 1. hot path ------------------------------------------------------------
 
@@ -1030,7 +1220,7 @@ REF_NDURING=$(awk '$1 == 1' "$T/refresh-marked.tsv" | wc -l)
 
 bench_upload
 
-# 6. resumable uploads (tus), here while the GCS stand-in is built ----------
+# 7. resumable uploads (tus), here while the GCS stand-in is built ----------
 
 bench_tus
 
@@ -1049,6 +1239,10 @@ for r in $(seq "$ROUNDS"); do
           | awk '/^rsa 2048/ {print $6}')
     echo "$ours $ref" | tee -a "$T/sign.tsv"
 done
+
+# 6. thousands of subjects ---------------------------------------------------
+
+bench_scale
 
 # results ------------------------------------------------------------------
 
@@ -1154,6 +1348,8 @@ $(cat "$T/upload.md")
 | RS256 assertions/s, one core (module's JWT code) | \`openssl speed rsa2048\` signs/s | ratio |
 |---|---|---|
 | $SIGN | $OSSL | $(ratio "$SIGN" "$OSSL") |
+
+$(cat "$T/scale.md")
 
 $(cat "$T/tus.md")
 

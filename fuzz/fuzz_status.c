@@ -5,11 +5,12 @@
  * The status page (ngx_cloudauth_status.c, included here for its static
  * functions) for arbitrary entries: the JSON and the Prometheus text of
  * snapshots built from the input, as ngx_cloudauth_cache_snapshot() copies
- * them out of the zone.  The zone itself is stubbed.
+ * them out of the zone (up to a limit per credential, sums over all).  The
+ * zone itself is stubbed.
  *
- * Input: a byte with the number of credentials (1-4), the upload counters,
- * then per entry: the credential, counters, the subject and the last error
- * (a length byte and the bytes each).
+ * Input: a byte with the number of credentials (1-4) and flags, a byte with
+ * the limit, the upload counters, then per entry: the credential, counters,
+ * the subject and the last error (a length byte and the bytes each).
  */
 
 
@@ -28,9 +29,18 @@ static ngx_uint_t             with_stats;
 
 
 ngx_int_t
-ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
+    ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_cloudauth_usage_t *usage)
 {
     return NGX_OK;
+}
+
+
+ngx_cloudauth_cred_t *
+ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf, ngx_str_t *name)
+{
+    return NULL;
 }
 
 
@@ -38,6 +48,13 @@ ngx_cloudauth_stats_t *
 ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone)
 {
     return with_stats ? &stats : NULL;
+}
+
+
+ngx_uint_t
+ngx_cloudauth_cache_in_flight(ngx_shm_zone_t *zone, u_char *fp)
+{
+    return 0;
 }
 
 
@@ -92,18 +109,19 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     void                       *main_conf[1];
-    size_t                      i, k, lines;
+    size_t                      i, k, lines, listed;
     ngx_int_t                   rc;
     ngx_str_t                   out;
     fuzz_in_t                   in;
-    ngx_uint_t                  ncreds, valid;
+    ngx_uint_t                  ncreds, valid, with_usage;
     ngx_pool_t                 *pool;
-    ngx_array_t                *snaps;
     ngx_http_request_t          r;
-    ngx_cloudauth_snap_t       *s;
+    ngx_cloudauth_entry_t      *s, e;
     ngx_cloudauth_cred_t        creds[4], **cp;
+    ngx_cloudauth_census_t      census[4], *c;
+    ngx_cloudauth_status_t      st;
     ngx_cloudauth_main_conf_t   cmcf;
-    json_t                     *json;
+    json_t                     *json, *jc;
 
     fuzz_ngx_init();
 
@@ -118,7 +136,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     ncreds = take(&in, 1);
     with_stats = ncreds & 0x80;
+    with_usage = ncreds & 0x40;
     ncreds = (ncreds & 3) + 1;
+
+    ngx_memzero(&st, sizeof(ngx_cloudauth_status_t));
+    st.census = census;
+    st.n = ncreds;
+
+    if (with_usage) {
+        st.usage.size = 1048576;
+        st.usage.used = take(&in, 3);
+    }
+
+    k = take(&in, 1);
 
     ngx_memzero(&cmcf, sizeof(ngx_cloudauth_main_conf_t));
 
@@ -140,6 +170,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
 
         *cp = &creds[i];
+
+        ngx_memzero(&census[i], sizeof(ngx_cloudauth_census_t));
+        census[i].cred = &creds[i];
+        census[i].limit = k % 8;
+        census[i].entries = ngx_array_create(pool, 1,
+                                             sizeof(ngx_cloudauth_entry_t));
+        if (census[i].entries == NULL) {
+            abort();
+        }
     }
 
     ngx_memzero(&r, sizeof(ngx_http_request_t));
@@ -152,25 +191,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     stats.uploads_failed = take(&in, 4);
     stats.upload_bytes = take(&in, 8);
 
-    snaps = ngx_array_create(pool, 8, sizeof(ngx_cloudauth_snap_t));
-    if (snaps == NULL) {
-        abort();
-    }
-
     /* valid: what ngx_cloudauth_subject_valid() lets into the zone */
 
     valid = 1;
+    listed = 0;
 
-    while (in.p < in.last && snaps->nelts < 64) {
-        s = ngx_array_push(snaps);
-        if (s == NULL) {
-            abort();
-        }
-
-        ngx_memzero(s, sizeof(ngx_cloudauth_snap_t));
+    while (in.p < in.last && listed < 64) {
+        s = &e;
+        ngx_memzero(s, sizeof(ngx_cloudauth_entry_t));
 
         k = take(&in, 1);
-        s->cred = &creds[k % ncreds];
+        c = &census[k % ncreds];
         s->state = (k & 0x80) ? "valid" : "failing";
         s->expires_in = (time_t) take(&in, 4);
         s->last_refresh = (time_t) take(&in, 4);
@@ -184,6 +215,34 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         s->subject_len = take_bytes(&in, s->subject,
                                     NGX_CLOUDAUTH_MAX_SUBJECT);
         s->error_len = take_bytes(&in, s->error, NGX_CLOUDAUTH_MAX_ERROR);
+
+        /* as the cache's snapshot: every entry summed, some listed */
+
+        c->total++;
+        c->hits += s->hits;
+        c->misses += s->misses;
+        c->fetches += s->fetches;
+        c->fetch_failures += s->fetch_failures;
+        c->waiters += s->waiters;
+        c->invalidations += s->invalidations;
+        c->unauthorized_kept += s->unauthorized_kept;
+
+        if (s->expires_in && (c->soonest == 0 || s->expires_in < c->soonest))
+        {
+            c->soonest = s->expires_in;
+        }
+
+        if (c->entries->nelts >= c->limit) {
+            continue;
+        }
+
+        s = ngx_array_push(c->entries);
+        if (s == NULL) {
+            abort();
+        }
+
+        *s = e;
+        listed++;
 
         if (s->subject_len
             && ngx_cloudauth_subject_valid(s->subject, s->subject_len)
@@ -199,7 +258,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
-    rc = ngx_cloudauth_status_json(&r, snaps, &out);
+    rc = ngx_cloudauth_status_json(&r, &st, &out);
 
     fuzz_assert(rc == NGX_OK || rc == NGX_ERROR);
 
@@ -215,10 +274,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_assert(json != NULL);
         fuzz_assert(json_object_size(json_object_get(json, "credentials"))
                     == ncreds);
+
+        for (i = 0; i < ncreds; i++) {
+            jc = json_object_get(json_object_get(json, "credentials"),
+                                 names[i]);
+            fuzz_assert(jc != NULL);
+            fuzz_assert(json_integer_value(json_object_get(jc,
+                                                           "entries_total"))
+                        == (json_int_t) census[i].total);
+            fuzz_assert(json_array_size(json_object_get(jc, "entries"))
+                        <= census[i].limit);
+        }
+
         json_decref(json);
     }
 
-    rc = ngx_cloudauth_status_prometheus(&r, snaps, &out);
+    rc = ngx_cloudauth_status_prometheus(&r, &st, &out);
 
     fuzz_assert(rc == NGX_OK);
 
@@ -233,7 +304,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     fuzz_assert(out.len > 0 && out.data[out.len - 1] == '\n');
-    fuzz_assert(lines == 8 + 9 * ncreds + (with_stats ? 7 : 0));
+    fuzz_assert(lines == 8 + 9 * ncreds + (with_usage ? 4 : 0)
+                         + (with_stats ? 7 : 0));
 
     ngx_destroy_pool(pool);
 

@@ -22,6 +22,10 @@
 #define NGX_CLOUDAUTH_FP_LEN          32
 #define NGX_CLOUDAUTH_ZONE_SECRET_LEN 32
 
+/* token requests one credential has in flight, across all workers */
+#define NGX_CLOUDAUTH_CONCURRENCY     8
+#define NGX_CLOUDAUTH_MAX_CONCURRENCY 1024
+
 
 typedef struct ngx_cloudauth_cred_s   ngx_cloudauth_cred_t;
 typedef struct ngx_cloudauth_kind_s   ngx_cloudauth_kind_t;
@@ -133,6 +137,9 @@ struct ngx_cloudauth_cred_s {
     /* a credential whose token authorises this one's token request */
     ngx_cloudauth_cred_t      *source;
 
+    ngx_uint_t                 concurrency; /* token requests in flight at
+                                               most; 0: signs, makes none */
+
     /* identity of the credential: name, kind, key, scopes, endpoint */
     u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
 
@@ -180,6 +187,7 @@ struct ngx_cloudauth_ask_s {
 
     ngx_str_t                      token;       /* on NGX_OK */
     time_t                         expires_at;
+    time_t                         obtained_at; /* when it was fetched */
     ngx_str_t                      reason;      /* on NGX_DECLINED */
     ngx_cloudauth_cache_status_e   cache_status;
 
@@ -214,6 +222,7 @@ typedef enum {
     NGX_CLOUDAUTH_TAKE_TOKEN = 0,   /* a usable token, copied out */
     NGX_CLOUDAUTH_TAKE_FETCH,       /* none; claimed: the caller fetches */
     NGX_CLOUDAUTH_TAKE_WAIT,        /* none; another claim is running */
+    NGX_CLOUDAUTH_TAKE_QUEUE,       /* none; no request slot free: poll */
     NGX_CLOUDAUTH_TAKE_BACKOFF,     /* none; fetches fail, do not wait */
     NGX_CLOUDAUTH_TAKE_FULL,        /* no room for the entry */
     NGX_CLOUDAUTH_TAKE_NOMEM        /* no memory for the token's copy */
@@ -229,11 +238,14 @@ typedef struct {
     ngx_msec_t                 claim_for;   /* how long a new claim holds */
     ngx_pool_t                *pool;        /* the token is copied here */
     ngx_uint_t                 count;       /* NGX_CLOUDAUTH_COUNT_* */
+    ngx_uint_t                 concurrency; /* a claim needs a slot of
+                                               so many; 0: no slot */
     unsigned                   refresh:1;   /* claim a token due for it */
 
     /* out */
     ngx_str_t                  token;
     time_t                     expires_at;  /* seconds, wall clock */
+    time_t                     obtained_at; /* seconds, wall clock */
     ngx_uint_t                 claim;       /* the caller's claim, or 0 */
     unsigned                   stale:1;     /* in its refresh window */
 } ngx_cloudauth_take_t;
@@ -264,8 +276,6 @@ typedef ngx_msec_t (*ngx_cloudauth_backoff_pt)(ngx_uint_t failures,
 /* an entry as the status page sees it: a copy, never a token */
 
 typedef struct {
-    ngx_cloudauth_cred_t      *cred;        /* the caller's, not the cache's */
-    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
     u_char                     subject[NGX_CLOUDAUTH_MAX_SUBJECT];
     size_t                     subject_len;
     u_char                     error[NGX_CLOUDAUTH_MAX_ERROR];
@@ -281,6 +291,38 @@ typedef struct {
     ngx_uint_t                 invalidations;
     ngx_uint_t                 unauthorized_kept;
 } ngx_cloudauth_entry_t;
+
+
+/*
+ * What the status page asks of the cache about one credential, and gets:
+ * copies of up to limit of its entries, most recently used first, and
+ * sums over all of them.
+ */
+
+typedef struct {
+    ngx_cloudauth_cred_t      *cred;        /* in: the caller's */
+    ngx_uint_t                 limit;       /* in: entries copied at most */
+    ngx_array_t               *entries;     /* ngx_cloudauth_entry_t, made
+                                               by the snapshot */
+
+    ngx_uint_t                 total;       /* entries, also those left out */
+    ngx_uint_t                 hits;
+    ngx_uint_t                 misses;
+    ngx_uint_t                 fetches;
+    ngx_uint_t                 fetch_failures;
+    ngx_uint_t                 waiters;
+    ngx_uint_t                 invalidations;
+    ngx_uint_t                 unauthorized_kept;
+    time_t                     soonest;     /* the soonest expires_in, or 0 */
+} ngx_cloudauth_census_t;
+
+
+/* how much of the zone is taken, in bytes (whole pages) */
+
+typedef struct {
+    size_t                     size;
+    size_t                     used;
+} ngx_cloudauth_usage_t;
 
 
 /* ngx_cloudauth_module.c */
@@ -320,9 +362,11 @@ ngx_cloudauth_invalidate_e ngx_cloudauth_cache_invalidate(
     ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key, ngx_str_t *token,
     ngx_msec_t gap);
 ngx_int_t ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone,
-    ngx_array_t *entries);
+    ngx_pool_t *pool, ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_cloudauth_usage_t *usage);
 ngx_cloudauth_stats_t *ngx_cloudauth_cache_stats(ngx_shm_zone_t *zone);
 u_char *ngx_cloudauth_cache_secret(ngx_shm_zone_t *zone);
+ngx_uint_t ngx_cloudauth_cache_in_flight(ngx_shm_zone_t *zone, u_char *fp);
 uint64_t ngx_cloudauth_now(void);
 uint64_t ngx_cloudauth_monotonic(void);
 

@@ -11,6 +11,13 @@
  * configuration holds it), never from a static: a reload that fails after
  * it made a new zone frees that zone, and the workers the master starts
  * later run the old cycle with the old zone.
+ *
+ * Request slots bound the token requests of one credential (by
+ * fingerprint) in flight across all workers.  A slot belongs to a claim:
+ * it records the claim's owner (pid and sequence number) and deadline, so
+ * it lapses with the claim when the worker holding it dies, and it is
+ * freed wherever the claim ends (store, fail, release, a worker's exit, a
+ * lapsed claim taken over).  A hit on a usable token never looks at them.
  */
 
 
@@ -34,6 +41,7 @@ typedef struct {
     uint64_t                   claim_deadline;  /* monotonic */
     ngx_pid_t                  claim_pid;
     ngx_uint_t                 claim_seq;       /* which claim of pid's */
+    ngx_uint_t                 claim_slot;      /* its slot + 1, or 0 */
 
     uint64_t                   invalidated_at;  /* monotonic */
 
@@ -61,10 +69,31 @@ typedef struct {
 } ngx_cloudauth_node_t;
 
 
+/* a token request in flight: the claim it runs under */
+
+typedef struct {
+    ngx_cloudauth_node_t      *node;
+    uint64_t                   deadline;        /* monotonic, the claim's */
+    ngx_pid_t                  pid;             /* 0: free */
+    ngx_uint_t                 seq;
+} ngx_cloudauth_slot_t;
+
+
+/* the slots of one credential; they grow, never shrink, with concurrency= */
+
+typedef struct {
+    ngx_queue_t                queue;
+    u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
+    ngx_uint_t                 nslots;
+    ngx_cloudauth_slot_t       slots[1];
+} ngx_cloudauth_limit_t;
+
+
 typedef struct {
     ngx_rbtree_t           rbtree;
     ngx_rbtree_node_t      sentinel;
     ngx_queue_t            lru;
+    ngx_queue_t            limits;          /* ngx_cloudauth_limit_t */
     ngx_cloudauth_stats_t  stats;
     u_char                 secret[NGX_CLOUDAUTH_ZONE_SECRET_LEN];
 } ngx_cloudauth_shctx_t;
@@ -74,6 +103,14 @@ static void ngx_cloudauth_cache_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void *ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size);
 static void ngx_cloudauth_cache_free_node(ngx_shm_zone_t *zone,
+    ngx_cloudauth_node_t *node);
+static ngx_cloudauth_limit_t *ngx_cloudauth_cache_limit(ngx_shm_zone_t *zone,
+    u_char *fp, ngx_uint_t n);
+static ngx_int_t ngx_cloudauth_cache_claim(ngx_shm_zone_t *zone,
+    ngx_cloudauth_node_t *node, ngx_cloudauth_take_t *t, uint64_t mono);
+static void ngx_cloudauth_cache_unclaim(ngx_shm_zone_t *zone,
+    ngx_cloudauth_node_t *node);
+static void ngx_cloudauth_cache_unslot(ngx_shm_zone_t *zone,
     ngx_cloudauth_node_t *node);
 
 
@@ -109,6 +146,7 @@ ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_rbtree_init(&sh->rbtree, &sh->sentinel, ngx_cloudauth_cache_insert);
     ngx_queue_init(&sh->lru);
+    ngx_queue_init(&sh->limits);
 
     /* the zone's own secret: what upload IDs are sealed with by default */
 
@@ -443,17 +481,17 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         ngx_memcpy(t->token.data, node->token, node->token_len);
         t->token.len = node->token_len;
         t->expires_at = (time_t) (node->expires_at / 1000);
+        t->obtained_at = (time_t) (node->refreshed_at / 1000);
 
         if (now >= node->refresh_at) {
             t->stale = 1;
 
+            /* no slot free: the token held serves, a later hit refreshes */
+
             if (t->refresh && !ngx_cloudauth_cache_claimed(node, mono)
                 && now >= node->backoff_until)
             {
-                node->claim_pid = ngx_pid;
-                node->claim_seq++;
-                node->claim_deadline = mono + t->claim_for;
-                t->claim = node->claim_seq;
+                (void) ngx_cloudauth_cache_claim(zone, node, t, mono);
             }
         }
 
@@ -481,18 +519,28 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         }
 
     } else {
-        rc = NGX_CLOUDAUTH_TAKE_FETCH;
+        switch (ngx_cloudauth_cache_claim(zone, node, t, mono)) {
 
-        node->claim_pid = ngx_pid;
-        node->claim_seq++;
-        node->claim_deadline = mono + t->claim_for;
-        t->claim = node->claim_seq;
+        case NGX_OK:
+            rc = NGX_CLOUDAUTH_TAKE_FETCH;
+            break;
+
+        case NGX_DECLINED:
+            rc = NGX_CLOUDAUTH_TAKE_QUEUE;
+            break;
+
+        default:
+            ngx_cloudauth_cache_unlock(zone);
+            return NGX_CLOUDAUTH_TAKE_FULL;
+        }
 
         if (t->count) {
             node->misses++;
         }
 
-        if (t->count == NGX_CLOUDAUTH_COUNT_REQUEST) {
+        if (t->count == NGX_CLOUDAUTH_COUNT_REQUEST
+            || (t->count && rc == NGX_CLOUDAUTH_TAKE_QUEUE))
+        {
             node->waiters++;
         }
     }
@@ -548,8 +596,7 @@ ngx_cloudauth_cache_store(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         rc = NGX_OK;
 
         if (ngx_cloudauth_cache_owns(node, claim)) {
-            node->claim_pid = 0;
-            node->claim_deadline = 0;
+            ngx_cloudauth_cache_unclaim(zone, node);
         }
     }
 
@@ -589,8 +636,7 @@ ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
 
         ngx_cloudauth_cache_set_error(node, error);
 
-        node->claim_pid = 0;
-        node->claim_deadline = 0;
+        ngx_cloudauth_cache_unclaim(zone, node);
     }
 
     ngx_cloudauth_cache_unlock(zone);
@@ -610,8 +656,7 @@ ngx_cloudauth_cache_release(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
     node = ngx_cloudauth_cache_lookup(zone, key, 0);
 
     if (node && ngx_cloudauth_cache_owns(node, claim)) {
-        node->claim_pid = 0;
-        node->claim_deadline = 0;
+        ngx_cloudauth_cache_unclaim(zone, node);
     }
 
     ngx_cloudauth_cache_unlock(zone);
@@ -623,8 +668,10 @@ ngx_cloudauth_cache_release(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
 void
 ngx_cloudauth_cache_release_all(ngx_shm_zone_t *zone, ngx_pid_t pid)
 {
+    ngx_uint_t              i;
     ngx_queue_t            *q;
     ngx_cloudauth_node_t   *node;
+    ngx_cloudauth_limit_t  *limit;
     ngx_cloudauth_shctx_t  *sh;
 
     if (zone == NULL || zone->data == NULL) {
@@ -642,8 +689,23 @@ ngx_cloudauth_cache_release_all(ngx_shm_zone_t *zone, ngx_pid_t pid)
         node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
         if (node->claim_pid == pid) {
-            node->claim_pid = 0;
-            node->claim_deadline = 0;
+            ngx_cloudauth_cache_unclaim(zone, node);
+        }
+    }
+
+    /* and any slot of pid's left (its claim lapsed and was taken over) */
+
+    for (q = ngx_queue_head(&sh->limits);
+         q != ngx_queue_sentinel(&sh->limits);
+         q = ngx_queue_next(q))
+    {
+        limit = ngx_queue_data(q, ngx_cloudauth_limit_t, queue);
+
+        for (i = 0; i < limit->nslots; i++) {
+            if (limit->slots[i].pid == pid) {
+                limit->slots[i].pid = 0;
+                limit->slots[i].node = NULL;
+            }
         }
     }
 
@@ -721,28 +783,134 @@ ngx_cloudauth_cache_state(ngx_cloudauth_node_t *n, uint64_t now,
 }
 
 
+static int ngx_libc_cdecl
+ngx_cloudauth_cache_census_cmp(const void *one, const void *two)
+{
+    ngx_cloudauth_census_t  *a, *b;
+
+    a = *(ngx_cloudauth_census_t **) one;
+    b = *(ngx_cloudauth_census_t **) two;
+
+    return ngx_memcmp(a->cred->fp, b->cred->fp, NGX_CLOUDAUTH_FP_LEN);
+}
+
+
+/* the census of the credential of fp, in census sorted by fp, or NULL */
+
+static ngx_cloudauth_census_t *
+ngx_cloudauth_cache_census_find(ngx_cloudauth_census_t **census,
+    ngx_uint_t n, u_char *fp)
+{
+    ngx_int_t   rc;
+    ngx_uint_t  lo, hi, mid;
+
+    lo = 0;
+    hi = n;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        rc = ngx_memcmp(fp, census[mid]->cred->fp, NGX_CLOUDAUTH_FP_LEN);
+
+        if (rc == 0) {
+            return census[mid];
+        }
+
+        if (rc < 0) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return NULL;
+}
+
+
 /*
- * Copies every entry, most recently used first, into the array of
- * ngx_cloudauth_entry_t; lengths bounded by the copies, whatever the
- * entry says.  NGX_ERROR when the array cannot grow.
+ * Two walks of the LRU queue, most recently used first, each under the
+ * mutex, for the credentials in census (sorted by fingerprint here).  The
+ * first counts their entries, and room for the copies is made without the
+ * lock.  The second sums each entry into its credential's census and
+ * copies it while there is room, up to the limit, most recently used
+ * first; lengths bounded by the copies, whatever the entry says.  Nothing
+ * is allocated under the lock; an entry made between the walks may be
+ * left out of the copies, never out of the sums.  Entries of no
+ * credential in census (another configuration's) are passed over.
  */
 
 ngx_int_t
-ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
+ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
+    ngx_cloudauth_census_t **census, ngx_uint_t n,
+    ngx_cloudauth_usage_t *usage)
 {
-    uint64_t                now, mono;
-    ngx_int_t               rc;
-    ngx_queue_t            *q;
-    ngx_cloudauth_node_t   *n;
-    ngx_cloudauth_entry_t  *e;
-    ngx_cloudauth_shctx_t  *sh;
+    time_t                   expires_in;
+    uint64_t                 now, mono;
+    ngx_uint_t               i, room;
+    ngx_queue_t             *q;
+    ngx_slab_pool_t         *shpool;
+    ngx_cloudauth_node_t    *node;
+    ngx_cloudauth_entry_t   *e;
+    ngx_cloudauth_shctx_t   *sh;
+    ngx_cloudauth_census_t  *c;
+
+    for (i = 0; i < n; i++) {
+        census[i]->entries = ngx_pcalloc(pool, sizeof(ngx_array_t));
+        if (census[i]->entries == NULL) {
+            return NGX_ERROR;
+        }
+
+        census[i]->entries->size = sizeof(ngx_cloudauth_entry_t);
+    }
 
     if (zone == NULL || zone->data == NULL) {
         return NGX_OK;
     }
 
     sh = ngx_cloudauth_cache_sh(zone);
-    rc = NGX_OK;
+    shpool = ngx_cloudauth_cache_shpool(zone);
+
+    ngx_qsort(census, n, sizeof(ngx_cloudauth_census_t *),
+              ngx_cloudauth_cache_census_cmp);
+
+    ngx_cloudauth_cache_lock(zone);
+
+    for (q = ngx_queue_head(&sh->lru);
+         q != ngx_queue_sentinel(&sh->lru);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+
+        c = ngx_cloudauth_cache_census_find(census, n, node->fp);
+
+        if (c) {
+            c->total++;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    /* zeroed: no page of it is first touched under the lock */
+
+    for (i = 0; i < n; i++) {
+        c = census[i];
+        room = ngx_min(c->limit, c->total + 16);
+        c->total = 0;
+
+        if (room == 0) {
+            continue;
+        }
+
+        if (ngx_array_init(c->entries, pool, room,
+                           sizeof(ngx_cloudauth_entry_t))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(c->entries->elts, room * sizeof(ngx_cloudauth_entry_t));
+    }
 
     ngx_cloudauth_cache_lock(zone);
 
@@ -753,36 +921,63 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_array_t *entries)
          q != ngx_queue_sentinel(&sh->lru);
          q = ngx_queue_next(q))
     {
-        n = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
+        node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
-        e = ngx_array_push(entries);
-        if (e == NULL) {
-            rc = NGX_ERROR;
-            break;
+        c = ngx_cloudauth_cache_census_find(census, n, node->fp);
+        if (c == NULL) {
+            continue;
         }
 
-        e->cred = NULL;
-        ngx_memcpy(e->fp, n->fp, NGX_CLOUDAUTH_FP_LEN);
-        e->subject_len = ngx_min(n->subject_len, NGX_CLOUDAUTH_MAX_SUBJECT);
-        ngx_memcpy(e->subject, n->data + n->name_len, e->subject_len);
-        e->error_len = ngx_min(n->error_len, NGX_CLOUDAUTH_MAX_ERROR);
-        ngx_memcpy(e->error, n->error, e->error_len);
-        e->state = ngx_cloudauth_cache_state(n, now, mono);
-        e->expires_in = (n->token_len && n->expires_at > now)
-                        ? (time_t) ((n->expires_at - now) / 1000) : 0;
-        e->last_refresh = (time_t) (n->refreshed_at / 1000);
-        e->hits = n->hits;
-        e->misses = n->misses;
-        e->fetches = n->fetches;
-        e->fetch_failures = n->fetch_failures;
-        e->waiters = n->waiters;
-        e->invalidations = n->invalidations;
-        e->unauthorized_kept = n->unauthorized_kept;
+        expires_in = (node->token_len && node->expires_at > now)
+                     ? (time_t) ((node->expires_at - now) / 1000) : 0;
+
+        c->total++;
+        c->hits += node->hits;
+        c->misses += node->misses;
+        c->fetches += node->fetches;
+        c->fetch_failures += node->fetch_failures;
+        c->waiters += node->waiters;
+        c->invalidations += node->invalidations;
+        c->unauthorized_kept += node->unauthorized_kept;
+
+        if (expires_in && (c->soonest == 0 || expires_in < c->soonest)) {
+            c->soonest = expires_in;
+        }
+
+        /* room is at most the limit */
+
+        if (c->entries->nelts >= c->entries->nalloc) {
+            continue;
+        }
+
+        e = (ngx_cloudauth_entry_t *) c->entries->elts + c->entries->nelts++;
+
+        e->subject_len = ngx_min(node->subject_len,
+                                 NGX_CLOUDAUTH_MAX_SUBJECT);
+        ngx_memcpy(e->subject, node->data + node->name_len, e->subject_len);
+        e->error_len = ngx_min(node->error_len, NGX_CLOUDAUTH_MAX_ERROR);
+        ngx_memcpy(e->error, node->error, e->error_len);
+        e->state = ngx_cloudauth_cache_state(node, now, mono);
+        e->expires_in = expires_in;
+        e->last_refresh = (time_t) (node->refreshed_at / 1000);
+        e->hits = node->hits;
+        e->misses = node->misses;
+        e->fetches = node->fetches;
+        e->fetch_failures = node->fetch_failures;
+        e->waiters = node->waiters;
+        e->invalidations = node->invalidations;
+        e->unauthorized_kept = node->unauthorized_kept;
+    }
+
+    if (usage) {
+        usage->size = zone->shm.size;
+        usage->used = (size_t) ((shpool->last - shpool->pages) - shpool->pfree)
+                      << ngx_pagesize_shift;
     }
 
     ngx_cloudauth_cache_unlock(zone);
 
-    return rc;
+    return NGX_OK;
 }
 
 
@@ -845,6 +1040,8 @@ ngx_cloudauth_cache_free_node(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *cn)
 
     shpool = ngx_cloudauth_cache_shpool(zone);
 
+    ngx_cloudauth_cache_unslot(zone, cn);
+
     ngx_queue_remove(&cn->lru);
     ngx_rbtree_delete(&ngx_cloudauth_cache_sh(zone)->rbtree, &cn->node);
 
@@ -854,4 +1051,208 @@ ngx_cloudauth_cache_free_node(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *cn)
     }
 
     ngx_slab_free_locked(shpool, cn);
+}
+
+
+/*
+ * The credential's slots, made (or grown to n) if n; NULL if there are
+ * none and none can be made.  A grown copy keeps every slot's index: an
+ * entry knows its slot by index.
+ */
+
+static ngx_cloudauth_limit_t *
+ngx_cloudauth_cache_limit(ngx_shm_zone_t *zone, u_char *fp, ngx_uint_t n)
+{
+    ngx_queue_t            *q;
+    ngx_cloudauth_limit_t  *limit, *grown;
+    ngx_cloudauth_shctx_t  *sh;
+
+    sh = ngx_cloudauth_cache_sh(zone);
+    limit = NULL;
+
+    for (q = ngx_queue_head(&sh->limits);
+         q != ngx_queue_sentinel(&sh->limits);
+         q = ngx_queue_next(q))
+    {
+        limit = ngx_queue_data(q, ngx_cloudauth_limit_t, queue);
+
+        if (ngx_memcmp(limit->fp, fp, NGX_CLOUDAUTH_FP_LEN) == 0) {
+            break;
+        }
+
+        limit = NULL;
+    }
+
+    if (n == 0 || (limit && limit->nslots >= n)) {
+        return limit;
+    }
+
+    /* may let entries go, which looks up the old slots: still in place */
+
+    grown = ngx_cloudauth_cache_alloc(zone,
+                                      offsetof(ngx_cloudauth_limit_t, slots)
+                                      + n * sizeof(ngx_cloudauth_slot_t));
+    if (grown == NULL) {
+        /* too few slots bound no worse: a free one is found in them */
+        return limit;
+    }
+
+    ngx_memzero(grown, offsetof(ngx_cloudauth_limit_t, slots)
+                       + n * sizeof(ngx_cloudauth_slot_t));
+    ngx_memcpy(grown->fp, fp, NGX_CLOUDAUTH_FP_LEN);
+    grown->nslots = n;
+
+    if (limit == NULL) {
+        ngx_queue_insert_tail(&sh->limits, &grown->queue);
+        return grown;
+    }
+
+    ngx_memcpy(grown->slots, limit->slots,
+               limit->nslots * sizeof(ngx_cloudauth_slot_t));
+
+    ngx_queue_insert_after(&limit->queue, &grown->queue);
+    ngx_queue_remove(&limit->queue);
+    ngx_slab_free_locked(ngx_cloudauth_cache_shpool(zone), limit);
+
+    return grown;
+}
+
+
+/*
+ * Claims an entry that has no running claim, with a request slot if
+ * t->concurrency asks for one: NGX_DECLINED when that many are in flight,
+ * NGX_ERROR when the zone has no room for the slots.
+ */
+
+static ngx_int_t
+ngx_cloudauth_cache_claim(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *node,
+    ngx_cloudauth_take_t *t, uint64_t mono)
+{
+    ngx_uint_t              i, live;
+    ngx_cloudauth_slot_t   *slot;
+    ngx_cloudauth_limit_t  *limit;
+
+    /* a lapsed claim frees its slot */
+    ngx_cloudauth_cache_unslot(zone, node);
+
+    limit = NULL;
+    slot = NULL;
+
+    if (t->concurrency) {
+
+        /* the entry stays out of any eviction the slots' allocation does */
+
+        ngx_queue_remove(&node->lru);
+
+        limit = ngx_cloudauth_cache_limit(zone, node->fp, t->concurrency);
+
+        ngx_queue_insert_head(&ngx_cloudauth_cache_sh(zone)->lru, &node->lru);
+
+        if (limit == NULL) {
+            return NGX_ERROR;
+        }
+
+        live = 0;
+
+        for (i = 0; i < limit->nslots; i++) {
+            if (limit->slots[i].pid != 0 && limit->slots[i].deadline > mono) {
+                live++;
+
+            } else if (slot == NULL) {
+                slot = &limit->slots[i];
+            }
+        }
+
+        if (live >= t->concurrency || slot == NULL) {
+            return NGX_DECLINED;
+        }
+    }
+
+    node->claim_pid = ngx_pid;
+    node->claim_seq++;
+    node->claim_deadline = mono + t->claim_for;
+    t->claim = node->claim_seq;
+
+    if (slot) {
+        slot->node = node;
+        slot->deadline = node->claim_deadline;
+        slot->pid = ngx_pid;
+        slot->seq = node->claim_seq;
+        node->claim_slot = slot - limit->slots + 1;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the entry's claim ends, and its slot with it */
+
+static void
+ngx_cloudauth_cache_unclaim(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *node)
+{
+    ngx_cloudauth_cache_unslot(zone, node);
+
+    node->claim_pid = 0;
+    node->claim_deadline = 0;
+}
+
+
+/* frees the entry's slot if it is still its claim's (not since reused) */
+
+static void
+ngx_cloudauth_cache_unslot(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *node)
+{
+    ngx_cloudauth_slot_t   *slot;
+    ngx_cloudauth_limit_t  *limit;
+
+    if (node->claim_slot == 0) {
+        return;
+    }
+
+    limit = ngx_cloudauth_cache_limit(zone, node->fp, 0);
+
+    if (limit && node->claim_slot <= limit->nslots) {
+        slot = &limit->slots[node->claim_slot - 1];
+
+        if (slot->node == node && slot->pid == node->claim_pid
+            && slot->seq == node->claim_seq)
+        {
+            slot->pid = 0;
+            slot->node = NULL;
+        }
+    }
+
+    node->claim_slot = 0;
+}
+
+
+/* the token requests the credential has in flight now, for the status */
+
+ngx_uint_t
+ngx_cloudauth_cache_in_flight(ngx_shm_zone_t *zone, u_char *fp)
+{
+    uint64_t                mono;
+    ngx_uint_t              i, n;
+    ngx_cloudauth_limit_t  *limit;
+
+    if (zone == NULL || zone->data == NULL) {
+        return 0;
+    }
+
+    n = 0;
+    mono = ngx_cloudauth_monotonic();
+
+    ngx_cloudauth_cache_lock(zone);
+
+    limit = ngx_cloudauth_cache_limit(zone, fp, 0);
+
+    for (i = 0; limit && i < limit->nslots; i++) {
+        if (limit->slots[i].pid != 0 && limit->slots[i].deadline > mono) {
+            n++;
+        }
+    }
+
+    ngx_cloudauth_cache_unlock(zone);
+
+    return n;
 }

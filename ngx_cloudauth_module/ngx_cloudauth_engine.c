@@ -17,6 +17,16 @@
  * knows nothing of providers: it asks the credential's kind to build the
  * request and to read the answer.  What it needs of the configuration
  * comes with the credential (cred->conf), not through ngx_cycle.
+ *
+ * A claim for a token request also needs one of the credential's request
+ * slots (concurrency=, shared by all workers).  A group whose entry finds
+ * none free joins this worker's slot queue: the first group of each
+ * credential there polls its entry, the others only wait for their turn
+ * or for cloudauth_timeout to pass, when they fail; a group that leaves the
+ * queue, and a fetch of the credential that ends here, let the next one
+ * try at once.  So a cold start of thousands of subjects costs one poll
+ * per credential and worker, not one per subject.  A refresh ahead that
+ * finds no slot free leaves the token held to serve.
  */
 
 
@@ -38,6 +48,9 @@ typedef struct {
     ngx_queue_t              waiters;
     ngx_event_t              poll;
     uint64_t                 deadline;      /* monotonic */
+    uint64_t                 queued_until;  /* monotonic: for a slot */
+    ngx_queue_t              slot_queue;    /* while queued */
+    unsigned                 queued:1;      /* waits for a request slot */
 } ngx_cloudauth_group_t;
 
 
@@ -77,6 +90,12 @@ static ngx_cloudauth_group_t *ngx_cloudauth_engine_group(
 static void ngx_cloudauth_engine_group_poll(ngx_event_t *ev);
 static void ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g);
 static void ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g);
+static void ngx_cloudauth_engine_queue(ngx_cloudauth_group_t *g,
+    uint64_t now);
+static void ngx_cloudauth_engine_unqueue(ngx_cloudauth_group_t *g);
+static ngx_cloudauth_group_t *ngx_cloudauth_engine_queue_first(
+    ngx_cloudauth_cred_t *cred);
+static void ngx_cloudauth_engine_group_post(ngx_cloudauth_group_t *g);
 static char *ngx_cloudauth_engine_subject_hash(ngx_str_t *subject,
     u_char *buf);
 
@@ -87,6 +106,8 @@ static ngx_queue_t       ngx_cloudauth_groups =
     { &ngx_cloudauth_groups, &ngx_cloudauth_groups };
 static ngx_queue_t       ngx_cloudauth_jobs =
     { &ngx_cloudauth_jobs, &ngx_cloudauth_jobs };
+static ngx_queue_t       ngx_cloudauth_slot_queue =
+    { &ngx_cloudauth_slot_queue, &ngx_cloudauth_slot_queue };
 static ngx_connection_t  ngx_cloudauth_poll_conn;
 
 
@@ -116,6 +137,7 @@ ngx_cloudauth_engine_get(ngx_cloudauth_ask_t *ask)
     t.pool = ask->pool;
     t.count = cred->kind->sign ? NGX_CLOUDAUTH_COUNT_SIGN
                                : NGX_CLOUDAUTH_COUNT_REQUEST;
+    t.concurrency = cred->concurrency;
     t.refresh = 1;
 
 again:
@@ -127,6 +149,7 @@ again:
     case NGX_CLOUDAUTH_TAKE_TOKEN:
         ask->token = t.token;
         ask->expires_at = t.expires_at;
+        ask->obtained_at = t.obtained_at;
 
         if (ask->cache_status != NGX_CLOUDAUTH_MISS) {
             ask->cache_status = t.stale ? NGX_CLOUDAUTH_STALE
@@ -217,6 +240,13 @@ again:
 
         break;
 
+    case NGX_CLOUDAUTH_TAKE_QUEUE:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ask->log, 0,
+                       "cloudauth: \"%V\": miss, no request slot free: "
+                       "queued", &cred->name);
+        ask->cache_status = NGX_CLOUDAUTH_MISS;
+        break;
+
     default: /* NGX_CLOUDAUTH_TAKE_WAIT */
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ask->log, 0,
                        "cloudauth: \"%V\": miss, waiting for a fetch",
@@ -227,6 +257,10 @@ again:
     g = ngx_cloudauth_engine_group(cred, &ask->subject, 1);
     if (g == NULL) {
         return NGX_ERROR;
+    }
+
+    if (rc == NGX_CLOUDAUTH_TAKE_QUEUE) {
+        ngx_cloudauth_engine_queue(g, ngx_cloudauth_monotonic());
     }
 
     ngx_queue_insert_tail(&g->waiters, &ask->queue);
@@ -489,10 +523,23 @@ ngx_cloudauth_engine_job_wake(ngx_cloudauth_job_t *job)
 
     g = ngx_cloudauth_engine_group(job->cred, &job->subject, 0);
 
-    if (g == NULL) {
-        return;
+    if (g) {
+        ngx_cloudauth_engine_group_post(g);
     }
 
+    /* and the first group here waiting for the slot the job leaves */
+
+    g = ngx_cloudauth_engine_queue_first(job->cred);
+
+    if (g) {
+        ngx_cloudauth_engine_group_post(g);
+    }
+}
+
+
+static void
+ngx_cloudauth_engine_group_post(ngx_cloudauth_group_t *g)
+{
     if (g->poll.timer_set) {
         ngx_del_timer(&g->poll);
     }
@@ -674,6 +721,7 @@ ngx_cloudauth_engine_group(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
     g->deadline = ngx_cloudauth_monotonic()
                   + ngx_cloudauth_engine_claim_for(cred);
+    g->queued_until = g->deadline - NGX_CLOUDAUTH_CLAIM_SLACK;
 
     ngx_queue_insert_tail(&ngx_cloudauth_groups, &g->queue);
 
@@ -694,6 +742,7 @@ ngx_cloudauth_engine_group_poll(ngx_event_t *ev)
 static void
 ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
 {
+    char                     *reason;
     uint64_t                  now;
     ngx_int_t                 rc;
     ngx_pool_t               *pool;
@@ -723,19 +772,53 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
     t.claim_for = ngx_cloudauth_engine_claim_for(cred);
     t.pool = pool;
     t.count = NGX_CLOUDAUTH_COUNT_NONE;
+    t.concurrency = cred->concurrency;
     t.refresh = 0;
 
     rc = ngx_cloudauth_cache_take(cred->conf->shm_zone, &key, &t);
 
     now = ngx_cloudauth_monotonic();
 
+    reason = "token request failed";
+
+    if (rc == NGX_CLOUDAUTH_TAKE_QUEUE) {
+
+        if (now <= g->queued_until) {
+            ngx_destroy_pool(pool);
+            ngx_cloudauth_engine_queue(g, now);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "cloudauth: credential \"%V\": no token request "
+                      "slot came free within cloudauth_timeout "
+                      "(concurrency=%ui)", &cred->name, cred->concurrency);
+
+        reason = "no token request slot free within cloudauth_timeout";
+        rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
+    }
+
+    if (g->queued) {
+
+        /* a claim it waits for now was made after it queued: a full wait */
+
+        if (rc == NGX_CLOUDAUTH_TAKE_WAIT) {
+            g->deadline = now + ngx_cloudauth_engine_claim_for(cred);
+        }
+
+        /* out of the slot queue: the next group there tries at once */
+        ngx_cloudauth_engine_unqueue(g);
+    }
+
     if (rc == NGX_CLOUDAUTH_TAKE_FETCH) {
 
-        /* the fetching worker died or gave up: take over */
+        /*
+         * a request slot came free, or the fetching worker died or gave
+         * up: fetch here
+         */
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                       "cloudauth: \"%V\": claim lapsed, taking over",
-                       &cred->name);
+                       "cloudauth: \"%V\": claimed: fetching", &cred->name);
 
         g->deadline = now + ngx_cloudauth_engine_claim_for(cred);
 
@@ -792,11 +875,13 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
                 ngx_memcpy(ask->token.data, t.token.data, t.token.len);
                 ask->token.len = t.token.len;
                 ask->expires_at = t.expires_at;
+                ask->obtained_at = t.obtained_at;
                 continue;
             }
         }
 
-        ngx_str_set(&ask->reason, "token request failed");
+        ask->reason.data = (u_char *) reason;
+        ask->reason.len = ngx_strlen(reason);
         ask->cache_status = NGX_CLOUDAUTH_ERROR;
     }
 
@@ -824,6 +909,8 @@ ngx_cloudauth_engine_group_check(ngx_cloudauth_group_t *g)
 static void
 ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g)
 {
+    ngx_cloudauth_engine_unqueue(g);
+
     if (g->poll.timer_set) {
         ngx_del_timer(&g->poll);
     }
@@ -834,4 +921,72 @@ ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g)
 
     ngx_queue_remove(&g->queue);
     ngx_free(g);
+}
+
+
+/*
+ * The slot queue: groups whose entry found no request slot free, first
+ * come first.  The first of each credential polls; the others wake up at
+ * their deadline, or when it is their turn.
+ */
+
+static void
+ngx_cloudauth_engine_queue(ngx_cloudauth_group_t *g, uint64_t now)
+{
+    if (!g->queued) {
+        ngx_queue_insert_tail(&ngx_cloudauth_slot_queue, &g->slot_queue);
+        g->queued = 1;
+    }
+
+    if (g->poll.posted) {
+        return;
+    }
+
+    if (ngx_cloudauth_engine_queue_first(g->cred) == g) {
+        ngx_add_timer(&g->poll, NGX_CLOUDAUTH_POLL);
+
+    } else {
+        ngx_add_timer(&g->poll, (ngx_msec_t) (g->queued_until - now) + 1);
+    }
+}
+
+
+static void
+ngx_cloudauth_engine_unqueue(ngx_cloudauth_group_t *g)
+{
+    ngx_cloudauth_group_t  *next;
+
+    if (!g->queued) {
+        return;
+    }
+
+    ngx_queue_remove(&g->slot_queue);
+    g->queued = 0;
+
+    next = ngx_cloudauth_engine_queue_first(g->cred);
+
+    if (next) {
+        ngx_cloudauth_engine_group_post(next);
+    }
+}
+
+
+static ngx_cloudauth_group_t *
+ngx_cloudauth_engine_queue_first(ngx_cloudauth_cred_t *cred)
+{
+    ngx_queue_t            *q;
+    ngx_cloudauth_group_t  *g;
+
+    for (q = ngx_queue_head(&ngx_cloudauth_slot_queue);
+         q != ngx_queue_sentinel(&ngx_cloudauth_slot_queue);
+         q = ngx_queue_next(q))
+    {
+        g = ngx_queue_data(q, ngx_cloudauth_group_t, slot_queue);
+
+        if (g->cred == cred) {
+            return g;
+        }
+    }
+
+    return NULL;
 }

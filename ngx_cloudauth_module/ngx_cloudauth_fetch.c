@@ -214,8 +214,22 @@ ngx_cloudauth_fetch_multi_create(ngx_log_t *log)
                                ngx_cloudauth_fetch_timer_cb);
     }
 
+    /*
+     * no limit per host: uploads to GCS share one HTTP/2 connection where
+     * the server speaks it, and need one each where it does not (a queue
+     * behind a per-host limit would stall them); half of the worker's
+     * connections at most, the rest are the clients'
+     */
+
     if (mc == CURLM_OK) {
-        mc = curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 8L);
+        mc = curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                               (long) ngx_max(ngx_cycle->connection_n / 2,
+                                              8));
+    }
+
+    if (mc == CURLM_OK) {
+        mc = curl_multi_setopt(multi, CURLMOPT_PIPELINING,
+                               (long) CURLPIPE_MULTIPLEX);
     }
 
     if (mc != CURLM_OK) {
@@ -727,6 +741,7 @@ ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
                              ngx_cloudauth_fetch_seek_cb);
         ngx_cloudauth_setopt(f, CURLOPT_SEEKDATA, f);
         ngx_cloudauth_setopt(f, CURLOPT_TIMEOUT_MS, 0L);
+        ngx_cloudauth_setopt(f, CURLOPT_PIPEWAIT, 1L);
         ngx_cloudauth_setopt(f, CURLOPT_LOW_SPEED_LIMIT, 1L);
         ngx_cloudauth_setopt(f, CURLOPT_LOW_SPEED_TIME, stall);
     }
@@ -848,6 +863,8 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     }
 
     ngx_cloudauth_setopt(f, CURLOPT_FOLLOWLOCATION, 0L);
+    ngx_cloudauth_setopt(f, CURLOPT_HTTP_VERSION,
+                         (long) CURL_HTTP_VERSION_2TLS);
     ngx_cloudauth_setopt(f, CURLOPT_SSL_VERIFYPEER, 1L);
     ngx_cloudauth_setopt(f, CURLOPT_SSL_VERIFYHOST, 2L);
     ngx_cloudauth_setopt(f, CURLOPT_NOSIGNAL, 1L);

@@ -1250,7 +1250,7 @@ static void
 ngx_cloudauth_gcs_stall(ngx_event_t *ev)
 {
     off_t                     moved;
-    curl_off_t                up, down;
+    curl_off_t                up, down, begun;
     ngx_msec_t                timeout;
     ngx_cloudauth_gcs_t      *s;
     ngx_cloudauth_fetch_t    *f, stalled;
@@ -1268,12 +1268,19 @@ ngx_cloudauth_gcs_stall(ngx_event_t *ev)
 
     up = 0;
     down = 0;
+    begun = 0;
     (void) curl_easy_getinfo(f->easy, CURLINFO_SIZE_UPLOAD_T, &up);
     (void) curl_easy_getinfo(f->easy, CURLINFO_SIZE_DOWNLOAD_T, &down);
+    (void) curl_easy_getinfo(f->easy, CURLINFO_PRETRANSFER_TIME_T, &begun);
 
     moved = (off_t) (up + down);
 
-    if (moved != s->moved) {
+    /*
+     * waiting for a connection (all in use) is no stall: the transfer has
+     * not begun; a connection that does not come is curl's connect timeout
+     */
+
+    if (moved != s->moved || begun == 0) {
         s->moved = moved;
         s->moved_at = ngx_current_msec;
     }

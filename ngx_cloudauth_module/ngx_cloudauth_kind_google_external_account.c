@@ -1010,6 +1010,7 @@ ngx_cloudauth_ea_internal(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     }
 
     ic->conf = cred->conf;
+    ic->concurrency = cred->concurrency;
 
     /* NUL-terminated as the names nginx parsed: the fingerprint hashes it */
 

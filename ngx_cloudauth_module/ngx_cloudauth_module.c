@@ -14,6 +14,7 @@
 typedef struct {
     ngx_str_t                  name;        /* as written; "off" */
     ngx_cloudauth_cred_t      *cred;
+    ngx_http_complex_value_t  *pick;        /* "cloudauth $var": its name */
     ngx_http_complex_value_t  *subject;
     ngx_str_t                  header;
     ngx_str_t                  lowcase;
@@ -27,11 +28,27 @@ typedef struct {
 } ngx_http_cloudauth_loc_conf_t;
 
 
+typedef struct ngx_http_cloudauth_req_s  ngx_http_cloudauth_req_t;
+
+
 typedef struct {
     ngx_cloudauth_ask_t        ask;
+    ngx_http_cloudauth_req_t  *rq;
+    ngx_str_t                  unknown;     /* a name no credential has */
     unsigned                   asked:1;
     unsigned                   invalidated:1;
 } ngx_http_cloudauth_ctx_t;
+
+
+/* "cloudauth $var" resolved: once per request, kept across redirects */
+
+typedef struct {
+    ngx_http_request_t        *request;     /* the main one or a sub */
+    ngx_str_t                  source;      /* "$var" as written */
+    ngx_cloudauth_cred_t      *cred;        /* NULL: none, refused */
+    ngx_str_t                  reason;
+    ngx_str_t                  unknown;
+} ngx_http_cloudauth_pick_t;
 
 
 /*
@@ -43,13 +60,18 @@ typedef struct {
  * location injected, and the reason of a refusal, for error_page.
  */
 
-typedef struct {
+struct ngx_http_cloudauth_req_s {
     ngx_list_t                 headers;     /* as the client sent them */
     ngx_table_elt_t           *authorization;
     ngx_array_t                injected;    /* elts of the lists we made */
     ngx_array_t                variables;   /* $http_<header> indexes */
     ngx_str_t                  error;       /* $cloudauth_error */
-} ngx_http_cloudauth_req_t;
+    ngx_array_t                picks;       /* ngx_http_cloudauth_pick_t */
+
+    /* the main request's, for the access log: $cloudauth_credential... */
+    ngx_cloudauth_cred_t      *cred;
+    ngx_str_t                  subject;     /* ...and $cloudauth_subject */
+};
 
 
 static ngx_int_t ngx_http_cloudauth_handler(ngx_http_request_t *r);
@@ -57,12 +79,20 @@ static ngx_int_t ngx_http_cloudauth_restore_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_ask(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx);
+static ngx_int_t ngx_http_cloudauth_pick(ngx_http_request_t *r,
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx,
+    ngx_cloudauth_cred_t **cred);
+static ngx_cloudauth_cred_t *ngx_http_cloudauth_lookup(ngx_http_request_t *r,
+    ngx_str_t *name);
+static ngx_int_t ngx_http_cloudauth_escape(ngx_pool_t *pool, ngx_str_t *src,
+    ngx_str_t *dst);
 static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
 static void ngx_http_cloudauth_cleanup(void *data);
 static ngx_int_t ngx_http_cloudauth_inject(ngx_http_request_t *r,
-    ngx_http_cloudauth_loc_conf_t *lcf, ngx_str_t *token);
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx);
 static ngx_int_t ngx_http_cloudauth_refuse(ngx_http_request_t *r,
-    ngx_http_cloudauth_ctx_t *ctx, ngx_int_t status);
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx,
+    ngx_int_t status);
 static ngx_http_cloudauth_req_t *ngx_http_cloudauth_req(ngx_http_request_t *r,
     ngx_uint_t create);
 static void ngx_http_cloudauth_req_cleanup(void *data);
@@ -79,6 +109,12 @@ static ngx_int_t ngx_http_cloudauth_status_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_error_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_cloudauth_credential_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_cloudauth_subject_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_cloudauth_age_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 static char *ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -191,6 +227,18 @@ static ngx_http_variable_t  ngx_http_cloudauth_vars[] = {
       ngx_http_cloudauth_error_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("cloudauth_credential"), NULL,
+      ngx_http_cloudauth_credential_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cloudauth_subject"), NULL,
+      ngx_http_cloudauth_subject_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cloudauth_token_age"), NULL,
+      ngx_http_cloudauth_age_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -219,7 +267,7 @@ ngx_http_cloudauth_handler(ngx_http_request_t *r)
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_module);
 
-    if (lcf->cred == NULL) {
+    if (lcf->cred == NULL && lcf->pick == NULL) {
 
         /*
          * only a redirected request or a subrequest can carry a token
@@ -260,7 +308,7 @@ ngx_http_cloudauth_handler(ngx_http_request_t *r)
         }
 
         if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-            return ngx_http_cloudauth_refuse(r, ctx, rc);
+            return ngx_http_cloudauth_refuse(r, lcf, ctx, rc);
         }
     }
 
@@ -269,10 +317,10 @@ ngx_http_cloudauth_handler(ngx_http_request_t *r)
     }
 
     if (ctx->ask.token.len == 0) {
-        return ngx_http_cloudauth_refuse(r, ctx, NGX_HTTP_BAD_GATEWAY);
+        return ngx_http_cloudauth_refuse(r, lcf, ctx, NGX_HTTP_BAD_GATEWAY);
     }
 
-    if (ngx_http_cloudauth_inject(r, lcf, &ctx->ask.token) != NGX_OK) {
+    if (ngx_http_cloudauth_inject(r, lcf, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -284,15 +332,41 @@ static ngx_int_t
 ngx_http_cloudauth_ask(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx)
 {
-    ngx_int_t             rc;
-    ngx_str_t             subject;
-    ngx_pool_cleanup_t   *cln;
-    ngx_cloudauth_cred_t *cred;
+    ngx_int_t                  rc;
+    ngx_str_t                  subject;
+    ngx_pool_cleanup_t        *cln;
+    ngx_cloudauth_cred_t      *cred;
+    ngx_http_cloudauth_req_t  *rq;
+
+    rq = ngx_http_cloudauth_req(r, 1);
+    if (rq == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->rq = rq;
+
+    if (r == r->main) {
+        /* a location redirected to asks again: its answers are logged */
+        rq->cred = NULL;
+        ngx_str_null(&rq->subject);
+    }
 
     cred = lcf->cred;
+
+    if (cred == NULL) {
+        rc = ngx_http_cloudauth_pick(r, lcf, ctx, &cred);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
     subject = cred->subject;
 
     ctx->ask.cred = cred;
+
+    if (r == r->main) {
+        rq->cred = cred;
+    }
 
     if (lcf->subject) {
         if (ngx_http_complex_value(r, lcf->subject, &subject) != NGX_OK) {
@@ -302,6 +376,11 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
         if (subject.len == 0) {
             subject = cred->subject;
 
+        } else if (!cred->kind->subject) {
+            /* "cloudauth $var" chose it: nginx -t could not say so */
+            ngx_str_set(&ctx->ask.reason, "the credential takes no subject");
+            return NGX_HTTP_FORBIDDEN;
+
         } else if (ngx_cloudauth_subject_valid(subject.data, subject.len)
                    != NGX_OK)
         {
@@ -310,6 +389,10 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
             return NGX_HTTP_FORBIDDEN;
 
         } else if (!ngx_cloudauth_subject_allowed(cred, &subject)) {
+            if (r == r->main) {
+                rq->subject = subject;
+            }
+
             ngx_str_set(&ctx->ask.reason,
                         "subject not allowed by \"subjects=\"");
             return NGX_HTTP_FORBIDDEN;
@@ -324,6 +407,10 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
     if (subject.len == 0 && cred->subjects) {
         ngx_str_set(&ctx->ask.reason, "no subject, and \"subjects=\" is set");
         return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (r == r->main) {
+        rq->subject = subject;
     }
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
@@ -343,6 +430,158 @@ ngx_http_cloudauth_ask(ngx_http_request_t *r,
     rc = ngx_cloudauth_engine_get(&ctx->ask);
 
     return rc;
+}
+
+
+/*
+ * "cloudauth $var": the credential named by the variable, resolved once
+ * per request and kept in the record that outlives locations, so that a
+ * redirect to a location with the same "cloudauth $var" gets the same
+ * answer.  Whatever the value, the client sees 403 and nothing that says
+ * which names exist; the error log says which value it was.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_pick(ngx_http_request_t *r,
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx,
+    ngx_cloudauth_cred_t **cred)
+{
+    ngx_str_t                   name;
+    ngx_uint_t                  i;
+    ngx_http_cloudauth_req_t   *rq;
+    ngx_http_cloudauth_pick_t  *pk;
+
+    rq = ctx->rq;
+    pk = rq->picks.elts;
+
+    for (i = 0; i < rq->picks.nelts; i++) {
+        if (pk[i].request == r
+            && pk[i].source.len == lcf->name.len
+            && ngx_strncmp(pk[i].source.data, lcf->name.data, lcf->name.len)
+               == 0)
+        {
+            pk = &pk[i];
+            goto found;
+        }
+    }
+
+    if (ngx_http_complex_value(r, lcf->pick, &name) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (rq->picks.elts == NULL
+        && ngx_array_init(&rq->picks, r->pool, 1,
+                          sizeof(ngx_http_cloudauth_pick_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    pk = ngx_array_push(&rq->picks);
+    if (pk == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(pk, sizeof(ngx_http_cloudauth_pick_t));
+
+    pk->request = r;
+    pk->source = lcf->name;
+
+    if (name.len == 0) {
+        ngx_str_set(&pk->reason, "the credential's name is empty");
+
+    } else {
+        pk->cred = ngx_http_cloudauth_lookup(r, &name);
+
+        if (pk->cred == NULL) {
+            ngx_str_set(&pk->reason, "no such credential");
+
+            if (ngx_http_cloudauth_escape(r->pool, &name, &pk->unknown)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+found:
+
+    if (pk->cred == NULL) {
+        ctx->ask.reason = pk->reason;
+        ctx->unknown = pk->unknown;
+        return NGX_HTTP_FORBIDDEN;
+    }
+
+    *cred = pk->cred;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A credential by a name from the request: one a location could name,
+ * never NAME.sts or NAME.subject, a step of another credential
+ */
+
+static ngx_cloudauth_cred_t *
+ngx_http_cloudauth_lookup(ngx_http_request_t *r, ngx_str_t *name)
+{
+    u_char                     *p;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    if (name->len == 0 || name->len > 64) {
+        return NULL;
+    }
+
+    for (p = name->data; p < name->data + name->len; p++) {
+        if (!(ngx_cloudauth_isalnum(*p) || *p == '_' || *p == '-')) {
+            return NULL;
+        }
+    }
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
+
+    return ngx_cloudauth_find_cred(cmcf, name);
+}
+
+
+/* a value the client chose, for the error log: bounded, printable */
+
+#define NGX_HTTP_CLOUDAUTH_SHOWN  64
+
+static ngx_int_t
+ngx_http_cloudauth_escape(ngx_pool_t *pool, ngx_str_t *src, ngx_str_t *dst)
+{
+    u_char      *p, c;
+    ngx_uint_t   i, n;
+
+    n = ngx_min(src->len, NGX_HTTP_CLOUDAUTH_SHOWN);
+
+    dst->data = ngx_pnalloc(pool, n * 4 + sizeof("...") - 1);
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = dst->data;
+
+    for (i = 0; i < n; i++) {
+        c = src->data[i];
+
+        if (c < 0x21 || c > 0x7e || c == '"' || c == '\\') {
+            p = ngx_sprintf(p, "\\x%02xd", c);
+
+        } else {
+            *p++ = c;
+        }
+    }
+
+    if (src->len > n) {
+        p = ngx_cpymem(p, "...", sizeof("...") - 1);
+    }
+
+    dst->len = p - dst->data;
+
+    return NGX_OK;
 }
 
 
@@ -377,7 +616,7 @@ ngx_http_cloudauth_cleanup(void *data)
 
 static ngx_int_t
 ngx_http_cloudauth_inject(ngx_http_request_t *r,
-    ngx_http_cloudauth_loc_conf_t *lcf, ngx_str_t *token)
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx)
 {
     u_char                    *p;
     void                     **elts;
@@ -385,13 +624,12 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     ngx_uint_t                 i, n;
     ngx_list_t                 list;
     ngx_list_part_t           *part;
+    ngx_str_t                 *token;
     ngx_table_elt_t           *h, *header;
     ngx_http_cloudauth_req_t  *rq;
 
-    rq = ngx_http_cloudauth_req(r, 1);
-    if (rq == NULL) {
-        return NGX_ERROR;
-    }
+    rq = ctx->rq;
+    token = &ctx->ask.token;
 
     if (rq->injected.elts == NULL) {
         if (ngx_array_init(&rq->injected, r->pool, 2, sizeof(void *))
@@ -521,7 +759,8 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_cloudauth_refuse(ngx_http_request_t *r,
-    ngx_http_cloudauth_ctx_t *ctx, ngx_int_t status)
+    ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx,
+    ngx_int_t status)
 {
     ngx_uint_t                 level;
     ngx_http_cloudauth_req_t  *rq;
@@ -532,13 +771,28 @@ ngx_http_cloudauth_refuse(ngx_http_request_t *r,
 
     ctx->ask.cache_status = NGX_CLOUDAUTH_ERROR;
 
-    rq = ngx_http_cloudauth_req(r, 1);
-    if (rq == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    rq = ctx->rq;
 
     /* the reasons are the engine's and this file's own constant strings */
     rq->error = ctx->ask.reason;
+
+    if (ctx->ask.cred == NULL) {
+
+        /* "cloudauth $var" named none; the value, escaped, for the logs */
+
+        if (ctx->unknown.len) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "cloudauth %V: \"%V\" names no credential, "
+                          "answered %i", &lcf->name, &ctx->unknown, status);
+
+        } else {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "cloudauth %V: %V, answered %i", &lcf->name,
+                          &ctx->ask.reason, status);
+        }
+
+        return status;
+    }
 
     level = (status == NGX_HTTP_BAD_GATEWAY) ? NGX_LOG_ERR : NGX_LOG_WARN;
 
@@ -667,7 +921,26 @@ ngx_http_cloudauth_restore_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_cloudauth_log_handler(ngx_http_request_t *r)
 {
+    ngx_http_cloudauth_ctx_t       *ctx;
+    ngx_http_cloudauth_loc_conf_t  *lcf;
+
     ngx_http_cloudauth_restore(r, ngx_http_cloudauth_req(r, 0));
+
+    /*
+     * refused before it asked (auth_basic's 401): $cloudauth_credential
+     * must not name the credential an unchecked $remote_user would get
+     */
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_module);
+
+    if ((lcf->cred || lcf->pick)
+        && ngx_http_get_module_ctx(r, ngx_http_cloudauth_module) == NULL)
+    {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_cloudauth_ctx_t));
+        if (ctx) {
+            ngx_http_set_ctx(r, ctx, ngx_http_cloudauth_module);
+        }
+    }
 
     return NGX_DECLINED;
 }
@@ -807,6 +1080,142 @@ ngx_http_cloudauth_error_variable(ngx_http_request_t *r,
 }
 
 
+/*
+ * $cloudauth_credential: the credential the request asked with.  Before
+ * the module's handler has run (limit_req's PREACCESS phase), the one it
+ * will ask with, as far as can be known then: the location's own, or the
+ * one "cloudauth $var" names now, not kept.  In the log phase, none if it
+ * never asked.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_credential_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                       name;
+    ngx_cloudauth_cred_t           *cred;
+    ngx_http_cloudauth_ctx_t       *ctx;
+    ngx_http_cloudauth_req_t       *rq;
+    ngx_http_cloudauth_loc_conf_t  *lcf;
+
+    cred = NULL;
+    ctx = ngx_http_cloudauth_get_ctx(r);
+
+    if (r == r->main) {
+        rq = ngx_http_cloudauth_req(r, 0);
+
+        if (rq) {
+            cred = rq->cred;
+        }
+
+    } else if (ctx) {
+        cred = ctx->ask.cred;
+    }
+
+    if (cred == NULL && ctx == NULL) {
+        lcf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_module);
+
+        cred = lcf->cred;
+
+        if (lcf->pick) {
+            if (ngx_http_complex_value(r, lcf->pick, &name) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            cred = ngx_http_cloudauth_lookup(r, &name);
+        }
+    }
+
+    if (cred == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = cred->name.len;
+    v->data = cred->name.data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* $cloudauth_subject: the subject asked for, allowed or not */
+
+static ngx_int_t
+ngx_http_cloudauth_subject_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                  *subject;
+    ngx_http_cloudauth_ctx_t   *ctx;
+    ngx_http_cloudauth_req_t   *rq;
+
+    subject = NULL;
+
+    if (r == r->main) {
+        rq = ngx_http_cloudauth_req(r, 0);
+
+        if (rq) {
+            subject = &rq->subject;
+        }
+
+    } else {
+        ctx = ngx_http_cloudauth_get_ctx(r);
+
+        if (ctx) {
+            subject = &ctx->ask.subject;
+        }
+    }
+
+    if (subject == NULL || subject->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = subject->len;
+    v->data = subject->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* $cloudauth_token_age: seconds since the token was fetched or signed */
+
+static ngx_int_t
+ngx_http_cloudauth_age_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    time_t                     age;
+    ngx_http_cloudauth_ctx_t  *ctx;
+
+    ctx = ngx_http_cloudauth_get_ctx(r);
+
+    if (ctx == NULL || ctx->ask.token.len == 0 || ctx->ask.obtained_at == 0)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (v->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    age = ngx_time() - ctx->ask.obtained_at;
+
+    v->len = ngx_sprintf(v->data, "%T", age > 0 ? age : 0) - v->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
 /* configuration */
 
 static char *
@@ -814,9 +1223,10 @@ ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_cloudauth_loc_conf_t *lcf = conf;
 
-    u_char      *p;
-    ngx_str_t   *value, format, var;
-    ngx_uint_t   i;
+    u_char                            *p;
+    ngx_str_t                         *value, format, var;
+    ngx_uint_t                         i;
+    ngx_http_compile_complex_value_t   ccv;
 
     if (lcf->name.data) {
         return "is duplicate";
@@ -827,6 +1237,26 @@ ngx_http_cloudauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     lcf->name = value[1];
     lcf->file = cf->conf_file->file.name.data;
     lcf->line = cf->conf_file->line;
+
+    /* "cloudauth $var": a name no fixed one costs anything for */
+
+    if (ngx_strlchr(value[1].data, value[1].data + value[1].len, '$')) {
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &value[1];
+        ccv.complex_value = ngx_palloc(cf->pool,
+                                       sizeof(ngx_http_complex_value_t));
+        if (ccv.complex_value == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        lcf->pick = ccv.complex_value;
+    }
 
     ngx_str_set(&format, "Bearer %s");
 
@@ -1015,6 +1445,7 @@ ngx_http_cloudauth_create_loc_conf(ngx_conf_t *cf)
      *
      *     lcf->name = { 0, NULL };
      *     lcf->cred = NULL;
+     *     lcf->pick = NULL;
      */
 
     lcf->subject = NGX_CONF_UNSET_PTR;
@@ -1029,8 +1460,10 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_cloudauth_loc_conf_t *prev = parent;
     ngx_http_cloudauth_loc_conf_t *conf = child;
 
-    ngx_http_core_loc_conf_t   *clcf;
-    ngx_cloudauth_main_conf_t  *cmcf;
+    ngx_uint_t                   i;
+    ngx_cloudauth_cred_t       **cp;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_cloudauth_main_conf_t   *cmcf;
 
     ngx_conf_merge_ptr_value(conf->subject, prev->subject, NULL);
 
@@ -1048,6 +1481,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->name.data == NULL) {
         conf->name = prev->name;
         conf->cred = prev->cred;
+        conf->pick = prev->pick;
         conf->header = prev->header;
         conf->lowcase = prev->lowcase;
         conf->hash = prev->hash;
@@ -1062,6 +1496,43 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->name.data == NULL || conf->cred
         || (conf->name.len == 3 && ngx_strncmp(conf->name.data, "off", 3) == 0))
     {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->pick) {
+        /* the credential's rules are checked when a request names it */
+
+        if (cmcf->creds.nelts == 0) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "cloudauth \"%V\": no cloudauth_credential is "
+                          "defined, so the variable can name none; define "
+                          "them at http level, in %s:%ui",
+                          &conf->name, conf->file, conf->line);
+            return NGX_CONF_ERROR;
+        }
+
+        if (conf->subject == NULL || conf->subject->lengths == NULL) {
+            return NGX_CONF_OK;
+        }
+
+        cp = cmcf->creds.elts;
+
+        for (i = 0; i < cmcf->creds.nelts; i++) {
+            if (cp[i]->kind->subject && cp[i]->subjects == NULL
+                && ngx_strlchr(cp[i]->name.data,
+                               cp[i]->name.data + cp[i]->name.len, '.')
+                   == NULL)
+            {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "cloudauth_subject with variables and "
+                              "\"cloudauth %V\": credential \"%V\" has no "
+                              "\"subjects=\": a client may obtain a token "
+                              "for any subject, in %s:%ui", &conf->name,
+                              &cp[i]->name, conf->file, conf->line);
+                break;
+            }
+        }
+
         return NGX_CONF_OK;
     }
 

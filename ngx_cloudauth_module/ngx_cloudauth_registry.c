@@ -65,6 +65,7 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_cloudauth_main_conf_t *cmcf = conf;
 
     u_char                 *p, errstr[NGX_MAX_CONF_ERRSTR];
+    ngx_int_t               n;
     ngx_str_t              *value, *v, re;
     ngx_uint_t              i;
     ngx_keyval_t           *kv;
@@ -216,6 +217,39 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
                            "characters, allowed by subjects=",
                            &cred->name, NGX_CLOUDAUTH_MAX_SUBJECT);
         return NGX_CONF_ERROR;
+    }
+
+    /* before the kind's init: the credentials it makes inherit it */
+
+    /* 0: a kind that signs makes no token request, it needs no slot */
+
+    cred->concurrency = cred->kind->sign ? 0 : NGX_CLOUDAUTH_CONCURRENCY;
+
+    v = ngx_cloudauth_param(cred, "concurrency");
+    if (v) {
+        n = ngx_atoi(v->data, v->len);
+
+        if (n < 1 || n > NGX_CLOUDAUTH_MAX_CONCURRENCY) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": concurrency= "
+                               "must be a number of token requests in "
+                               "flight from 1 to %d, not \"%V\" (default "
+                               "%d)", &cred->name,
+                               NGX_CLOUDAUTH_MAX_CONCURRENCY, v,
+                               NGX_CLOUDAUTH_CONCURRENCY);
+            return NGX_CONF_ERROR;
+        }
+
+        if (cred->kind->sign) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": type=%V "
+                               "signs its tokens here and makes no token "
+                               "requests; remove concurrency=",
+                               &cred->name, &cred->kind->name);
+            return NGX_CONF_ERROR;
+        }
+
+        cred->concurrency = n;
     }
 
     if (cred->kind->init(cf, cred) != NGX_CONF_OK) {

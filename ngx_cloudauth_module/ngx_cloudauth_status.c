@@ -4,7 +4,10 @@
  *
  * cloudauth_status: what the gateway holds and does, as JSON or in the
  * Prometheus text format.  The entries are copied out of the zone under
- * its mutex, then formatted; no token ever leaves the zone here.
+ * its mutex, then formatted; no token ever leaves the zone here.  With
+ * thousands of subjects a credential lists only its most recently used
+ * entries (?limit=N, 100 by default) besides its sums over all of them;
+ * ?credential=NAME shows one credential.
  *
  * It always answers: subjects come from requests and need not be UTF-8,
  * so every string is validated and its bad bytes shown as \xNN before
@@ -18,23 +21,38 @@
 #include <jansson.h>
 
 
-/* an entry of the cache's snapshot, its cred filled in here */
-typedef ngx_cloudauth_entry_t  ngx_cloudauth_snap_t;
+/* entries listed per credential: by default, and at most (?limit=N) */
+#define NGX_CLOUDAUTH_STATUS_LIMIT      100
+#define NGX_CLOUDAUTH_STATUS_MAX_LIMIT  1000
+
+
+/* what a page shows: the credentials asked for, and the zone's use */
+
+typedef struct {
+    ngx_cloudauth_census_t    *census;
+    ngx_uint_t                 n;
+    ngx_cloudauth_usage_t      usage;
+} ngx_cloudauth_status_t;
 
 
 static char *ngx_cloudauth_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_cloudauth_status_handler(ngx_http_request_t *r);
-static ngx_array_t *ngx_cloudauth_status_snapshot(ngx_http_request_t *r);
+static ngx_int_t ngx_cloudauth_status_args(ngx_http_request_t *r,
+    ngx_cloudauth_cred_t **only, ngx_uint_t *limit, ngx_str_t *reason);
+static ngx_int_t ngx_cloudauth_status_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_uint_t text, ngx_str_t *out);
+static ngx_int_t ngx_cloudauth_status_snapshot(ngx_http_request_t *r,
+    ngx_cloudauth_cred_t *only, ngx_uint_t limit, ngx_cloudauth_status_t *st);
 static ngx_int_t ngx_cloudauth_status_json(ngx_http_request_t *r,
-    ngx_array_t *snaps, ngx_str_t *out);
+    ngx_cloudauth_status_t *st, ngx_str_t *out);
 static json_t *ngx_cloudauth_status_entry(ngx_http_request_t *r,
-    ngx_cloudauth_snap_t *s);
+    ngx_cloudauth_entry_t *s);
 static json_t *ngx_cloudauth_status_string(ngx_http_request_t *r,
     u_char *data, size_t len);
 static size_t ngx_cloudauth_status_utf8(u_char *p, u_char *last);
 static ngx_int_t ngx_cloudauth_status_prometheus(ngx_http_request_t *r,
-    ngx_array_t *snaps, ngx_str_t *out);
+    ngx_cloudauth_status_t *st, ngx_str_t *out);
 
 
 static ngx_command_t  ngx_http_cloudauth_status_commands[] = {
@@ -138,12 +156,11 @@ ngx_cloudauth_status_wants_text(ngx_http_request_t *r)
 static ngx_int_t
 ngx_cloudauth_status_handler(ngx_http_request_t *r)
 {
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_str_t     out;
-    ngx_chain_t   cl;
-    ngx_array_t  *snaps;
-    ngx_uint_t    text;
+    ngx_int_t                rc;
+    ngx_str_t                out;
+    ngx_uint_t               text, limit;
+    ngx_cloudauth_cred_t    *only;
+    ngx_cloudauth_status_t   st;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -154,26 +171,118 @@ ngx_cloudauth_status_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    snaps = ngx_cloudauth_status_snapshot(r);
-    if (snaps == NULL) {
+    rc = ngx_cloudauth_status_args(r, &only, &limit, &out);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_cloudauth_status_send(r, rc, 1, &out);
+    }
+
+    if (ngx_cloudauth_status_snapshot(r, only, limit, &st) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     text = ngx_cloudauth_status_wants_text(r);
 
-    rc = text ? ngx_cloudauth_status_prometheus(r, snaps, &out)
-              : ngx_cloudauth_status_json(r, snaps, &out);
+    rc = text ? ngx_cloudauth_status_prometheus(r, &st, &out)
+              : ngx_cloudauth_status_json(r, &st, &out);
 
     if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = out.len;
+    return ngx_cloudauth_status_send(r, NGX_HTTP_OK, text, &out);
+}
 
-    if (text) {
+
+/*
+ * ?limit=N (a number from 0 to NGX_CLOUDAUTH_STATUS_MAX_LIMIT) and
+ * ?credential=NAME (URL-encoded); NGX_OK, or the status to answer with and
+ * its reason, a line of text
+ */
+
+static ngx_int_t
+ngx_cloudauth_status_args(ngx_http_request_t *r, ngx_cloudauth_cred_t **only,
+    ngx_uint_t *limit, ngx_str_t *reason)
+{
+    u_char                     *dst, *src;
+    ngx_int_t                   n;
+    ngx_str_t                   v, name;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    *only = NULL;
+    *limit = NGX_CLOUDAUTH_STATUS_LIMIT;
+
+    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
+        n = ngx_atoi(v.data, v.len);
+
+        if (n == NGX_ERROR || n > NGX_CLOUDAUTH_STATUS_MAX_LIMIT) {
+            reason->data = ngx_pnalloc(r->pool, 128);
+            if (reason->data == NULL) {
+                return NGX_ERROR;
+            }
+
+            reason->len = ngx_sprintf(reason->data,
+                                      "cloudauth_status: \"limit\" must be "
+                                      "a whole number from 0 to %d\n",
+                                      NGX_CLOUDAUTH_STATUS_MAX_LIMIT)
+                          - reason->data;
+
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        *limit = n;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "credential", 10, &v) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    name.data = ngx_pnalloc(r->pool, v.len);
+    if (name.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst = name.data;
+    src = v.data;
+    ngx_unescape_uri(&dst, &src, v.len, NGX_UNESCAPE_URI);
+    name.len = dst - name.data;
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
+
+    *only = ngx_cloudauth_find_cred(cmcf, &name);
+
+    if (*only == NULL) {
+        ngx_str_set(reason, "cloudauth_status: \"credential\" names no "
+                            "cloudauth_credential\n");
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_cloudauth_status_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_uint_t text, ngx_str_t *out)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   cl;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = out->len;
+
+    if (status != NGX_HTTP_OK) {
+        ngx_str_set(&r->headers_out.content_type, "text/plain");
+
+    } else if (text) {
         ngx_str_set(&r->headers_out.content_type,
                     "text/plain; version=0.0.4");
+
     } else {
         ngx_str_set(&r->headers_out.content_type, "application/json");
     }
@@ -191,8 +300,8 @@ ngx_cloudauth_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->pos = out.data;
-    b->last = out.data + out.len;
+    b->pos = out->data;
+    b->last = out->data + out->len;
     b->memory = 1;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
@@ -205,84 +314,64 @@ ngx_cloudauth_status_handler(ngx_http_request_t *r)
 
 
 /*
- * The cache's copy of its entries, each matched with its credential by
- * fingerprint; entries left from an earlier configuration are dropped.
+ * The credentials asked for (only, or all of them), each with up to limit
+ * of its entries and its sums, copied out of the zone in one go
  */
 
-static ngx_array_t *
-ngx_cloudauth_status_snapshot(ngx_http_request_t *r)
+static ngx_int_t
+ngx_cloudauth_status_snapshot(ngx_http_request_t *r,
+    ngx_cloudauth_cred_t *only, ngx_uint_t limit, ngx_cloudauth_status_t *st)
 {
-    ngx_uint_t                  i, k, n;
-    ngx_array_t                *snaps;
+    ngx_uint_t                  i, n;
     ngx_cloudauth_cred_t      **cp;
-    ngx_cloudauth_snap_t       *s;
+    ngx_cloudauth_census_t     *c, **sorted;
     ngx_cloudauth_main_conf_t  *cmcf;
 
     cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
 
-    snaps = ngx_array_create(r->pool, 8, sizeof(ngx_cloudauth_snap_t));
-    if (snaps == NULL || cmcf->creds.nelts == 0) {
-        return snaps;
+    ngx_memzero(st, sizeof(ngx_cloudauth_status_t));
+
+    cp = only ? &only : cmcf->creds.elts;
+    n = only ? 1 : cmcf->creds.nelts;
+
+    if (n == 0) {
+        return NGX_OK;
     }
 
-    if (ngx_cloudauth_cache_snapshot(cmcf->shm_zone, snaps) != NGX_OK) {
-        return NULL;
+    c = ngx_pcalloc(r->pool, n * sizeof(ngx_cloudauth_census_t));
+    sorted = ngx_palloc(r->pool, n * sizeof(ngx_cloudauth_census_t *));
+
+    if (c == NULL || sorted == NULL) {
+        return NGX_ERROR;
     }
 
-    cp = cmcf->creds.elts;
-    s = snaps->elts;
-    n = 0;
-
-    for (k = 0; k < snaps->nelts; k++) {
-
-        for (i = 0; i < cmcf->creds.nelts; i++) {
-            if (ngx_memcmp(s[k].fp, cp[i]->fp, NGX_CLOUDAUTH_FP_LEN) == 0) {
-                break;
-            }
-        }
-
-        if (i == cmcf->creds.nelts) {
-            continue;
-        }
-
-        if (n != k) {
-            s[n] = s[k];
-        }
-
-        s[n++].cred = cp[i];
+    for (i = 0; i < n; i++) {
+        c[i].cred = cp[i];
+        c[i].limit = limit;
+        sorted[i] = &c[i];
     }
 
-    snaps->nelts = n;
+    st->census = c;
+    st->n = n;
 
-    return snaps;
+    return ngx_cloudauth_cache_snapshot(cmcf->shm_zone, r->pool, sorted, n,
+                                        &st->usage);
 }
 
 
 static ngx_int_t
-ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
+ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_cloudauth_status_t *st,
     ngx_str_t *out)
 {
     char                       *text;
-    json_t                     *root, *creds, *c, *e, *list, *up;
-    ngx_uint_t                  i, k, skipped;
-    ngx_cloudauth_cred_t      **cp;
-    ngx_cloudauth_snap_t       *s;
-    ngx_cloudauth_stats_t      *st;
+    json_t                     *root, *creds, *c, *e, *list, *up, *zone;
+    ngx_uint_t                  i, k, n, skipped;
+    ngx_cloudauth_entry_t      *s;
+    ngx_cloudauth_stats_t      *stats;
+    ngx_cloudauth_census_t     *cs;
     ngx_cloudauth_main_conf_t  *cmcf;
 
-    struct {
-        json_int_t              hits;
-        json_int_t              misses;
-        json_int_t              fetches;
-        json_int_t              fetch_failures;
-        json_int_t              waiters;
-        json_int_t              invalidations;
-        json_int_t              unauthorized_kept;
-    } sum;
-
     cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
-    cp = cmcf->creds.elts;
-    s = snaps->elts;
     skipped = 0;
 
     root = json_object();
@@ -297,48 +386,48 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
         goto failed;
     }
 
-    for (i = 0; i < cmcf->creds.nelts; i++) {
+    for (i = 0; i < st->n; i++) {
+        cs = &st->census[i];
 
-        /* the sums count every entry, also one that cannot be shown */
+        /* the sums count every entry, also one that is not listed */
 
-        ngx_memzero(&sum, sizeof(sum));
-
-        for (k = 0; k < snaps->nelts; k++) {
-            if (s[k].cred == cp[i]) {
-                sum.hits += s[k].hits;
-                sum.misses += s[k].misses;
-                sum.fetches += s[k].fetches;
-                sum.fetch_failures += s[k].fetch_failures;
-                sum.waiters += s[k].waiters;
-                sum.invalidations += s[k].invalidations;
-                sum.unauthorized_kept += s[k].unauthorized_kept;
-            }
-        }
-
-        c = json_pack("{s:s%, s:[], s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                      "type", cp[i]->kind->name.data, cp[i]->kind->name.len,
+        c = json_pack("{s:s%, s:I, s:[], s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                      "type", cs->cred->kind->name.data,
+                      cs->cred->kind->name.len,
+                      "entries_total", (json_int_t) cs->total,
                       "entries",
-                      "hits", sum.hits, "misses", sum.misses,
-                      "fetches", sum.fetches,
-                      "fetch_failures", sum.fetch_failures,
-                      "waiters", sum.waiters,
-                      "invalidations", sum.invalidations,
-                      "unauthorized_kept", sum.unauthorized_kept);
+                      "hits", (json_int_t) cs->hits,
+                      "misses", (json_int_t) cs->misses,
+                      "fetches", (json_int_t) cs->fetches,
+                      "fetch_failures", (json_int_t) cs->fetch_failures,
+                      "waiters", (json_int_t) cs->waiters,
+                      "invalidations", (json_int_t) cs->invalidations,
+                      "unauthorized_kept", (json_int_t) cs->unauthorized_kept);
 
-        if (json_object_setn_new(creds, (char *) cp[i]->name.data,
-                                 cp[i]->name.len, c)
+        if (json_object_setn_new(creds, (char *) cs->cred->name.data,
+                                 cs->cred->name.len, c)
             != 0)
         {
             goto failed;
         }
 
+        /* token requests in flight now, and how many may be */
+
+        n = ngx_cloudauth_cache_in_flight(cmcf->shm_zone, cs->cred->fp);
+
+        if (json_object_set_new(c, "in_flight", json_integer((json_int_t) n))
+            != 0
+            || json_object_set_new(c, "concurrency",
+                           json_integer((json_int_t) cs->cred->concurrency))
+               != 0)
+        {
+            goto failed;
+        }
+
         list = json_object_get(c, "entries");
+        s = cs->entries->elts;
 
-        for (k = 0; k < snaps->nelts; k++) {
-            if (s[k].cred != cp[i]) {
-                continue;
-            }
-
+        for (k = 0; k < cs->entries->nelts; k++) {
             e = ngx_cloudauth_status_entry(r, &s[k]);
 
             if (e == NULL || json_array_append_new(list, e) != 0) {
@@ -353,14 +442,24 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_array_t *snaps,
                       "shown", skipped);
     }
 
-    st = ngx_cloudauth_cache_stats(cmcf->shm_zone);
+    if (st->usage.size) {
+        zone = json_pack("{s:I, s:I}",
+                         "size", (json_int_t) st->usage.size,
+                         "used", (json_int_t) st->usage.used);
 
-    if (st) {
+        if (json_object_set_new(root, "zone", zone) != 0) {
+            goto failed;
+        }
+    }
+
+    stats = ngx_cloudauth_cache_stats(cmcf->shm_zone);
+
+    if (stats) {
         up = json_pack("{s:I, s:I, s:I, s:I}",
-                       "active", (json_int_t) st->uploads_active,
-                       "completed", (json_int_t) st->uploads_completed,
-                       "failed", (json_int_t) st->uploads_failed,
-                       "bytes", (json_int_t) st->upload_bytes);
+                       "active", (json_int_t) stats->uploads_active,
+                       "completed", (json_int_t) stats->uploads_completed,
+                       "failed", (json_int_t) stats->uploads_failed,
+                       "bytes", (json_int_t) stats->upload_bytes);
 
         if (json_object_set_new(root, "uploads", up) != 0) {
             goto failed;
@@ -398,7 +497,7 @@ failed:
 /* one entry, or NULL when it cannot be shown */
 
 static json_t *
-ngx_cloudauth_status_entry(ngx_http_request_t *r, ngx_cloudauth_snap_t *s)
+ngx_cloudauth_status_entry(ngx_http_request_t *r, ngx_cloudauth_entry_t *s)
 {
     json_t  *e, *subject, *error;
 
@@ -545,15 +644,14 @@ ngx_cloudauth_status_utf8(u_char *p, u_char *last)
 
 
 static ngx_int_t
-ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
-    ngx_str_t *out)
+ngx_cloudauth_status_prometheus(ngx_http_request_t *r,
+    ngx_cloudauth_status_t *st, ngx_str_t *out)
 {
     u_char                     *p, *last;
     size_t                      size;
-    ngx_uint_t                  i, k, m, *sums, *sum;
-    ngx_cloudauth_cred_t      **cp;
-    ngx_cloudauth_snap_t       *s;
-    ngx_cloudauth_stats_t      *st;
+    ngx_uint_t                  i, m, *sums, *sum;
+    ngx_cloudauth_stats_t      *stats;
+    ngx_cloudauth_census_t     *cs;
     ngx_cloudauth_main_conf_t  *cmcf;
 
     /* one family after another, as the text format wants */
@@ -576,44 +674,29 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
 
 #define NGX_CLOUDAUTH_NMETRICS  (sizeof(metrics) / sizeof(metrics[0]))
 
-    cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
-    cp = cmcf->creds.elts;
-    s = snaps->elts;
-
-    sums = ngx_pcalloc(r->pool, (cmcf->creds.nelts + 1)
-                                * NGX_CLOUDAUTH_NMETRICS * sizeof(ngx_uint_t));
+    sums = ngx_palloc(r->pool,
+                      st->n * NGX_CLOUDAUTH_NMETRICS * sizeof(ngx_uint_t));
     if (sums == NULL) {
         return NGX_ERROR;
     }
 
-    for (i = 0; i < cmcf->creds.nelts; i++) {
+    for (i = 0; i < st->n; i++) {
+        cs = &st->census[i];
         sum = &sums[i * NGX_CLOUDAUTH_NMETRICS];
 
-        for (k = 0; k < snaps->nelts; k++) {
-            if (s[k].cred != cp[i]) {
-                continue;
-            }
-
-            sum[0] += s[k].hits;
-            sum[1] += s[k].misses;
-            sum[2] += s[k].fetches;
-            sum[3] += s[k].fetch_failures;
-            sum[4] += s[k].waiters;
-            sum[5] += s[k].invalidations;
-            sum[6] += s[k].unauthorized_kept;
-            sum[7]++;
-
-            /* the soonest expiry */
-            if (s[k].expires_in
-                && (sum[8] == 0 || (ngx_uint_t) s[k].expires_in < sum[8]))
-            {
-                sum[8] = s[k].expires_in;
-            }
-        }
+        sum[0] = cs->hits;
+        sum[1] = cs->misses;
+        sum[2] = cs->fetches;
+        sum[3] = cs->fetch_failures;
+        sum[4] = cs->waiters;
+        sum[5] = cs->invalidations;
+        sum[6] = cs->unauthorized_kept;
+        sum[7] = cs->total;
+        sum[8] = (ngx_uint_t) cs->soonest;
     }
 
     size = 2048 + NGX_CLOUDAUTH_NMETRICS
-                  * (128 + cmcf->creds.nelts * (160 + NGX_ATOMIC_T_LEN));
+                  * (128 + st->n * (160 + NGX_ATOMIC_T_LEN));
 
     p = ngx_pnalloc(r->pool, size);
     if (p == NULL) {
@@ -630,17 +713,27 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
                              metrics[m].name, metrics[m].type);
         }
 
-        for (i = 0; i < cmcf->creds.nelts; i++) {
+        for (i = 0; i < st->n; i++) {
             p = ngx_slprintf(p, last, "%s{credential=\"%V\"%s} %ui\n",
-                             metrics[m].name, &cp[i]->name,
+                             metrics[m].name, &st->census[i].cred->name,
                              metrics[m].label,
                              sums[i * NGX_CLOUDAUTH_NMETRICS + m]);
         }
     }
 
-    st = ngx_cloudauth_cache_stats(cmcf->shm_zone);
+    if (st->usage.size) {
+        p = ngx_slprintf(p, last,
+                         "# TYPE cloudauth_zone_size_bytes gauge\n"
+                         "cloudauth_zone_size_bytes %uz\n"
+                         "# TYPE cloudauth_zone_used_bytes gauge\n"
+                         "cloudauth_zone_used_bytes %uz\n",
+                         st->usage.size, st->usage.used);
+    }
 
-    if (st) {
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
+    stats = ngx_cloudauth_cache_stats(cmcf->shm_zone);
+
+    if (stats) {
         p = ngx_slprintf(p, last,
                          "# TYPE cloudauth_uploads_active gauge\n"
                          "cloudauth_uploads_active %uA\n"
@@ -649,8 +742,8 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r, ngx_array_t *snaps,
                          "cloudauth_uploads_total{result=\"failed\"} %uA\n"
                          "# TYPE cloudauth_upload_bytes_total counter\n"
                          "cloudauth_upload_bytes_total %uA\n",
-                         st->uploads_active, st->uploads_completed,
-                         st->uploads_failed, st->upload_bytes);
+                         stats->uploads_active, stats->uploads_completed,
+                         stats->uploads_failed, stats->upload_bytes);
     }
 
     out->len = p - out->data;

@@ -166,7 +166,7 @@ ngx_http_cloudauth_upload_id_open(ngx_pool_t *pool, u_char *key,
     u_char      *plain, *p, *last;
     size_t       len;
     uint64_t     v;
-    ngx_str_t    raw;
+    ngx_str_t    raw, canon;
     ngx_uint_t   i;
 
     if (in->len == 0 || in->len > NGX_HTTP_CLOUDAUTH_UPLOAD_ID_MAX) {
@@ -182,6 +182,21 @@ ngx_http_cloudauth_upload_id_open(ngx_pool_t *pool, u_char *key,
         || raw.len < NGX_HTTP_CLOUDAUTH_UPLOAD_ID_OVERHEAD
                      + NGX_HTTP_CLOUDAUTH_UPLOAD_ID_FIXED + 8
         || raw.data[0] != NGX_HTTP_CLOUDAUTH_UPLOAD_ID_VERSION)
+    {
+        return NGX_DECLINED;
+    }
+
+    /* one spelling per ID: the unused bits of the last character are 0 */
+
+    canon.data = ngx_pnalloc(pool, ngx_base64_encoded_length(raw.len));
+    if (canon.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_encode_base64url(&canon, &raw);
+
+    if (canon.len != in->len
+        || ngx_memcmp(canon.data, in->data, in->len) != 0)
     {
         return NGX_DECLINED;
     }

@@ -18,6 +18,7 @@ use Time::HiRes qw(time sleep);
 use CloudAuth::Test;
 use CloudAuth::FakeProviders;
 use CloudAuth::KindTests;
+use MIME::Base64 ();
 
 my $t = CloudAuth::Test->new;
 my $d = $t->dir;
@@ -122,6 +123,42 @@ is_deeply($req->{form}, { grant_type => 'account_credentials',
           'zoom_s2s: grant_type=account_credentials and account_id only');
 like($req->{content_type}, qr{^application/x-www-form-urlencoded},
      'zoom_s2s: form content type');
+
+# Zoom's documented request, byte for byte (developers.zoom.us, "Server-to-
+# Server OAuth": POST https://zoom.us/oauth/token, "Authorization: Basic
+# base64(Client_ID:Client_Secret)", grant_type=account_credentials and
+# account_id; its examples put them in the query, Zoom takes the form body
+# as well, and the body keeps them out of access logs on the way)
+
+sub hdrs {
+    my ($rq, $name) = @_;
+    return map { $_->[1] } grep { lc $_->[0] eq lc $name } @{ $rq->{headers} };
+}
+
+is("$req->{method} $req->{uri}", 'POST /oauth/token',
+   'zoom_s2s shape: request line POST /oauth/token, no query string');
+is_deeply([hdrs($req, 'Authorization')],
+          ['Basic ' . MIME::Base64::encode_base64("$id:$secret", '')],
+          'zoom_s2s shape: one "Authorization: Basic '
+          . 'base64(client_id:client_secret)"');
+is_deeply([hdrs($req, 'Content-Type')],
+          ['application/x-www-form-urlencoded'],
+          'zoom_s2s shape: one "Content-Type: '
+          . 'application/x-www-form-urlencoded", no charset');
+is($req->{body}, "grant_type=account_credentials&account_id=$account",
+   'zoom_s2s shape: body exactly grant_type=account_credentials'
+   . '&account_id=ACCOUNT');
+is_deeply([hdrs($req, 'Content-Length')], [length $req->{body}],
+          'zoom_s2s shape: Content-Length of that body, no chunking');
+is_deeply([hdrs($req, 'Transfer-Encoding'), hdrs($req, 'Expect')], [],
+          'zoom_s2s shape: no Transfer-Encoding, no Expect');
+is_deeply([map { $_->[0] } grep { $_->[0] !~ /^(host|authorization|
+                                       content-type|content-length|accept|
+                                       user-agent)$/xi }
+           @{ $req->{headers} }], [],
+          'zoom_s2s shape: no other header than Host, Authorization, '
+          . 'Content-Type, Content-Length, Accept, User-Agent')
+    or diag explain $req->{headers};
 
 $r = $t->http_get('/zoom/y', Authorization => 'Bearer client-token');
 is(auth($r), "Bearer $token", 'zoom_s2s: cached, client header replaced');

@@ -70,7 +70,7 @@ my $conf = <<'EOF';
 
         location /brief/ {
             cloudauth_gcs_upload google bucket=test-bucket resumable=on
-                expires=1s endpoint=https://127.0.0.1:%%PORT_GCS%%;
+                expires=3s endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
         location /plain/ {
@@ -415,11 +415,12 @@ is(req('HEAD', $url, %TUS)->{status}, 200, 'the ID itself still works');
 
 my ($br, $burl) = create('/brief/', 10,
                          'Upload-Metadata' => meta(filename => 'brief.bin'));
-is(req('HEAD', $burl, %TUS)->{status}, 200, 'expires=1s: works at once');
+is(req('HEAD', $burl, %TUS)->{status}, 200, 'expires=3s: works at once');
 
-# the expiry is a time: waiting it out is the test (1 s + a margin)
-sleep 2.2;
-is(req('HEAD', $burl, %TUS)->{status}, 404, 'expires=1s: 404 after it');
+# the expiry is a time: waiting it out is the test (3 s, in whole seconds
+# of the creation time, + a margin)
+sleep 4.1;
+is(req('HEAD', $burl, %TUS)->{status}, 404, 'expires=3s: 404 after it');
 
 ###############################################################################
 # a client that drops mid-PATCH: GCS keeps the whole blocks it got

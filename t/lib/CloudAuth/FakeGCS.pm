@@ -37,6 +37,9 @@ package CloudAuth::FakeGCS;
 #                                          stored altered (the final hash
 #                                          check then fails)
 #   delay => SECS                          every chunk is answered late
+#                                          (one at a time: under the lock)
+#   slow => SECS                           every chunk is answered late, all
+#                                          sessions at once (a slow network)
 #   error_message => TEXT                  the message of the injected
 #                                          failures above (init_status,
 #                                          fail_status)
@@ -310,6 +313,7 @@ sub dispatch {
                && !issued($dir, $req->{headers}{authorization});
 
         return cancel($dir, $id) if $req->{method} eq 'DELETE';
+        sleep $f->{slow} if $f->{slow} && $req->{method} eq 'PUT';
         return chunk($req, $o, $f, $id) if $req->{method} eq 'PUT';
         return error(405, 'method not allowed');
     }

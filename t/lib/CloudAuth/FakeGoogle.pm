@@ -22,6 +22,10 @@ package CloudAuth::FakeGoogle;
 #                     expect_scope, expect_scopes: [one of these]}
 #   fake_keys.json    {kid: {client_email, public_key}} known to the endpoint
 #   fake_token.log    one JSON line per token request
+#   fake_token.inflight
+#                     "NOW MAX": token requests in flight now, and at most
+#                     so far (from the request read to just before the
+#                     answer is written: within the client's own span)
 #   upstream.log      one JSON line per upstream request
 #   revoked.txt       tokens the upstream refuses, one a line
 
@@ -106,6 +110,7 @@ sub connection {
         alarm 0;
 
         sleep $res->{delay} if $res->{delay};
+        $res->{answering}->() if $res->{answering};
         return if $res->{drop};
 
         my $keep = keepalive($req);
@@ -249,6 +254,22 @@ sub serial {
     return $n;
 }
 
+# in_flight(DIR, +1 or -1): counts a token request in or out; returns the
+# number in flight now
+sub in_flight {
+    my ($dir, $d) = @_;
+    open my $fh, '+>>', "$dir/fake_token.inflight" or die "in_flight: $!";
+    flock $fh, LOCK_EX;
+    seek $fh, 0, 0;
+    my ($now, $max) = split ' ', (<$fh> // '0 0');
+    $now = ($now // 0) + $d;
+    $max = $now if $now > ($max // 0);
+    truncate $fh, 0;
+    print $fh "$now $max";
+    close $fh;
+    return $now;
+}
+
 sub random_hex {
     my ($bytes) = @_;
     open my $fh, '<:raw', '/dev/urandom' or die "urandom: $!";
@@ -273,12 +294,18 @@ sub token_handler {
                    content_type => $req->{headers}{'content-type'},
                    user_agent => $req->{headers}{'user-agent'});
 
+        $rec{in_flight} = in_flight($o{dir}, 1);
+
         my $err = verify_grant($req, \%o, $b, \%rec);
         $rec{verified} = $err ? 0 : 1;
         $rec{reason} = $err if $err;
 
         my $res = token_answer($err, $b, \%o, \%rec);
         append_json("$o{dir}/fake_token.log", \%rec);
+
+        # counted out before the answer goes: the client may start its next
+        # request the moment it has this one
+        $res->{answering} = sub { in_flight($o{dir}, -1) };
 
         return $res;
     };

@@ -6,7 +6,8 @@ package CloudAuth::FakeProviders;
 #
 #   zoom      Zoom's OAuth token endpoint (Server-to-Server OAuth): POST
 #             /oauth/token, Basic auth client_id:client_secret, form
-#             grant_type=account_credentials&account_id=...; errors
+#             grant_type=account_credentials&account_id=... (the raw
+#             body is recorded as "body"); errors
 #             {"reason": "...", "error": "invalid_client"}
 #   oauth2    a generic RFC 6749 token endpoint: POST /oauth2/token,
 #             grant_type=client_credentials, the client by Basic auth
@@ -232,6 +233,7 @@ sub zoom_handler {
 
         my ($f, $dup) = form($req->{body});
         $rec->{form} = $f;
+        $rec->{body} = $req->{body};
 
         return $zerr->(400, 'invalid_request', "duplicate @$dup") if @$dup;
         return $zerr->(400, 'unsupported_grant_type',

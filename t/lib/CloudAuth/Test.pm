@@ -306,6 +306,21 @@ sub token_requests {
 
 sub token_count { scalar(my @r = $_[0]->token_requests) }
 
+# (now, max): token requests the endpoint has in flight, and the most it
+# had at once since the start or token_in_flight_reset()
+sub token_in_flight {
+    my ($self) = @_;
+    my ($now, $max) = split ' ', $self->read_file('fake_token.inflight')
+                                 // '0 0';
+    return ($now // 0, $max // 0);
+}
+
+sub token_in_flight_reset {
+    my ($self) = @_;
+    my ($now) = $self->token_in_flight;
+    $self->write_file('fake_token.inflight', "$now $now");
+}
+
 sub issued_tokens {
     my ($self) = @_;
     return map { $_->{token} // () } $self->token_requests;
