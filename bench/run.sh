@@ -12,6 +12,10 @@
 # UPLOAD_BODY_BUF=128k is the gateway's client_body_buffer_size).
 # ONLY=scale runs section 6 alone and replaces (or adds) that section in
 # RESULTS.md (SUBJECTS=10000 cached subjects, SCALE_TOKEN_LEN=240 bytes).
+# ONLY=tus runs section 7 alone (resumable uploads: tus PATCH against a
+# single PUT to the same location and against proxy_pass, and the bytes
+# sent again after interruptions; UPLOAD_MB sizes it; TUS_SINK_MD5=1 runs
+# the GCS stand-in with MD5) and replaces (or adds) it in RESULTS.md.
 
 set -euo pipefail
 
@@ -33,8 +37,9 @@ SUBJECTS=${SUBJECTS:-10000}
 SCALE_TOKEN_LEN=${SCALE_TOKEN_LEN:-240}
 
 case "$ONLY" in
-    ""|upload|hotpath|scale) ;;
-    *) echo "ONLY=$ONLY: ONLY=upload, ONLY=hotpath or ONLY=scale" >&2
+    ""|upload|hotpath|scale|tus) ;;
+    *) echo "ONLY=$ONLY: ONLY=upload, ONLY=hotpath, ONLY=scale or" \
+            "ONLY=tus" >&2
        exit 2 ;;
 esac
 
@@ -659,7 +664,7 @@ only_scale() {
     if [ -f "$B/RESULTS.md" ] && grep -q '^## 6\. ' "$B/RESULTS.md"; then
         perl -0pi -e '
             BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
-            s/^## 6\. .*?(?=^## Raw data|\z)/$new\n/ms' \
+            s/^## 6\. .*?(?=^## |\z)/$new\n/ms' \
             "$T/scale.md" "$B/RESULTS.md"
     elif [ -f "$B/RESULTS.md" ] && grep -q '^## Raw data' "$B/RESULTS.md"
     then
@@ -693,6 +698,320 @@ if [ "$ONLY" = upload ]; then
     only_upload
     exit 0
 fi
+
+# 7. resumable uploads (tus) -------------------------------------------------
+
+# the gateway for section 7: one resumable=on location with default
+# settings (plain PUT and tus alike), and proxy_pass as in section 4
+tus_conf() {
+    cat <<EOF
+load_module $MODULE;
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    $(temps tus)
+    client_max_body_size $((UPLOAD_MB + 1))m;
+    client_body_buffer_size $UPLOAD_BODY_BUF;
+    cloudauth_credential google type=google_service_account
+        key_file=$T/sa.json
+        scopes=https://www.googleapis.com/auth/devstorage.read_write
+        token_url=http://127.0.0.1:$TOK6/token;
+    upstream sink { server 127.0.0.1:$SINKP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$GW6 backlog=4096;
+        location /proxy/ {
+            rewrite ^/proxy/(.*)\$
+                /upload/storage/v1/b/bench/o?uploadType=media&name=\$1 break;
+            proxy_request_buffering off;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://sink;
+        }
+        location /tus/ {
+            cloudauth_gcs_upload google bucket=bench overwrite=on
+                resumable=on endpoint=http://127.0.0.1:$SINKP;
+        }
+    }
+}
+EOF
+}
+
+# tus_create NAME SIZE: POST, prints the upload's path (Location)
+tus_create() {
+    curl -s -o /dev/null -D - -X POST -H 'Tus-Resumable: 1.0.0' \
+        -H 'Content-Length: 0' \
+        -H "Upload-Length: $2" \
+        -H "Upload-Metadata: filename $(printf %s "$1" | base64 -w0)" \
+        "http://127.0.0.1:$GW6/tus/" \
+        | awk -F': ' 'tolower($1) == "location" { sub(/\r$/, "", $2); print $2 }'
+}
+
+# one upload by tus, POST then one PATCH of the whole file:
+# "MB/s http_code bytes seconds upload_offset"
+tus_upload() {
+    local loc t0 t1 res
+    t0=$(date +%s.%N)
+    loc=$(tus_create "$2" "$(stat -c %s "$1")")
+    res=$($LOAD_CPU curl -s -X PATCH -T "$1" -H 'Expect:' \
+              -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
+              -H 'Content-Type: application/offset+octet-stream' \
+              -D "$T/tus.hdr" -o /dev/null \
+              -w '%{http_code} %{size_upload}\n' \
+              "http://127.0.0.1:$GW6$loc" || true)
+    t1=$(date +%s.%N)
+    echo "$res" | awk -v t0="$t0" -v t1="$t1" \
+        -v off="$(awk -F': ' 'tolower($1) == "upload-offset" {
+                      sub(/\r$/, "", $2); print $2 }' "$T/tus.hdr")" '
+        { printf "%.1f %s %s %.3f %s\n", $2 / (t1 - t0) / 1e6, $1, $2,
+                 t1 - t0, off }'
+}
+
+# tus_cuts FILE LOC CUT...: PATCHes from the offset the gateway reports
+# that the client breaks off after CUT bytes each (it closes its
+# connection), then one that sends the rest; after each break, HEAD (until
+# two answers 0.2 s apart agree: the gateway may still be storing) tells
+# the offset.  Prints "cut_at offset_after resent" per break, then
+# "final STATUS OFFSET".
+tus_cuts() {
+    $LOAD_CPU perl -MIO::Socket::INET -MTime::HiRes=sleep -e '
+        my ($port, $file, $loc, @cuts) = @ARGV;
+        my $size = -s $file;
+        open my $fh, "<:raw", $file or die "$file: $!";
+
+        sub req {
+            my ($method, $off, $len, $stop) = @_;
+            my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1",
+                                          PeerPort => $port) or die "$!";
+            my $h = "$method $loc HTTP/1.1\r\nHost: bench\r\n"
+                  . "Tus-Resumable: 1.0.0\r\nConnection: close\r\n";
+            $h .= "Upload-Offset: $off\r\nContent-Length: $len\r\n"
+                . "Content-Type: application/offset+octet-stream\r\n"
+                if $method eq "PATCH";
+            print $s "$h\r\n";
+            if ($method eq "PATCH") {
+                sysseek $fh, $off, 0;
+                my $left = defined $stop ? $stop : $len;
+                while ($left > 0) {
+                    my $n = sysread $fh, my $buf,
+                                    $left > 1048576 ? 1048576 : $left;
+                    last unless $n;
+                    syswrite $s, $buf or last;
+                    $left -= $n;
+                }
+                if (defined $stop) {
+                    close $s;
+                    return undef;
+                }
+            }
+            local $/;
+            my $ans = <$s> // "";
+            my ($st) = $ans =~ m{^HTTP/1\.1 (\d+)};
+            my ($o) = $ans =~ m{^Upload-Offset: (\d+)}mi;
+            return [$st // 0, $o // -1];
+        }
+
+        sub offset {
+            my $prev = -2;
+            for (1 .. 100) {
+                my $o = req("HEAD")->[1];
+                return $o if $o == $prev;
+                $prev = $o;
+                sleep 0.2;
+            }
+            return $prev;
+        }
+
+        my $off = 0;
+        for my $cut (@cuts) {
+            my $at = $off + $cut;
+            req("PATCH", $off, $size - $off, $cut);
+            my $now = offset();
+            printf "%d %d %d\n", $at, $now, $at - $now;
+            $off = $now;
+        }
+        my $r = req("PATCH", $off, $size - $off);
+        print "final $r->[0] $r->[1]\n";
+    ' "$GW6" "$1" "$2" "${@:3}"
+}
+
+bench_tus() {
+    local r v res t_start D loc cpu0
+
+    t_start=$(date +%s)
+    T_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+    TUS_BYTES=$((UPLOAD_MB * 1024 * 1024))
+
+    mkdir -p "$(dirname "$SINK")"
+    cc -O2 -Wall -o "$SINK" "$B/gcs_sink.c" -lcrypto
+
+    UPLOAD_DIR=${UPLOAD_DIR:-$(mktemp -d /dev/shm/cloudauth-bench.XXXXXX \
+                               2> /dev/null)} || UPLOAD_DIR=""
+    D=${UPLOAD_DIR:-$T}
+    [ -f "$D/upload.bin" ] \
+        && [ "$(stat -c %s "$D/upload.bin")" = "$TUS_BYTES" ] \
+        || head -c "$TUS_BYTES" /dev/urandom > "$D/upload.bin"
+    head -c 1000 "$D/upload.bin" > "$D/warm.bin"
+
+    # TUS_SINK_MD5=1: the stand-in computes MD5 and reports md5Hash (its
+    # MD5 then caps what it takes, see section 4)
+    SINKP=$(port)
+    if [ "${TUS_SINK_MD5:-0}" = 1 ]; then
+        $LOAD_CPU "$SINK" "$SINKP" > /dev/null 2>> "$T/sink.log" &
+    else
+        $LOAD_CPU "$SINK" -M "$SINKP" > /dev/null 2>> "$T/sink.log" &
+    fi
+    PIDS+=($!)
+    wait_port "$SINKP"
+
+    TOK6=$(port)
+    perl "$B/fake_token.pl" "$TOK6" 0 3600 "$T/tus-token.log" &
+    PIDS+=($!)
+    wait_port "$TOK6"
+
+    GW6=$(port)
+    tus_conf | start_nginx tus "$GW_CPU"
+    wait_port "$GW6"
+
+    # warm: the token, the keep-alive connections
+    upload_curl "$LOAD_CPU" "$D/warm.bin" \
+        "http://127.0.0.1:$GW6/proxy/warm" "$T/up.out" > /dev/null
+    upload_curl "$LOAD_CPU" "$D/warm.bin" \
+        "http://127.0.0.1:$GW6/tus/warm" "$T/up.out" > /dev/null
+    tus_upload "$D/warm.bin" warm-tus > /dev/null
+
+    echo "== tus: ${UPLOAD_MB} MiB, $ROUNDS rounds of proxy, put, tus"
+    : > "$T/tus.tsv"
+    for r in $(seq "$ROUNDS"); do
+        for v in proxy put tus; do
+            cpu0=$(upload_cpu tus)
+            case $v in
+            proxy)
+                res=$(upload_curl "$LOAD_CPU" "$D/upload.bin" \
+                      "http://127.0.0.1:$GW6/proxy/proxy-$r" "$T/up.out") ;;
+            put)
+                res=$(upload_curl "$LOAD_CPU" "$D/upload.bin" \
+                      "http://127.0.0.1:$GW6/tus/put-$r" "$T/up.out")
+                grep -Eq "\"size\": *\"?$TUS_BYTES\"?[,}]" "$T/up.out" \
+                    || res="$res BAD" ;;
+            tus)
+                res=$(tus_upload "$D/upload.bin" "tus-$r")
+                [ "$(echo "$res" | awk '{print $2, $5}')" \
+                  = "204 $TUS_BYTES" ] || res="$res BAD" ;;
+            esac
+            # the worker's CPU seconds, last field
+            res="$res $(awk -v a="$cpu0" -v b="$(upload_cpu tus)" \
+                        'BEGIN { printf "%.2f", b - a }')"
+            echo "$v $r $res" | tee -a "$T/tus.tsv"
+        done
+    done
+
+    # interruptions: one upload broken off three times at odd places
+    echo "== tus: ${UPLOAD_MB} MiB broken off 3 times"
+    loc=$(tus_create cut "$TUS_BYTES")
+    tus_cuts "$D/upload.bin" "$loc" \
+        $((TUS_BYTES / 10 + 12345)) $((TUS_BYTES / 3 + 777)) \
+        $((TUS_BYTES / 5 + 99)) | tee "$T/tus-cuts.tsv"
+
+    stop_nginx tus
+    tus_results
+    TUS_SECONDS=$(( $(date +%s) - t_start ))
+    echo "== tus: section took $TUS_SECONDS s"
+}
+
+tus_results() {
+    col() { awk -v v="$1" -v c="$2" '$1 == v && !/BAD/ {print $c}' "$3" \
+            | median; }
+    T_PROXY=$(col proxy 3 "$T/tus.tsv")
+    T_PUT=$(col put 3 "$T/tus.tsv")
+    T_TUS=$(col tus 3 "$T/tus.tsv")
+    cpu() { awk -v v="$1" -v m="$UPLOAD_MB" '$1 == v && !/BAD/ {
+                printf "%.2f\n", $NF * 1024 / m }' "$T/tus.tsv" | median; }
+    T_PROXY_CPU=$(cpu proxy)
+    T_PUT_CPU=$(cpu put)
+    T_TUS_CPU=$(cpu tus)
+    if [ "${TUS_SINK_MD5:-0}" = 1 ]; then
+        T_SINK="with MD5, \`TUS_SINK_MD5=1\`: its MD5 caps what it takes,
+so the MB/s compare under that cap and the worker's CPU per GiB tells the
+gateway's cost"
+    else
+        T_SINK="the stand-in without MD5 (\`-M\`)"
+    fi
+    T_BAD=$(awk '/BAD/ || ($1 != "tus" && $4 !~ /^2/)' "$T/tus.tsv" | wc -l)
+    T_FINAL=$(awk '$1 == "final" {print $2, $3}' "$T/tus-cuts.tsv")
+    T_RESENT=$(awk '$1 != "final" { printf "%s%.2f MiB", s, $3 / 1048576
+                                    s = ", " }' "$T/tus-cuts.tsv")
+    T_RESENT_MAX=$(awk '$1 != "final" && $3 > m { m = $3 }
+                        END { print m + 0 }' "$T/tus-cuts.tsv")
+
+    cat > "$T/tus.md" <<EOF
+## 7. Resumable uploads (tus)
+
+One \`resumable=on\` location with default settings (\`chunk_size\` 8m,
+\`md5=off\`) in front of the stand-in of section 4 ($T_SINK), one worker on
+CPU 0, curl on CPU 1; ${UPLOAD_MB} MiB of random bytes, rounds interleaved,
+median of $ROUNDS. tus: \`POST\` (creation), then one \`PATCH\` of the
+whole file, timed together.
+
+| path | MB/s | vs single PUT | vs proxy_pass | worker CPU s per GiB |
+|---|---|---|---|---|
+| nginx \`proxy_pass\`, \`proxy_request_buffering off\` (media) | $T_PROXY | $(ratio "$T_PROXY" "$T_PUT") | 1.000 | $T_PROXY_CPU |
+| single \`PUT\` to the \`resumable=on\` location | $T_PUT | 1.000 | **$(ratio "$T_PUT" "$T_PROXY")** | $T_PUT_CPU |
+| **tus \`POST\` + \`PATCH\`**, same location | $T_TUS | **$(ratio "$T_TUS" "$T_PUT")** | $(ratio "$T_TUS" "$T_PROXY") | $T_TUS_CPU |
+
+Targets: tus ≥ 0.9× the single PUT; default settings ≥ 0.95× proxy_pass.
+Failed uploads: $T_BAD.
+
+**Bytes sent again after an interruption.** One ${UPLOAD_MB} MiB tus upload
+whose \`PATCH\` the client broke off (closed its connection) three times at
+odd byte counts; after each, \`HEAD\` gave the offset the gateway holds
+(asked until two answers 0.2 s apart agree) and the next \`PATCH\` went on
+from there. Sent again: $T_RESENT (largest $(awk -v m="$T_RESENT_MAX" \
+'BEGIN { printf "%.2f", m / 1048576 }') MiB). Here the client closes its
+connection after its last byte, so nginx reads every byte it was sent,
+the gateway stores them up to the last 256 KiB mark (its \`chunk_size\`
+buffer included), and less than 256 KiB is sent again. A network that
+drops also loses what is in flight (socket buffers, the part of a chunk not
+yet in GCS): \`t/221-tus-js-client.t\` measures that through its relay.
+Final \`PATCH\`: $T_FINAL (status, offset). Load average at the start:
+$T_LOAD (the machine is shared; the MB/s are noisy, the CPU per GiB
+less so).
+
+\`\`\`
+one upload (variant round MB/s code bytes s [upload_offset] worker_cpu_s)
+$(cat "$T/tus.tsv")
+
+broken off (at_byte offset_after resent)
+$(cat "$T/tus-cuts.tsv")
+\`\`\`
+EOF
+}
+
+# ONLY=tus: section 7 alone, put in place of the one in RESULTS.md
+only_tus() {
+    bench_tus
+    if [ -f "$B/RESULTS.md" ] && grep -q '^## 7\. ' "$B/RESULTS.md"; then
+        perl -0pi -e '
+            BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
+            s/^## 7\. .*?(?=^## |\z)/$new\n/ms' \
+            "$T/tus.md" "$B/RESULTS.md"
+    elif [ -f "$B/RESULTS.md" ] && grep -q '^## Raw data' "$B/RESULTS.md"; then
+        perl -0pi -e '
+            BEGIN { local $/; open my $f, "<", shift @ARGV; $new = <$f> }
+            s/^(?=## Raw data)/$new\n/ms' \
+            "$T/tus.md" "$B/RESULTS.md"
+    else
+        { echo "# Benchmark results"; echo; cat "$T/tus.md"; } \
+            > "$B/RESULTS.md"
+    fi
+    echo "== wrote section 7 of $B/RESULTS.md"
+}
+
+if [ "$ONLY" = tus ]; then
+    only_tus
+    exit 0
+fi
+
 
 UP=$(port)
 start_nginx up "$LOAD_CPU" <<EOF
@@ -901,6 +1220,10 @@ REF_NDURING=$(awk '$1 == 1' "$T/refresh-marked.tsv" | wc -l)
 
 bench_upload
 
+# 7. resumable uploads (tus), here while the GCS stand-in is built ----------
+
+bench_tus
+
 # 5. signing ---------------------------------------------------------------
 
 echo "== signing"
@@ -1027,6 +1350,8 @@ $(cat "$T/upload.md")
 | $SIGN | $OSSL | $(ratio "$SIGN" "$OSSL") |
 
 $(cat "$T/scale.md")
+
+$(cat "$T/tus.md")
 
 ## Raw data
 

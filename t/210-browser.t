@@ -1,15 +1,19 @@
 #!/usr/bin/perl
 
 # The upload page in a real browser: nginx serves html/upload.html at / and
-# a cloudauth_gcs_upload location at /upload/ against the fake GCS; Debian's
-# headless Chromium, driven by playwright-core (t/browser/upload.js), picks
-# two files through the keyboard-opened file chooser, then drops two more
-# (one a name already stored: overwrite=off answers 409, which the page must
-# show with the server's reason).  What landed in the fake GCS is compared
-# byte for byte and by CRC32C with what was sent, and with what the page
-# listed.  The browser not running is a failure, never a skip: tools/deps.sh
-# test installs chromium and playwright-core.  TEST_NGINX_LEAVE=1 keeps the
-# test directory, with page.png, the page as it ended.
+# a resumable=on cloudauth_gcs_upload location at /upload/ against the fake
+# GCS; Debian's headless Chromium, driven by playwright-core
+# (t/browser/upload.js), picks three files through the keyboard-opened file
+# chooser (one empty), then drops two more (one a name already stored:
+# overwrite=off answers 409, which the page must show with the server's
+# reason).  The page sends them by tus (POST, PATCH), the empty one as a
+# plain PUT.  What landed in the fake GCS is compared byte for byte and by
+# CRC32C with what was sent, and with what the page listed.  The same page
+# served at /plain/, whose upload/ has no resumable=on, sends a file as a
+# single multipart POST.  The browser not running is a failure, never a
+# skip: tools/deps.sh test installs chromium and playwright-core.
+# TEST_NGINX_LEAVE=1 keeps the test directory, with page.png, the page as it
+# ended.
 
 use strict;
 use warnings;
@@ -55,7 +59,18 @@ $t->run(<<"EOF");
 
         location /upload/ {
             cloudauth_gcs_upload google bucket=$B chunk_size=256k
-                object=uploads/\$cloudauth_filename
+                resumable=on object=uploads/\$cloudauth_filename
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
+        location /plain/ {
+            alias $html/;
+            index upload.html;
+        }
+
+        location /plain/upload/ {
+            cloudauth_gcs_upload google bucket=$B chunk_size=256k
+                object=plain/\$cloudauth_filename
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
     }
@@ -80,6 +95,7 @@ my %data = (
     'b.bin' => random_bytes(700 * 1024 + 3),
     'c.txt' => join('', map { "line $_ of a dropped file\n" } 1 .. 2000),
     'again/a.bin' => random_bytes(1000),
+    'empty.bin' => '',
 );
 
 for my $f (keys %data) {
@@ -90,7 +106,7 @@ for my $f (keys %data) {
 
 my $out = browser({
     url => 'http://127.0.0.1:' . $t->port('nginx') . '/',
-    steps => [ { pick => [ "$dir/a.bin", "$dir/b.bin" ] },
+    steps => [ { pick => [ "$dir/a.bin", "$dir/b.bin", "$dir/empty.bin" ] },
                { drop => [ "$dir/c.txt", "$dir/again/a.bin" ] } ],
     screenshot => $t->dir . '/page.png',
     timeout => 20000 * CloudAuth::Test::tf(),
@@ -143,16 +159,16 @@ is($out->{title}, 'Upload to Cloud Storage', 'it is the upload page');
 is($out->{focused}, 'files', 'the keyboard reaches the file picker');
 
 my @items = @{ $out->{items} || [] };
-is(scalar @items, 4, 'four uploads listed');
+is(scalar @items, 5, 'five uploads listed');
 is(join(' ', map { "$_->{file}:$_->{state}" } @items),
-   'a.bin:done b.bin:done c.txt:done a.bin:error',
-   'three stored, the second a.bin refused');
+   'a.bin:done b.bin:done empty.bin:done c.txt:done a.bin:error',
+   'four stored, the second a.bin refused');
 
 # what the page listed, what GCS has
 
 my %type = ('c.txt' => 'text/plain');
 
-for my $i (0 .. 2) {
+for my $i (0 .. 3) {
     my $it = $items[$i] || {};
     my $file = $it->{file} // '?';
     my $data = $data{$file} // '';
@@ -174,18 +190,30 @@ for my $i (0 .. 2) {
         if $type{$file};
 }
 
-my $dup = $items[3] || {};
+my $dup = $items[4] || {};
 like($dup->{error} // '', qr/\S.*\(409\)/,
      'the refused upload shows the server\'s message and 409');
 is_deeply($dup->{objects}, [], 'the refused upload lists no object');
 CloudAuth::Upload::stored_ok($t, $B, 'uploads/a.bin',
                              CloudAuth::Upload::sent_of($data{'a.bin'}),
                              'a.bin, after the refused one');
-is(scalar(my @o = CloudAuth::FakeGCS->objects($t)), 3,
-   'three objects in the bucket');
+is(scalar(my @o = CloudAuth::FakeGCS->objects($t)), 4,
+   'four objects in the bucket');
 
-is_deeply($out->{steps}, ['2 of 2 uploaded', '3 of 4 uploaded, 1 failed'],
+is_deeply($out->{steps}, ['3 of 3 uploaded', '4 of 5 uploaded, 1 failed'],
           'the summary after each step');
+
+# how they went: tus for the files, a PUT for the empty one
+my $access = $t->access_log;
+my $n_post = () = $access =~ m{"POST /upload/ HTTP}g;
+my %patched = map { $_ => 1 } $access =~ m{"PATCH (/upload/\S+) HTTP}g;
+my %by;
+$by{$1}++ while $access =~ m{"(PUT /upload/\S*) HTTP}g;
+
+cmp_ok($n_post, '>=', 4, 'tus: a creation POST for each non-empty file '
+                         . '(the refused one too)');
+is(scalar keys %patched, 3, 'tus: PATCHes to three upload URLs');
+is($by{'PUT /upload/empty.bin'}, 1, 'the empty file: one PUT');
 is(join("\n", grep { !/status of 409/ } @{ $out->{console} || [] }), '',
    'no script error in the page');
 
@@ -194,8 +222,28 @@ my @chunks = grep { $_->{method} eq 'PUT' && ($_->{length} // 0) > 0 }
 cmp_ok(scalar @chunks, '>=', 5,
        'the files went to GCS in 256 KiB chunks, streamed');
 
+# the page where the location is not resumable: one multipart POST
+
+my $plain = browser({
+    url => 'http://127.0.0.1:' . $t->port('nginx') . '/plain/',
+    steps => [ { pick => [ "$dir/b.bin" ] } ],
+    timeout => 20000 * CloudAuth::Test::tf(),
+});
+
+my $pi = $plain && $plain->{items}[0] || {};
+is("$pi->{file}:$pi->{state}", 'b.bin:done',
+   'not resumable: the page stores the file');
+is(($pi->{objects}[0] || {})->{name}, 'plain/b.bin',
+   '... where that location puts it');
+CloudAuth::Upload::stored_ok($t, $B, 'plain/b.bin',
+                             CloudAuth::Upload::sent_of($data{'b.bin'}),
+                             'not resumable');
+like($t->access_log, qr{"POST /plain/upload/ HTTP/1\.1" 201},
+     '... by one POST');
+unlike($t->access_log, qr{"PATCH /plain/}, '... no PATCH');
+
 $t->check_log_ok;
 
-cmp_ok(time - $started, '<', 30 * CloudAuth::Test::tf(), 'within 30 s');
+cmp_ok(time - $started, '<', 40 * CloudAuth::Test::tf(), 'within 40 s');
 
 done_testing;

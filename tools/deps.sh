@@ -67,6 +67,18 @@ test)
         npm install --prefix "$dir" --no-save --no-package-lock --no-audit \
             --no-fund --loglevel=error "playwright-core@$pw"
     fi
+
+    # t/221-tus-js-client.t runs tus-js-client, pinned by t/tus's
+    # package-lock.json, in t/tus/node_modules (git-ignored)
+    dir="$(cd "$(dirname "$0")/.." && pwd)/t/tus"
+    want=$(node -p "require('$dir/package-lock.json')
+                    .packages['node_modules/tus-js-client'].version")
+    have=$(node -p "require('$dir/node_modules/tus-js-client/package.json')
+                    .version" 2>/dev/null || true)
+    if [ "$have" != "$want" ]; then
+        echo "installing: tus-js-client@$want into t/tus/node_modules"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
     ;;
 esac
 
