@@ -94,9 +94,10 @@ test-asan: test-deps
 	$(MAKE) BUILD=$(ASAN_BUILD) \
 	    CC_OPT="$(CC_OPT) -fsanitize=address -fno-omit-frame-pointer" \
 	    LD_OPT="-fsanitize=address" $(ASAN_BUILD)/ngx_http_cloudauth_module.so
-	@# the reports go where the workers (nobody) can write: not the
-	@# checkout, which they may not even enter
-	@logs=$$(mktemp -d /tmp/cloudauth-asan.XXXXXX) && chmod 1777 $$logs && \
+	@# the reports go where the workers (nobody, when root starts nginx)
+	@# can write: not the checkout, which they may not even enter
+	@logs=$$(mktemp -d /tmp/cloudauth-asan.XXXXXX) && \
+	{ [ "$$(id -u)" != 0 ] || chown nobody $$logs; } && \
 	TEST_NGINX_MODULE=$(ASAN_BUILD)/ngx_http_cloudauth_module.so \
 	TEST_NGINX_PRELOAD=$(ASAN_LIB) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:log_path=$$logs/asan \

@@ -42,6 +42,8 @@ static void ngx_cloudauth_gcs_retry(ngx_event_t *ev);
 static void ngx_cloudauth_gcs_stall(ngx_event_t *ev);
 static void ngx_cloudauth_gcs_refused(ngx_cloudauth_gcs_t *s,
     ngx_cloudauth_fetch_t *f, ngx_uint_t status, const char *what);
+static void ngx_cloudauth_gcs_note(ngx_cloudauth_gcs_t *s,
+    ngx_cloudauth_fetch_t *f);
 static void ngx_cloudauth_gcs_fail(ngx_cloudauth_gcs_t *s,
     ngx_uint_t status, const char *reason, size_t len);
 static void ngx_cloudauth_gcs_cancelled(ngx_cloudauth_fetch_t *f);
@@ -882,6 +884,17 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
     }
 
     if (f->status == 200 || f->status == 201) {
+        if (s->probing) {
+            /* another request finished the object */
+            s->probing = 0;
+            s->conflict = 1;
+            ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
+                                   "GCS holds the object already",
+                                   sizeof("GCS holds the object already")
+                                   - 1);
+            return;
+        }
+
         if (req == NGX_CLOUDAUTH_GCS_CHUNK
             || s->op == NGX_CLOUDAUTH_GCS_CHUNK)
         {
@@ -902,9 +915,19 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
         return;
     }
 
-    if (f->status == 400) {
-        /* maybe another request's bytes came first (tus) */
-        s->conflict = 1;
+    if (f->status == 400 && !s->probing) {
+
+        /*
+         * another request's bytes first (tus)?  What GCS holds says: the
+         * same as before, the 400 stands; more, the upload moved on
+         */
+
+        ngx_cloudauth_gcs_note(s, f);
+        s->probing = 1;
+        s->req = NGX_CLOUDAUTH_GCS_QUERY;
+
+        (void) ngx_cloudauth_gcs_run(s);
+        return;
     }
 
     ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
@@ -986,6 +1009,25 @@ ngx_cloudauth_gcs_ack(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
     }
 
     committed = s->range + 1;
+
+    if (s->probing) {
+        s->probing = 0;
+
+        if (committed == s->offset) {
+            ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
+                                   "GCS refused a chunk (HTTP 400)",
+                                   sizeof("GCS refused a chunk (HTTP 400)")
+                                   - 1);
+            return;
+        }
+
+        s->conflict = 1;
+        ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
+                               "GCS holds other bytes than ours",
+                               sizeof("GCS holds other bytes than ours")
+                               - 1);
+        return;
+    }
 
     /* after a query GCS may hold anything we sent; else at most this */
     last = (s->op == NGX_CLOUDAUTH_GCS_QUERY) ? committed
@@ -1334,9 +1376,28 @@ static void
 ngx_cloudauth_gcs_refused(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
     ngx_uint_t status, const char *what)
 {
-    u_char     *p;
-    ngx_str_t   said;
-    u_char      buf[128];
+    u_char  *p;
+    u_char   buf[128];
+
+    ngx_cloudauth_gcs_note(s, f);
+
+    if (f->status == 0) {
+        p = ngx_snprintf(buf, sizeof(buf), "%s (no answer)", what);
+
+    } else {
+        p = ngx_snprintf(buf, sizeof(buf), "%s (HTTP %l)", what, f->status);
+    }
+
+    ngx_cloudauth_gcs_fail(s, status, (char *) buf, p - buf);
+}
+
+
+/* GCS's words about a failure, kept for the log */
+
+static void
+ngx_cloudauth_gcs_note(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
+{
+    ngx_str_t  said;
 
     if (f->status == 0) {
         said.data = (u_char *) f->errbuf;
@@ -1358,15 +1419,6 @@ ngx_cloudauth_gcs_refused(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
                                               4 * NGX_CLOUDAUTH_GCS_SAID_MAX,
                                               said.data, said.len);
     }
-
-    if (f->status == 0) {
-        p = ngx_snprintf(buf, sizeof(buf), "%s (no answer)", what);
-
-    } else {
-        p = ngx_snprintf(buf, sizeof(buf), "%s (HTTP %l)", what, f->status);
-    }
-
-    ngx_cloudauth_gcs_fail(s, status, (char *) buf, p - buf);
 }
 
 

@@ -164,6 +164,7 @@ struct ngx_cloudauth_gcs_s {
     unsigned                       reauth:1;    /* a 401 was retried */
     unsigned                       gone:1;      /* GCS: 404, 410, 499 */
     unsigned                       conflict:1;  /* GCS holds others' bytes */
+    unsigned                       probing:1;   /* a 400: others' bytes? */
 };
 
 

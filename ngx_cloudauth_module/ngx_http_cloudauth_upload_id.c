@@ -5,8 +5,9 @@
  * The ID of a resumable upload (tus), pure: what the gateway needs to
  * continue an upload (the GCS session URI, the bucket and object, the
  * declared length, the creation time, the client's Upload-Metadata), sealed
- * with AES-256-GCM under the upload key, the location's name as additional
- * data, and a fresh nonce each, base64url.  The client holds it; the
+ * with AES-256-GCM under the upload key, what it is made for (the server's,
+ * location's and credential's names) as additional data, and a fresh nonce
+ * each, base64url.  The client holds it; the
  * gateway keeps nothing.  Anything that does not open is NGX_DECLINED, for
  * a 404: a forged, altered, truncated ID, another key, another location.
  *

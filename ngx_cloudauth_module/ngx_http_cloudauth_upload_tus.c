@@ -621,8 +621,14 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
         }
 
         rc = ngx_http_cloudauth_upload_tus_session(u);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_NOT_FOUND, "no such upload");
+        }
+
         if (rc != NGX_OK) {
-            return rc;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         r->main->count++;
@@ -797,12 +803,15 @@ ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
 }
 
 
-/* HEAD and DELETE: the session, without the body machinery */
+/*
+ * HEAD and DELETE: the session, without the body machinery.  NGX_OK;
+ * NGX_DECLINED: its URI is not on the endpoint (endpoint= changed since),
+ * NGX_ERROR; nothing is answered here.
+ */
 
 static ngx_int_t
 ngx_http_cloudauth_upload_tus_session(ngx_http_cloudauth_upload_t *u)
 {
-    ngx_int_t                      rc;
     ngx_http_request_t            *r;
     ngx_cloudauth_gcs_object_t     object;
     ngx_cloudauth_gcs_handlers_t   h;
@@ -821,23 +830,12 @@ ngx_http_cloudauth_upload_tus_session(ngx_http_cloudauth_upload_t *u)
     u->obj.gcs = ngx_cloudauth_gcs_create(r->pool, r->connection->log,
                                           &u->conf->gcs, &object, &h);
     if (u->obj.gcs == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     u->obj.name = u->id.name;
 
-    rc = ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
-
-    if (rc == NGX_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (rc != NGX_OK) {
-        return ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
-                           NGX_HTTP_NOT_FOUND, "no such upload");
-    }
-
-    return NGX_OK;
+    return ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
 }
 
 
@@ -1083,8 +1081,16 @@ ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r, json_t *object)
             v.len = ngx_sprintf(p, "%O", (off_t) json_integer_value(j)) - p;
 
         } else if (json_is_string(j)) {
-            v.data = (u_char *) json_string_value(j);
             v.len = json_string_length(j);
+
+            /* the header outlives the object: a copy */
+
+            v.data = ngx_pnalloc(r->pool, v.len);
+            if (v.data == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            ngx_memcpy(v.data, json_string_value(j), v.len);
 
             /* GCS's and our own words, but a header line stays one */
 

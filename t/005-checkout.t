@@ -65,16 +65,20 @@ if (!$pid) {
     POSIX::_exit(127);
 }
 
+# up: nginx answers (a bound listening socket is not enough: under ASan the
+# workers take a while after the master has bound it)
 my $up = $t->wait_for(sub {
-    IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
-        || waitpid($pid, WNOHANG) == $pid;
+    waitpid($pid, WNOHANG) == $pid
+        || (IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+            && $t->http_get('/', -port => $port)->{status});
 }, 60);
 
 ok($up && kill(0, $pid), 'make run came up')
     or diag($t->read_file('run.log'));
 
 my $r = $t->http_get('/', -port => $port);
-is($r->{status}, 200, 'the upload page answers 200');
+is($r->{status}, 200, 'the upload page answers 200')
+    or diag($t->read_file('run.log'));
 like($r->{body}, qr/<html/i, 'and is the page');
 
 $r = $t->http_get('/storage/b', -port => $port);

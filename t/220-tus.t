@@ -17,6 +17,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use MIME::Base64 qw(encode_base64);
+use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 
@@ -488,6 +489,41 @@ $stored = CloudAuth::FakeGCS->object($t, $B, 'cut.bin');
 ok($stored && $stored->{data} eq $data, 'resumed: every byte is right');
 
 ###############################################################################
+# two PATCHes at once on one upload (GCS answers each chunk a second late):
+# both start at GCS's offset, the one whose chunk comes second finds GCS
+# holding other bytes (a 400, then a query): 409, never a 502, and the
+# session stays
+
+$data = CloudAuth::Upload::pattern(4 * $Q);
+($r, $url) = create('/files/', length $data,
+                    'Upload-Metadata' => meta(filename => 'race.bin'));
+$t->write_file('gcs_faults.json', '{"slow": 1}');
+
+my @kids;
+for my $k (1, 2) {
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        select undef, undef, undef, 0.3 if $k == 2;
+        my $res = patch($url, 0, substr($data, 0, 2 * $Q));
+        POSIX::_exit($res->{status} == 204 ? 4 : $res->{status} == 409 ? 9
+                                                                      : 1);
+    }
+    push @kids, $pid;
+}
+my @codes = map { waitpid($_, 0); $? >> 8 } @kids;
+$t->write_file('gcs_faults.json', '{}');
+
+is(join(' ', sort @codes), '4 9',
+   'two PATCHes racing from offset 0: one 204, one 409');
+
+$off = req('HEAD', $url, %TUS)->{headers}{'upload-offset'} // -1;
+is($off, 2 * $Q, 'GCS holds the first one\'s bytes');
+$r = patch($url, $off, substr($data, $off));
+is($r->{status}, 204, 'the session stayed: the upload completes');
+$stored = CloudAuth::FakeGCS->object($t, $B, 'race.bin');
+ok($stored && $stored->{data} eq $data, 'and is whole');
+
+###############################################################################
 # the key: the zone's survives a reload, not a restart; a key file both
 
 ($r, $url) = create('/files/', 10,
@@ -518,6 +554,20 @@ is(patch($url, 0, '0123456789')->{status}, 204, 'and completes');
 $t->stop;
 $t->run(config('%%TESTDIR%%/other.key'));
 is(req('HEAD', $url, %TUS)->{status}, 404, 'another key: 404');
+
+# the same key, but endpoint= moved to another origin: the session URI in
+# the ID is refused (not sent there), one clean 404
+
+($r, $url) = create('/files/', 10,
+                    'Upload-Metadata' => meta(filename => 'moved.bin'));
+(my $moved = config('%%TESTDIR%%/other.key'))
+    =~ s{(location /files/ \{.*?endpoint=https://)127\.0\.0\.1}{${1}localhost}s;
+$t->stop;
+$t->run($moved);
+is(req('HEAD', $url, %TUS)->{status}, 404,
+   'HEAD with a session on another origin than endpoint=: 404');
+is(req('DELETE', $url, %TUS)->{status}, 404, 'DELETE: 404');
+unlike($t->error_log, qr/header already sent/, 'answered once');
 
 ###############################################################################
 # no secret in the logs

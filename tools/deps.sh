@@ -65,6 +65,7 @@ test)
     if [ "$have" != "$pw" ]; then
         echo "installing: playwright-core@$pw into t/browser/node_modules"
         npm install --prefix "$dir" --no-save --no-package-lock --no-audit \
+            --ignore-scripts \
             --no-fund --loglevel=error "playwright-core@$pw"
     fi
 
@@ -77,7 +78,8 @@ test)
                     .version" 2>/dev/null || true)
     if [ "$have" != "$want" ]; then
         echo "installing: tus-js-client@$want into t/tus/node_modules"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund \
+                               --loglevel=error)
     fi
     ;;
 esac

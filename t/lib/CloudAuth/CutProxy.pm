@@ -25,7 +25,9 @@ package CloudAuth::CutProxy;
 # breaks; in an outage that fails too, and the page sees the error).
 # Every connection, when it ends, is a JSON line in DIR/NAME.log: {n, up,
 # down, cut (1: the one that crossed the threshold), dropped (1: reset by
-# an outage), start, end}; "up" is what reached the server.
+# an outage), start, end}; "up" is what the relay read from the client
+# (at a cut, what it had not yet written on is dropped): an upper bound of
+# what reached the server.
 
 use strict;
 use warnings;
