@@ -464,7 +464,7 @@ sends MD5.
 | \`cloudauth_gcs_upload md5=on\` (CRC32C and MD5) | $U_MD5ON | $(ratio "$U_MD5ON" "$U_DIRECT") | $(ratio "$U_MD5ON" "$U_PROXY") | $U_MD5ON_CPU |
 
 Target: the default ≥ 0.95× proxy_pass — $(awk -v a="$U_CA" -v b="$U_PROXY" \
-'BEGIN { print a / b >= 0.95 ? "met" : "missed" }').
+'BEGIN { print ((a / b >= 0.95) ? "met" : "missed") }').
 
 Failed uploads: $U_BAD. Worker RSS, one upload at a time: +$A_GROW MiB at the
 peak over the start.
