@@ -49,6 +49,7 @@ my $conf = <<'EOF';
 
     server {
         listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT_H2%% http2;
         server_name localhost;
 
         client_max_body_size 20m;
@@ -376,6 +377,32 @@ is(req('HEAD', $url, %TUS)->{status}, 404, 'and it is gone');
 
 is(req('POST', $url, %TUS, 'X-HTTP-Method-Override' => 'GET', -body => '')
        ->{status}, 400, 'an override to GET: 400');
+
+###############################################################################
+# HTTP/2: creation, a PATCH with a body of unknown length, HEAD (curl)
+
+{
+    my $h2 = 'http://127.0.0.1:' . $t->port('h2');
+    my $tus = "-H 'Tus-Resumable: 1.0.0'";
+    my $c = 'curl -s --http2-prior-knowledge -o /dev/null -D -';
+
+    my $out = `$c -X POST $tus -H 'Upload-Length: 300000' -H 'Upload-Metadata: ${\ meta(filename => 'h2.bin')}' -H 'Content-Length: 0' $h2/files/ 2>&1`;
+    like($out, qr{^HTTP/2 201}m, 'HTTP/2: creation');
+    my ($loc) = $out =~ /^location: (\S+)/mi;
+
+    $data = CloudAuth::Upload::pattern(300000);
+    my $file = $t->write_file('h2-tus.bin', $data);
+    $out = `cat $file | $c -X PATCH $tus -H 'Upload-Offset: 0' -H 'Content-Type: application/offset+octet-stream' -H 'Transfer-Encoding: chunked' --data-binary \@- $h2$loc 2>&1`;
+    like($out, qr{^HTTP/2 204}m, 'HTTP/2: a PATCH of unknown length');
+    like($out, qr{^upload-offset: 300000\r?$}mi, 'to the end');
+
+    $out = `curl -s --http2-prior-knowledge -I $tus $h2$loc 2>&1`;
+    like($out, qr{^HTTP/2 200}m, 'HTTP/2: HEAD');
+    like($out, qr{^upload-offset: 300000\r?$}mi, 'HTTP/2: HEAD says complete');
+
+    $stored = CloudAuth::FakeGCS->object($t, $B, 'h2.bin');
+    ok($stored && $stored->{data} eq $data, 'HTTP/2: stored whole');
+}
 
 ###############################################################################
 # single-request uploads still work on the location
