@@ -4,6 +4,9 @@
 # fake, "slow") answers two seconds late.  None may wait in a queue behind a
 # per-host connection limit, and time spent waiting for a connection is no
 # stall: every object is stored whole, with no "no progress" retry.
+# cloudauth_timeout is 30 s: 50 TLS handshakes with the Perl fake on a
+# loaded machine may take seconds (the session starts are bounded by it);
+# a queue behind 8 connections would still wait well over 30 s.
 
 use strict;
 use warnings;
@@ -28,7 +31,7 @@ CloudAuth::Upload::start_gcs($t);
 
 $t->run(<<'EOF', workers => 1);
     cloudauth_trusted_certificate %%CA%%;
-    cloudauth_timeout 10s;
+    cloudauth_timeout 30s;
 
     cloudauth_credential google type=google_service_account
         key_file=%%KEY_FILE%% scopes=%%SCOPES%%;
