@@ -975,6 +975,45 @@ ngx_http_cloudauth_get_ctx(ngx_http_request_t *r)
 }
 
 
+/* a string that outlives the request's use of it, or none (NULL, empty) */
+
+static ngx_int_t
+ngx_http_cloudauth_value(ngx_http_variable_value_t *v, ngx_str_t *s)
+{
+    if (s == NULL || s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* seconds, never fewer than none: $cloudauth_token_ttl, _token_age */
+
+static ngx_int_t
+ngx_http_cloudauth_seconds(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, time_t n)
+{
+    ngx_str_t  s;
+
+    s.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (s.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    s.len = ngx_sprintf(s.data, "%T", n > 0 ? n : 0) - s.data;
+
+    return ngx_http_cloudauth_value(v, &s);
+}
+
+
 static ngx_int_t
 ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
@@ -991,13 +1030,7 @@ ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
     /* from here on the token may show in nginx's own debug lines */
     ngx_cloudauth_log_mask_token(&ctx->ask.token);
 
-    v->len = ctx->ask.token.len;
-    v->data = ctx->ask.token.data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, &ctx->ask.token);
 }
 
 
@@ -1017,13 +1050,7 @@ ngx_http_cloudauth_status_variable(ngx_http_request_t *r,
 
     s = &ngx_http_cloudauth_cache_statuses[ctx->ask.cache_status];
 
-    v->len = s->len;
-    v->data = s->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, s);
 }
 
 
@@ -1031,7 +1058,6 @@ static ngx_int_t
 ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    time_t                     ttl;
     ngx_http_cloudauth_ctx_t  *ctx;
 
     ctx = ngx_http_cloudauth_get_ctx(r);
@@ -1041,19 +1067,7 @@ ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-    if (v->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ttl = ctx->ask.expires_at - ngx_time();
-
-    v->len = ngx_sprintf(v->data, "%T", ttl > 0 ? ttl : 0) - v->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_seconds(r, v, ctx->ask.expires_at - ngx_time());
 }
 
 
@@ -1065,18 +1079,7 @@ ngx_http_cloudauth_error_variable(ngx_http_request_t *r,
 
     rq = ngx_http_cloudauth_req(r, 0);
 
-    if (rq == NULL || rq->error.len == 0) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = rq->error.len;
-    v->data = rq->error.data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, rq ? &rq->error : NULL);
 }
 
 
@@ -1126,18 +1129,7 @@ ngx_http_cloudauth_credential_variable(ngx_http_request_t *r,
         }
     }
 
-    if (cred == NULL) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = cred->name.len;
-    v->data = cred->name.data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, cred ? &cred->name : NULL);
 }
 
 
@@ -1168,18 +1160,7 @@ ngx_http_cloudauth_subject_variable(ngx_http_request_t *r,
         }
     }
 
-    if (subject == NULL || subject->len == 0) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = subject->len;
-    v->data = subject->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, subject);
 }
 
 
@@ -1189,7 +1170,6 @@ static ngx_int_t
 ngx_http_cloudauth_age_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    time_t                     age;
     ngx_http_cloudauth_ctx_t  *ctx;
 
     ctx = ngx_http_cloudauth_get_ctx(r);
@@ -1200,19 +1180,7 @@ ngx_http_cloudauth_age_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-    if (v->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    age = ngx_time() - ctx->ask.obtained_at;
-
-    v->len = ngx_sprintf(v->data, "%T", age > 0 ? age : 0) - v->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_seconds(r, v, ngx_time() - ctx->ask.obtained_at);
 }
 
 
