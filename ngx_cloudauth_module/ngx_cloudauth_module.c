@@ -1431,6 +1431,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_uint_t                   i;
     ngx_cloudauth_cred_t       **cp;
     ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_complex_value_t    *subject;
     ngx_cloudauth_main_conf_t   *cmcf;
 
     ngx_conf_merge_ptr_value(conf->subject, prev->subject, NULL);
@@ -1447,18 +1448,10 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->name.data == NULL) {
-        conf->name = prev->name;
-        conf->cred = prev->cred;
-        conf->pick = prev->pick;
-        conf->header = prev->header;
-        conf->lowcase = prev->lowcase;
-        conf->hash = prev->hash;
-        conf->prefix = prev->prefix;
-        conf->suffix = prev->suffix;
-        conf->variable = prev->variable;
-        conf->authorization = prev->authorization;
-        conf->file = prev->file;
-        conf->line = prev->line;
+        /* all but cloudauth_subject is the "cloudauth" directive's */
+        subject = conf->subject;
+        *conf = *prev;
+        conf->subject = subject;
     }
 
     if (conf->name.data == NULL || conf->cred
