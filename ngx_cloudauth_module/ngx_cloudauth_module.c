@@ -84,6 +84,9 @@ static ngx_int_t ngx_http_cloudauth_pick(ngx_http_request_t *r,
     ngx_cloudauth_cred_t **cred);
 static ngx_cloudauth_cred_t *ngx_http_cloudauth_lookup(ngx_http_request_t *r,
     ngx_str_t *name);
+static ngx_int_t ngx_http_cloudauth_name_cmp(ngx_str_t *a, ngx_str_t *b);
+static int ngx_libc_cdecl ngx_http_cloudauth_named_cmp(const void *one,
+    const void *two);
 static ngx_int_t ngx_http_cloudauth_escape(ngx_pool_t *pool, ngx_str_t *src,
     ngx_str_t *dst);
 static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
@@ -520,28 +523,68 @@ found:
 
 /*
  * A credential by a name from the request: one a location could name,
- * never NAME.sts or NAME.subject, a step of another credential
+ * never NAME.sts or NAME.subject, a step of another credential.  A binary
+ * search of those sorted at config time: with a credential per team,
+ * hundreds of them, the request pays for ten comparisons, not hundreds.
  */
 
 static ngx_cloudauth_cred_t *
 ngx_http_cloudauth_lookup(ngx_http_request_t *r, ngx_str_t *name)
 {
-    u_char                     *p;
+    ngx_int_t                   rc;
+    ngx_uint_t                  lo, hi, mid;
+    ngx_cloudauth_cred_t      **cp;
     ngx_cloudauth_main_conf_t  *cmcf;
-
-    if (name->len == 0 || name->len > 64) {
-        return NULL;
-    }
-
-    for (p = name->data; p < name->data + name->len; p++) {
-        if (!(ngx_cloudauth_isalnum(*p) || *p == '_' || *p == '-')) {
-            return NULL;
-        }
-    }
 
     cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
 
-    return ngx_cloudauth_find_cred(cmcf, name);
+    cp = cmcf->named.elts;
+    lo = 0;
+    hi = cmcf->named.nelts;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        rc = ngx_http_cloudauth_name_cmp(name, &cp[mid]->name);
+
+        if (rc == 0) {
+            return cp[mid];
+        }
+
+        if (rc < 0) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* by length, then bytes: case matters, "Team" is not "team" */
+
+static ngx_int_t
+ngx_http_cloudauth_name_cmp(ngx_str_t *a, ngx_str_t *b)
+{
+    if (a->len != b->len) {
+        return (a->len < b->len) ? -1 : 1;
+    }
+
+    return ngx_memcmp(a->data, b->data, a->len);
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_cloudauth_named_cmp(const void *one, const void *two)
+{
+    ngx_cloudauth_cred_t  *a, *b;
+
+    a = *(ngx_cloudauth_cred_t **) one;
+    b = *(ngx_cloudauth_cred_t **) two;
+
+    return ngx_http_cloudauth_name_cmp(&a->name, &b->name);
 }
 
 
@@ -1353,7 +1396,9 @@ ngx_http_cloudauth_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_cloudauth_main_conf_t *cmcf = conf;
 
-    ngx_str_t   name;
+    ngx_str_t               name;
+    ngx_uint_t              i;
+    ngx_cloudauth_cred_t  **cp, **np;
 
     ngx_conf_init_size_value(cmcf->zone_size, 1024 * 1024);
     ngx_conf_init_msec_value(cmcf->timeout, 10000);
@@ -1383,6 +1428,33 @@ ngx_http_cloudauth_init_main_conf(ngx_conf_t *cf, void *conf)
     if (cmcf->creds.nelts == 0) {
         return NGX_CONF_OK;
     }
+
+    if (ngx_array_init(&cmcf->named, cf->pool, cmcf->creds.nelts,
+                       sizeof(ngx_cloudauth_cred_t *))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    cp = cmcf->creds.elts;
+
+    for (i = 0; i < cmcf->creds.nelts; i++) {
+        if (ngx_strlchr(cp[i]->name.data, cp[i]->name.data + cp[i]->name.len,
+                        '.'))
+        {
+            continue;
+        }
+
+        np = ngx_array_push(&cmcf->named);
+        if (np == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *np = cp[i];
+    }
+
+    ngx_qsort(cmcf->named.elts, cmcf->named.nelts,
+              sizeof(ngx_cloudauth_cred_t *), ngx_http_cloudauth_named_cmp);
 
     ngx_str_set(&name, "cloudauth");
 
