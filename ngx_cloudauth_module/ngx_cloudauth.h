@@ -152,6 +152,8 @@ struct ngx_cloudauth_cred_s {
 
 struct ngx_cloudauth_main_conf_s {
     ngx_array_t                creds;       /* ngx_cloudauth_cred_t * */
+    ngx_array_t                named;       /* those "cloudauth $var" can
+                                               name (no "."), by name */
     size_t                     zone_size;
     ngx_shm_zone_t            *shm_zone;
     ngx_str_t                  trusted_certificate;

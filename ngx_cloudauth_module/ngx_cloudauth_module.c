@@ -84,6 +84,9 @@ static ngx_int_t ngx_http_cloudauth_pick(ngx_http_request_t *r,
     ngx_cloudauth_cred_t **cred);
 static ngx_cloudauth_cred_t *ngx_http_cloudauth_lookup(ngx_http_request_t *r,
     ngx_str_t *name);
+static ngx_int_t ngx_http_cloudauth_name_cmp(ngx_str_t *a, ngx_str_t *b);
+static int ngx_libc_cdecl ngx_http_cloudauth_named_cmp(const void *one,
+    const void *two);
 static ngx_int_t ngx_http_cloudauth_escape(ngx_pool_t *pool, ngx_str_t *src,
     ngx_str_t *dst);
 static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
@@ -520,28 +523,68 @@ found:
 
 /*
  * A credential by a name from the request: one a location could name,
- * never NAME.sts or NAME.subject, a step of another credential
+ * never NAME.sts or NAME.subject, a step of another credential.  A binary
+ * search of those sorted at config time: with a credential per team,
+ * hundreds of them, the request pays for ten comparisons, not hundreds.
  */
 
 static ngx_cloudauth_cred_t *
 ngx_http_cloudauth_lookup(ngx_http_request_t *r, ngx_str_t *name)
 {
-    u_char                     *p;
+    ngx_int_t                   rc;
+    ngx_uint_t                  lo, hi, mid;
+    ngx_cloudauth_cred_t      **cp;
     ngx_cloudauth_main_conf_t  *cmcf;
-
-    if (name->len == 0 || name->len > 64) {
-        return NULL;
-    }
-
-    for (p = name->data; p < name->data + name->len; p++) {
-        if (!(ngx_cloudauth_isalnum(*p) || *p == '_' || *p == '-')) {
-            return NULL;
-        }
-    }
 
     cmcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_module);
 
-    return ngx_cloudauth_find_cred(cmcf, name);
+    cp = cmcf->named.elts;
+    lo = 0;
+    hi = cmcf->named.nelts;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        rc = ngx_http_cloudauth_name_cmp(name, &cp[mid]->name);
+
+        if (rc == 0) {
+            return cp[mid];
+        }
+
+        if (rc < 0) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* by length, then bytes: case matters, "Team" is not "team" */
+
+static ngx_int_t
+ngx_http_cloudauth_name_cmp(ngx_str_t *a, ngx_str_t *b)
+{
+    if (a->len != b->len) {
+        return (a->len < b->len) ? -1 : 1;
+    }
+
+    return ngx_memcmp(a->data, b->data, a->len);
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_cloudauth_named_cmp(const void *one, const void *two)
+{
+    ngx_cloudauth_cred_t  *a, *b;
+
+    a = *(ngx_cloudauth_cred_t **) one;
+    b = *(ngx_cloudauth_cred_t **) two;
+
+    return ngx_http_cloudauth_name_cmp(&a->name, &b->name);
 }
 
 
@@ -975,6 +1018,45 @@ ngx_http_cloudauth_get_ctx(ngx_http_request_t *r)
 }
 
 
+/* a string that outlives the request's use of it, or none (NULL, empty) */
+
+static ngx_int_t
+ngx_http_cloudauth_value(ngx_http_variable_value_t *v, ngx_str_t *s)
+{
+    if (s == NULL || s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* seconds, never fewer than none: $cloudauth_token_ttl, _token_age */
+
+static ngx_int_t
+ngx_http_cloudauth_seconds(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, time_t n)
+{
+    ngx_str_t  s;
+
+    s.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (s.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    s.len = ngx_sprintf(s.data, "%T", n > 0 ? n : 0) - s.data;
+
+    return ngx_http_cloudauth_value(v, &s);
+}
+
+
 static ngx_int_t
 ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
@@ -991,13 +1073,7 @@ ngx_http_cloudauth_token_variable(ngx_http_request_t *r,
     /* from here on the token may show in nginx's own debug lines */
     ngx_cloudauth_log_mask_token(&ctx->ask.token);
 
-    v->len = ctx->ask.token.len;
-    v->data = ctx->ask.token.data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, &ctx->ask.token);
 }
 
 
@@ -1017,13 +1093,7 @@ ngx_http_cloudauth_status_variable(ngx_http_request_t *r,
 
     s = &ngx_http_cloudauth_cache_statuses[ctx->ask.cache_status];
 
-    v->len = s->len;
-    v->data = s->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, s);
 }
 
 
@@ -1031,7 +1101,6 @@ static ngx_int_t
 ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    time_t                     ttl;
     ngx_http_cloudauth_ctx_t  *ctx;
 
     ctx = ngx_http_cloudauth_get_ctx(r);
@@ -1041,19 +1110,7 @@ ngx_http_cloudauth_ttl_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-    if (v->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ttl = ctx->ask.expires_at - ngx_time();
-
-    v->len = ngx_sprintf(v->data, "%T", ttl > 0 ? ttl : 0) - v->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_seconds(r, v, ctx->ask.expires_at - ngx_time());
 }
 
 
@@ -1065,18 +1122,7 @@ ngx_http_cloudauth_error_variable(ngx_http_request_t *r,
 
     rq = ngx_http_cloudauth_req(r, 0);
 
-    if (rq == NULL || rq->error.len == 0) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = rq->error.len;
-    v->data = rq->error.data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, rq ? &rq->error : NULL);
 }
 
 
@@ -1126,18 +1172,7 @@ ngx_http_cloudauth_credential_variable(ngx_http_request_t *r,
         }
     }
 
-    if (cred == NULL) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = cred->name.len;
-    v->data = cred->name.data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, cred ? &cred->name : NULL);
 }
 
 
@@ -1168,18 +1203,7 @@ ngx_http_cloudauth_subject_variable(ngx_http_request_t *r,
         }
     }
 
-    if (subject == NULL || subject->len == 0) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = subject->len;
-    v->data = subject->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_value(v, subject);
 }
 
 
@@ -1189,7 +1213,6 @@ static ngx_int_t
 ngx_http_cloudauth_age_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    time_t                     age;
     ngx_http_cloudauth_ctx_t  *ctx;
 
     ctx = ngx_http_cloudauth_get_ctx(r);
@@ -1200,19 +1223,7 @@ ngx_http_cloudauth_age_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-    if (v->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    age = ngx_time() - ctx->ask.obtained_at;
-
-    v->len = ngx_sprintf(v->data, "%T", age > 0 ? age : 0) - v->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_cloudauth_seconds(r, v, ngx_time() - ctx->ask.obtained_at);
 }
 
 
@@ -1385,7 +1396,9 @@ ngx_http_cloudauth_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_cloudauth_main_conf_t *cmcf = conf;
 
-    ngx_str_t   name;
+    ngx_str_t               name;
+    ngx_uint_t              i;
+    ngx_cloudauth_cred_t  **cp, **np;
 
     ngx_conf_init_size_value(cmcf->zone_size, 1024 * 1024);
     ngx_conf_init_msec_value(cmcf->timeout, 10000);
@@ -1415,6 +1428,33 @@ ngx_http_cloudauth_init_main_conf(ngx_conf_t *cf, void *conf)
     if (cmcf->creds.nelts == 0) {
         return NGX_CONF_OK;
     }
+
+    if (ngx_array_init(&cmcf->named, cf->pool, cmcf->creds.nelts,
+                       sizeof(ngx_cloudauth_cred_t *))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    cp = cmcf->creds.elts;
+
+    for (i = 0; i < cmcf->creds.nelts; i++) {
+        if (ngx_strlchr(cp[i]->name.data, cp[i]->name.data + cp[i]->name.len,
+                        '.'))
+        {
+            continue;
+        }
+
+        np = ngx_array_push(&cmcf->named);
+        if (np == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *np = cp[i];
+    }
+
+    ngx_qsort(cmcf->named.elts, cmcf->named.nelts,
+              sizeof(ngx_cloudauth_cred_t *), ngx_http_cloudauth_named_cmp);
 
     ngx_str_set(&name, "cloudauth");
 
@@ -1463,6 +1503,7 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_uint_t                   i;
     ngx_cloudauth_cred_t       **cp;
     ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_complex_value_t    *subject;
     ngx_cloudauth_main_conf_t   *cmcf;
 
     ngx_conf_merge_ptr_value(conf->subject, prev->subject, NULL);
@@ -1479,18 +1520,10 @@ ngx_http_cloudauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->name.data == NULL) {
-        conf->name = prev->name;
-        conf->cred = prev->cred;
-        conf->pick = prev->pick;
-        conf->header = prev->header;
-        conf->lowcase = prev->lowcase;
-        conf->hash = prev->hash;
-        conf->prefix = prev->prefix;
-        conf->suffix = prev->suffix;
-        conf->variable = prev->variable;
-        conf->authorization = prev->authorization;
-        conf->file = prev->file;
-        conf->line = prev->line;
+        /* all but cloudauth_subject is the "cloudauth" directive's */
+        subject = conf->subject;
+        *conf = *prev;
+        conf->subject = subject;
     }
 
     if (conf->name.data == NULL || conf->cred

@@ -337,6 +337,17 @@ is($r->{status}, 401, 'auth_basic: a wrong password: 401');
 $r = $t->http_get('/hdr/x', 'X-Team' => 'team-a');
 is(team_of(token_of($r)), 'team-a', 'header: team-a');
 
+# the names are looked up in a sorted array: each found, case matters
+
+$r = $t->http_get('/hdr/x', 'X-Team' => 'team-b');
+is(team_of(token_of($r)), 'team-b', 'header: team-b');
+
+$r = $t->http_get('/hdr/x', 'X-Team' => 'TEAM-A');
+is($r->{status}, 403, 'header: TEAM-A is not team-a: 403');
+
+$r = $t->http_get('/hdr/x', 'X-Team' => 'team-');
+is($r->{status}, 403, 'header: a prefix of a name: 403');
+
 my $empty = $t->http_get('/hdr/x');
 is($empty->{status}, 403, 'header: none: 403');
 
