@@ -140,6 +140,9 @@ struct ngx_cloudauth_cred_s {
     ngx_uint_t                 concurrency; /* token requests in flight at
                                                most; 0: signs, makes none */
 
+    /* the engine's: this worker's groups waiting for a request slot */
+    ngx_queue_t                slot_queue;
+
     /* identity of the credential: name, kind, key, scopes, endpoint */
     u_char                     fp[NGX_CLOUDAUTH_FP_LEN];
 

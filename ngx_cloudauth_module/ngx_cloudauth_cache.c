@@ -46,7 +46,7 @@ typedef struct {
     uint64_t                   invalidated_at;  /* monotonic */
     uint64_t                   lru_at;          /* monotonic, last moved */
 
-    uint64_t                   backoff_until;
+    uint64_t                   backoff_until;   /* monotonic */
     ngx_uint_t                 failures;        /* consecutive */
 
     ngx_uint_t                 hits;
@@ -193,7 +193,7 @@ ngx_cloudauth_now(void)
 
 /*
  * Milliseconds on the clock no step moves, the same in every process of
- * the machine: claims and the 401 gap are timed on it.
+ * the machine: claims, back-offs and the 401 gap are timed on it.
  */
 
 uint64_t
@@ -517,7 +517,7 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
             /* no slot free: the token held serves, a later hit refreshes */
 
             if (t->refresh && !ngx_cloudauth_cache_claimed(node, mono)
-                && now >= node->backoff_until)
+                && mono >= node->backoff_until)
             {
                 (void) ngx_cloudauth_cache_claim(zone, node, t, mono);
             }
@@ -531,7 +531,7 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         return NGX_CLOUDAUTH_TAKE_TOKEN;
     }
 
-    if (now < node->backoff_until) {
+    if (mono < node->backoff_until) {
         rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
 
         if (t->count) {
@@ -660,7 +660,7 @@ ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         node->fetch_failures++;
 
         delay = backoff(node->failures, data);
-        node->backoff_until = ngx_cloudauth_now() + delay;
+        node->backoff_until = ngx_cloudauth_monotonic() + delay;
 
         ngx_cloudauth_cache_set_error(node, error);
 
@@ -799,7 +799,7 @@ ngx_cloudauth_cache_state(ngx_cloudauth_node_t *n, uint64_t now,
         return n->failures ? "failing" : "valid";
     }
 
-    if (now < n->backoff_until) {
+    if (mono < n->backoff_until) {
         return "backoff";
     }
 

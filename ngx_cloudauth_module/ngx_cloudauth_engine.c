@@ -20,8 +20,8 @@
  *
  * A claim for a token request also needs one of the credential's request
  * slots (concurrency=, shared by all workers).  A group whose entry finds
- * none free joins this worker's slot queue: the first group of each
- * credential there polls its entry, the others only wait for their turn
+ * none free joins its credential's slot queue in this worker: the first
+ * group there polls its entry, the others only wait for their turn
  * or for cloudauth_timeout to pass, when they fail; a group that leaves the
  * queue, and a fetch of the credential that ends here, let the next one
  * try at once.  So a cold start of thousands of subjects costs one poll
@@ -106,8 +106,6 @@ static ngx_queue_t       ngx_cloudauth_groups =
     { &ngx_cloudauth_groups, &ngx_cloudauth_groups };
 static ngx_queue_t       ngx_cloudauth_jobs =
     { &ngx_cloudauth_jobs, &ngx_cloudauth_jobs };
-static ngx_queue_t       ngx_cloudauth_slot_queue =
-    { &ngx_cloudauth_slot_queue, &ngx_cloudauth_slot_queue };
 static ngx_connection_t  ngx_cloudauth_poll_conn;
 
 
@@ -925,16 +923,21 @@ ngx_cloudauth_engine_group_free(ngx_cloudauth_group_t *g)
 
 
 /*
- * The slot queue: groups whose entry found no request slot free, first
- * come first.  The first of each credential polls; the others wake up at
- * their deadline, or when it is their turn.
+ * A credential's slot queue: its groups whose entry found no request slot
+ * free, first come first.  The first polls; the others wake up at their
+ * deadline, or when it is their turn.  The queue is made on first use (the
+ * credential is zeroed at configuration time).
  */
 
 static void
 ngx_cloudauth_engine_queue(ngx_cloudauth_group_t *g, uint64_t now)
 {
     if (!g->queued) {
-        ngx_queue_insert_tail(&ngx_cloudauth_slot_queue, &g->slot_queue);
+        if (g->cred->slot_queue.next == NULL) {
+            ngx_queue_init(&g->cred->slot_queue);
+        }
+
+        ngx_queue_insert_tail(&g->cred->slot_queue, &g->slot_queue);
         g->queued = 1;
     }
 
@@ -974,19 +977,10 @@ ngx_cloudauth_engine_unqueue(ngx_cloudauth_group_t *g)
 static ngx_cloudauth_group_t *
 ngx_cloudauth_engine_queue_first(ngx_cloudauth_cred_t *cred)
 {
-    ngx_queue_t            *q;
-    ngx_cloudauth_group_t  *g;
-
-    for (q = ngx_queue_head(&ngx_cloudauth_slot_queue);
-         q != ngx_queue_sentinel(&ngx_cloudauth_slot_queue);
-         q = ngx_queue_next(q))
-    {
-        g = ngx_queue_data(q, ngx_cloudauth_group_t, slot_queue);
-
-        if (g->cred == cred) {
-            return g;
-        }
+    if (cred->slot_queue.next == NULL || ngx_queue_empty(&cred->slot_queue)) {
+        return NULL;
     }
 
-    return NULL;
+    return ngx_queue_data(ngx_queue_head(&cred->slot_queue),
+                          ngx_cloudauth_group_t, slot_queue);
 }
