@@ -523,8 +523,8 @@ ngx_cloudauth_gcs_start_body(ngx_cloudauth_gcs_t *s, ngx_pool_t *pool,
     len = conf->endpoint.len + sizeof("/upload/storage/v1/b//o"
                                       "?uploadType=resumable&name="
                                       "&ifGenerationMatch=0")
-          + ngx_cloudauth_gcs_escape_len(&conf->bucket, 0)
-          + ngx_cloudauth_gcs_escape_len(&obj->name, 0);
+          + ngx_cloudauth_form_escape_len(&conf->bucket)
+          + ngx_cloudauth_form_escape_len(&obj->name);
 
     req->url.data = ngx_pnalloc(pool, len);
     if (req->url.data == NULL) {
@@ -534,10 +534,10 @@ ngx_cloudauth_gcs_start_body(ngx_cloudauth_gcs_t *s, ngx_pool_t *pool,
     p = ngx_cpymem(req->url.data, conf->endpoint.data, conf->endpoint.len);
     p = ngx_cpymem(p, "/upload/storage/v1/b/",
                    sizeof("/upload/storage/v1/b/") - 1);
-    p = ngx_cloudauth_gcs_escape(p, &conf->bucket, 0);
+    p = ngx_cloudauth_form_escape(p, &conf->bucket);
     p = ngx_cpymem(p, "/o?uploadType=resumable&name=",
                    sizeof("/o?uploadType=resumable&name=") - 1);
-    p = ngx_cloudauth_gcs_escape(p, &obj->name, 0);
+    p = ngx_cloudauth_form_escape(p, &obj->name);
 
     if (!conf->overwrite) {
         p = ngx_cpymem(p, "&ifGenerationMatch=0",
@@ -1197,8 +1197,8 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
     /* https://storage.googleapis.com/BUCKET/NAME */
 
     len = sizeof(NGX_CLOUDAUTH_GCS_URL "//") - 1
-          + ngx_cloudauth_gcs_escape_len(&conf->bucket, 0)
-          + ngx_cloudauth_gcs_escape_len(&s->object.name, 1);
+          + ngx_cloudauth_form_escape_len(&conf->bucket)
+          + ngx_cloudauth_form_escape_len(&s->object.name);
 
     p = ngx_pnalloc(s->pool, len);
     if (p == NULL) {
@@ -1209,9 +1209,9 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
     url.data = p;
     p = ngx_cpymem(p, NGX_CLOUDAUTH_GCS_URL "/",
                    sizeof(NGX_CLOUDAUTH_GCS_URL "/") - 1);
-    p = ngx_cloudauth_gcs_escape(p, &conf->bucket, 0);
+    p = ngx_cloudauth_form_escape(p, &conf->bucket);
     *p++ = '/';
-    p = ngx_cloudauth_gcs_escape(p, &s->object.name, 1);
+    p = ngx_cloudauth_gcs_escape_path(p, &s->object.name);
     url.len = p - url.data;
 
     res = json_pack("{s:s%, s:s%, s:I, s:s%, s:s%, s:s%, s:s%, s:s%}",

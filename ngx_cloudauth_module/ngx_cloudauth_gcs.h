@@ -195,9 +195,7 @@ ngx_int_t ngx_cloudauth_gcs_parse_error(ngx_pool_t *pool, u_char *body,
 ngx_uint_t ngx_cloudauth_gcs_same_origin(ngx_cloudauth_gcs_origin_t *a,
     ngx_cloudauth_gcs_origin_t *b);
 void ngx_cloudauth_gcs_crc32c_base64(uint32_t crc, ngx_str_t *dst);
-size_t ngx_cloudauth_gcs_escape_len(ngx_str_t *src, ngx_uint_t path);
-u_char *ngx_cloudauth_gcs_escape(u_char *dst, ngx_str_t *src,
-    ngx_uint_t path);
+u_char *ngx_cloudauth_gcs_escape_path(u_char *dst, ngx_str_t *src);
 size_t ngx_cloudauth_gcs_printable(u_char *dst, size_t size, u_char *src,
     size_t len);
 

@@ -276,43 +276,30 @@ ngx_cloudauth_gcs_crc32c_base64(uint32_t crc, ngx_str_t *dst)
 
 
 /*
- * Percent-encoding of all but unreserved characters (nginx's URI
- * component escaping); with path, each "/"-separated segment on its own.
- * The length is a bound: with path a "/" stays one byte.
+ * An object name in a URL path: each "/"-separated segment escaped as a
+ * form value, the "/" kept; ngx_cloudauth_form_escape_len() is a bound
  */
 
-size_t
-ngx_cloudauth_gcs_escape_len(ngx_str_t *src, ngx_uint_t path)
-{
-    return src->len + 2 * ngx_escape_uri(NULL, src->data, src->len,
-                                         NGX_ESCAPE_URI_COMPONENT);
-}
-
-
 u_char *
-ngx_cloudauth_gcs_escape(u_char *dst, ngx_str_t *src, ngx_uint_t path)
+ngx_cloudauth_gcs_escape_path(u_char *dst, ngx_str_t *src)
 {
-    u_char  *p, *last, *slash;
+    u_char     *last, *slash;
+    ngx_str_t   seg;
 
-    if (!path) {
-        return (u_char *) ngx_escape_uri(dst, src->data, src->len,
-                                         NGX_ESCAPE_URI_COMPONENT);
-    }
-
-    p = src->data;
+    seg.data = src->data;
     last = src->data + src->len;
 
     for ( ;; ) {
-        slash = ngx_strlchr(p, last, '/');
+        slash = ngx_strlchr(seg.data, last, '/');
+        seg.len = (slash ? slash : last) - seg.data;
 
-        dst = (u_char *) ngx_escape_uri(dst, p, (slash ? slash : last) - p,
-                                        NGX_ESCAPE_URI_COMPONENT);
+        dst = ngx_cloudauth_form_escape(dst, &seg);
         if (slash == NULL) {
             return dst;
         }
 
         *dst++ = '/';
-        p = slash + 1;
+        seg.data = slash + 1;
     }
 }
 

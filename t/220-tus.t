@@ -550,6 +550,22 @@ is($r->{status}, 204, 'the session stayed: the upload completes');
 $stored = CloudAuth::FakeGCS->object($t, $B, 'race.bin');
 ok($stored && $stored->{data} eq $data, 'and is whole');
 
+# a 400 on a chunk whose query GCS refuses too: 502, and the next PATCH
+# that finishes the upload is not taken for another request's (a 409)
+
+$data = CloudAuth::Upload::pattern(2 * $Q);
+($r, $url) = create('/files/', length $data,
+                    'Upload-Metadata' => meta(filename => 'probe.bin'));
+CloudAuth::FakeGCS->faults($t, fail_after => 0, fail_status => 400,
+                           query_status => 403);
+is(patch($url, 0, $data)->{status}, 502,
+   'a 400 on a chunk, a 403 on its query: 502');
+CloudAuth::FakeGCS->faults($t);
+$r = patch($url, 0, $data);
+is($r->{status}, 204, 'the next PATCH completes the upload');
+$stored = CloudAuth::FakeGCS->object($t, $B, 'probe.bin');
+ok($stored && $stored->{data} eq $data, 'and it is whole');
+
 ###############################################################################
 # the key: the zone's survives a reload, not a restart; a key file both
 

@@ -33,6 +33,8 @@ package CloudAuth::FakeGCS;
 #   short => 1                             each non-final chunk keeps 256 KiB
 #                                          less than it carried
 #   session_404 => 1                       chunks get 404 (session expired)
+#   query_status => N                      the next status query gets N,
+#                                          once
 #   corrupt => 1                           the first byte of each chunk is
 #                                          stored altered (the final hash
 #                                          check then fails)
@@ -444,6 +446,8 @@ sub chunk {
     if ($cr =~ m{^bytes \*/\*$}) {
         # a status query
         return error(400, 'a status query has a body') if $len;
+        return error($f->{query_status}, 'injected failure')
+            if $f->{query_status} && once($dir, 'query');
         return { status => 308, headers => range_header($s->{persisted}) };
 
     } elsif ($cr =~ m{^bytes \*/(\d+)$}) {
