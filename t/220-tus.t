@@ -50,7 +50,6 @@ my $conf = <<'EOF';
     server {
         listen 127.0.0.1:%%PORT%%;
         listen 127.0.0.1:%%PORT_H2%% http2;
-        server_name localhost;
 
         client_max_body_size 20m;
 
@@ -80,17 +79,22 @@ my $conf = <<'EOF';
             cloudauth_gcs_upload google bucket=test-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
+
+        # after the locations: the IDs' server name is taken when the
+        # server is merged, not when the directive is read
+        server_name localhost;
     }
 
     # the same location, bucket and credential in another server
     server {
         listen 127.0.0.1:%%PORT%%;
-        server_name other.example;
 
         location /files/ {
             cloudauth_gcs_upload google bucket=test-bucket resumable=on
                 chunk_size=256k endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
+
+        server_name other.example;
     }
 EOF
 
