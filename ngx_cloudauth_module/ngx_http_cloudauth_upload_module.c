@@ -654,7 +654,9 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * Nothing is inherited.  What an upload ID is made for, its additional
+ * Nothing is inherited, but by the location limit_except makes for the
+ * other methods: the upload is its content too.  What an upload ID is made
+ * for, its additional
  * data: the server's name, the location's and the credential's (the bucket
  * is inside); the same in every nginx of a fleet with the same
  * configuration.  Here, not in the directive: "server_name" may come after
@@ -665,6 +667,7 @@ static char *
 ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child)
 {
+    ngx_http_cloudauth_upload_conf_t *prev = parent;
     ngx_http_cloudauth_upload_conf_t *conf = child;
 
     u_char                    *p;
@@ -672,12 +675,19 @@ ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_core_srv_conf_t  *cscf;
     ngx_http_core_loc_conf_t  *clcf;
 
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->lmt_excpt && prev->gcs.cred) {
+        *conf = *prev;
+        clcf->handler = ngx_http_cloudauth_upload_handler;
+        return NGX_CONF_OK;
+    }
+
     if (conf->gcs.cred == NULL) {
         return NGX_CONF_OK;
     }
 
     cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     cred = &conf->gcs.cred->name;
 
     conf->aad.len = cscf->server_name.len + 1 + clcf->name.len + 1
