@@ -92,7 +92,7 @@ typedef struct {
     ngx_array_t                  *cors;     /* ngx_str_t origins */
     ngx_flag_t                    resumable;
     time_t                        expires;  /* of a resumable upload */
-    ngx_str_t                     location; /* the IDs' additional data */
+    ngx_str_t                     aad;      /* the IDs' additional data */
 } ngx_http_cloudauth_upload_conf_t;
 
 

@@ -35,6 +35,8 @@ static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf);
 static void *ngx_http_cloudauth_upload_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_cloudauth_upload_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
 static char *ngx_http_cloudauth_upload_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -74,7 +76,7 @@ static ngx_http_module_t  ngx_http_cloudauth_upload_module_ctx = {
     NULL,                                    /* merge server configuration */
 
     ngx_http_cloudauth_upload_create_loc_conf, /* create location conf */
-    NULL                                     /* merge location configuration */
+    ngx_http_cloudauth_upload_merge_loc_conf /* merge location configuration */
 };
 
 
@@ -647,8 +649,62 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cloudauth_upload_handler;
 
-    /* an upload ID is for this location only */
-    ucf->location = clcf->name;
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Nothing is inherited, but by the location limit_except makes for the
+ * other methods: the upload is its content too.  What an upload ID is made
+ * for, its additional
+ * data: the server's name, the location's and the credential's (the bucket
+ * is inside); the same in every nginx of a fleet with the same
+ * configuration.  Here, not in the directive: "server_name" may come after
+ * the location, and its default is set when the server is merged.
+ */
+
+static char *
+ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_cloudauth_upload_conf_t *prev = parent;
+    ngx_http_cloudauth_upload_conf_t *conf = child;
+
+    u_char                    *p;
+    ngx_str_t                 *cred;
+    ngx_http_core_srv_conf_t  *cscf;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->lmt_excpt && prev->gcs.cred) {
+        *conf = *prev;
+        clcf->handler = ngx_http_cloudauth_upload_handler;
+        return NGX_CONF_OK;
+    }
+
+    if (conf->gcs.cred == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+    cred = &conf->gcs.cred->name;
+
+    conf->aad.len = cscf->server_name.len + 1 + clcf->name.len + 1
+                    + cred->len;
+
+    p = ngx_pnalloc(cf->pool, conf->aad.len);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    conf->aad.data = p;
+
+    p = ngx_cpymem(p, cscf->server_name.data, cscf->server_name.len);
+    *p++ = '\0';
+    p = ngx_cpymem(p, clcf->name.data, clcf->name.len);
+    *p++ = '\0';
+    ngx_memcpy(p, cred->data, cred->len);
 
     return NGX_CONF_OK;
 }

@@ -33,8 +33,6 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_tus_e op, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id);
-static ngx_int_t ngx_http_cloudauth_upload_tus_aad(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *aad);
 static ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
 static ngx_int_t ngx_http_cloudauth_upload_tus_session(
@@ -676,7 +674,7 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     u_char     *p;
     time_t      now;
     ngx_int_t   rc;
-    ngx_str_t   sealed, aad;
+    ngx_str_t   sealed;
     u_char      key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
 
     p = r->uri.data + r->uri.len;
@@ -696,12 +694,8 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (ngx_http_cloudauth_upload_tus_aad(r, conf, &aad) != NGX_OK) {
-        ngx_explicit_memzero(key, sizeof(key));
-        return NGX_ERROR;
-    }
-
-    rc = ngx_http_cloudauth_upload_id_open(r->pool, key, &aad, &sealed, id);
+    rc = ngx_http_cloudauth_upload_id_open(r->pool, key, &conf->aad, &sealed,
+                                           id);
 
     ngx_explicit_memzero(key, sizeof(key));
 
@@ -733,42 +727,6 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
                       "cloudauth: upload: an upload ID of another bucket");
         return NGX_DECLINED;
     }
-
-    return NGX_OK;
-}
-
-
-/*
- * What an ID is made for, its additional data: the server's name, the
- * location's and the credential's (the bucket is inside).  The same in
- * every nginx of a fleet with the same configuration.
- */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_aad(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *aad)
-{
-    u_char                    *p;
-    ngx_str_t                 *cred;
-    ngx_http_core_srv_conf_t  *cscf;
-
-    cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
-    cred = &conf->gcs.cred->name;
-
-    aad->len = cscf->server_name.len + 1 + conf->location.len + 1 + cred->len;
-
-    p = ngx_pnalloc(r->pool, aad->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    aad->data = p;
-
-    p = ngx_cpymem(p, cscf->server_name.data, cscf->server_name.len);
-    *p++ = '\0';
-    p = ngx_cpymem(p, conf->location.data, conf->location.len);
-    *p++ = '\0';
-    ngx_memcpy(p, cred->data, cred->len);
 
     return NGX_OK;
 }
@@ -1133,7 +1091,7 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
     size_t                           len;
     uintptr_t                        escape;
     ngx_int_t                        rc;
-    ngx_str_t                        location, aad;
+    ngx_str_t                        location;
     ngx_uint_t                       status;
     ngx_http_request_t              *r;
     u_char                           key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
@@ -1159,12 +1117,8 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
             goto done;
         }
 
-        rc = ngx_http_cloudauth_upload_tus_aad(r, u->conf, &aad);
-
-        if (rc == NGX_OK) {
-            rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &aad, &u->id,
-                                                   &u->sealed);
-        }
+        rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &u->conf->aad,
+                                               &u->id, &u->sealed);
 
         ngx_explicit_memzero(key, sizeof(key));
 

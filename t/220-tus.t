@@ -50,7 +50,6 @@ my $conf = <<'EOF';
     server {
         listen 127.0.0.1:%%PORT%%;
         listen 127.0.0.1:%%PORT_H2%% http2;
-        server_name localhost;
 
         client_max_body_size 20m;
 
@@ -80,17 +79,32 @@ my $conf = <<'EOF';
             cloudauth_gcs_upload google bucket=test-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
+
+        # limit_except makes a location of its own for the other methods
+        location /limited/ {
+            cloudauth_gcs_upload google bucket=test-bucket resumable=on
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+            limit_except GET {
+                allow 127.0.0.1;
+                deny all;
+            }
+        }
+
+        # after the locations: the IDs' server name is taken when the
+        # server is merged, not when the directive is read
+        server_name localhost;
     }
 
     # the same location, bucket and credential in another server
     server {
         listen 127.0.0.1:%%PORT%%;
-        server_name other.example;
 
         location /files/ {
             cloudauth_gcs_upload google bucket=test-bucket resumable=on
                 chunk_size=256k endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
+
+        server_name other.example;
     }
 EOF
 
@@ -475,6 +489,12 @@ is(req('HEAD', "/files/$id", %TUS, Host => 'other.example')->{status}, 404,
 is(gcs_requests(), $before, 'GCS untouched by any of them');
 
 is(req('HEAD', $url, %TUS)->{status}, 200, 'the ID itself still works');
+
+my ($lr, $lurl) = create('/limited/', 10,
+                         'Upload-Metadata' => meta(filename => 'lim.bin'));
+is($lr->{status}, 201, 'a creation under limit_except: 201');
+is(patch($lurl, 0, '0123456789')->{status}, 204,
+   'its PATCH under limit_except: 204');
 
 my ($br, $burl) = create('/brief/', 10,
                          'Upload-Metadata' => meta(filename => 'brief.bin'));
