@@ -472,6 +472,9 @@ ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
 /* ngx_cloudauth_kind.c: what kinds share */
 ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     ngx_str_t *path, ngx_str_t *out, char **err);
+ngx_int_t ngx_cloudauth_read_small(u_char *path, ngx_pool_t *pool,
+    ngx_str_t *out, struct stat *sb, char **err, ngx_err_t *errn,
+    ngx_log_t *log);
 ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,
     ngx_pool_t *pool, ngx_cloudauth_result_t *res, const char *field);
 #define NGX_CLOUDAUTH_FORM  "Content-Type: application/x-www-form-urlencoded"

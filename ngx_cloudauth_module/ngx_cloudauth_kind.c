@@ -193,68 +193,118 @@ ngx_int_t
 ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     ngx_str_t *path, ngx_str_t *out, char **err)
 {
-    ssize_t          n;
-    ngx_fd_t         fd;
-    ngx_file_info_t  fi;
+    ngx_err_t    errn;
+    struct stat  sb;
 
     if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
         *err = "cannot resolve the path";
         return NGX_ERROR;
     }
 
-    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        *err = (ngx_errno == NGX_ENOENT) ? "no such file"
-                                         : "cannot open it (permissions?)";
+    if (ngx_cloudauth_read_small(path->data, cf->pool, out, &sb, err, &errn,
+                                 cf->log)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
-        *err = "not a regular file";
-        goto failed;
-    }
-
-    if (ngx_file_size(&fi) > NGX_CLOUDAUTH_MAX_FILE) {
-        *err = "larger than 64 KiB";
-        goto failed;
-    }
-
-    if ((fi.st_mode & (S_IRGRP | S_IROTH)) && cred) {
+    if ((sb.st_mode & (S_IRGRP | S_IROTH)) && cred) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
                            "cloudauth: credential \"%V\": \"%V\" is readable "
                            "by group or others; \"chmod 600\" it",
                            &cred->name, path);
 
-    } else if (fi.st_mode & (S_IRGRP | S_IROTH)) {
+    } else if (sb.st_mode & (S_IRGRP | S_IROTH)) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
                            "cloudauth: \"%V\" is readable by group or "
                            "others; \"chmod 600\" it", path);
     }
 
-    out->len = ngx_file_size(&fi);
-    out->data = ngx_pnalloc(cf->pool, out->len + 1);
+    return NGX_OK;
+}
+
+
+/*
+ * A small local file, read without stalling the process (a worker at
+ * request time, the master at a reload): opened with O_NONBLOCK (a FIFO
+ * put in its place does not block the open), checked to be a regular
+ * file of at most 64 KiB, read with a single read().  On tmpfs (a
+ * Kubernetes projected token) that is a copy from memory.  The text is
+ * NUL-terminated; sb gets the file's stat().
+ */
+
+ngx_int_t
+ngx_cloudauth_read_small(u_char *path, ngx_pool_t *pool, ngx_str_t *out,
+    struct stat *sb, char **err, ngx_err_t *errn, ngx_log_t *log)
+{
+    int        fd;
+    ssize_t    n;
+    ngx_int_t  rc;
+
+    rc = NGX_ERROR;
+    *errn = 0;
+
+    fd = open((char *) path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+
+    if (fd == -1) {
+        *errn = ngx_errno;
+        *err = (*errn == NGX_ENOENT) ? "no such file"
+               : (*errn == NGX_EACCES) ? "cannot open it (the workers' "
+                                         "user must be able to read it)"
+               : "cannot open it";
+        return NGX_ERROR;
+    }
+
+    if (fstat(fd, sb) == -1) {
+        *errn = ngx_errno;
+        *err = "fstat() failed";
+        goto done;
+    }
+
+    if (!S_ISREG(sb->st_mode)) {
+        *err = "not a regular file";
+        goto done;
+    }
+
+    if (sb->st_size > NGX_CLOUDAUTH_MAX_FILE) {
+        *err = "larger than 64 KiB";
+        goto done;
+    }
+
+    out->data = ngx_pnalloc(pool, (size_t) sb->st_size + 1);
     if (out->data == NULL) {
         *err = "out of memory";
-        goto failed;
+        goto done;
     }
 
-    n = ngx_read_fd(fd, out->data, out->len);
-    if (n == -1 || (size_t) n != out->len) {
+    /* one byte more than fstat() said: a file that grew is noticed */
+
+    n = read(fd, out->data, (size_t) sb->st_size + 1);
+
+    if (n == -1) {
+        *errn = ngx_errno;
         *err = "cannot read it";
-        goto failed;
+        goto done;
     }
 
-    out->data[out->len] = '\0';
+    if (n > sb->st_size) {
+        ngx_explicit_memzero(out->data, (size_t) n);
+        *err = "it changed while it was read";
+        goto done;
+    }
 
-    ngx_close_file(fd);
+    out->len = (size_t) n;
+    out->data[n] = '\0';
+    rc = NGX_OK;
 
-    return NGX_OK;
+done:
 
-failed:
+    if (close(fd) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "close() \"%s\" failed", path);
+    }
 
-    ngx_close_file(fd);
-
-    return NGX_ERROR;
+    return rc;
 }
 
 

@@ -31,7 +31,6 @@
 #include <jansson.h>
 
 
-#define NGX_CLOUDAUTH_EA_MAX_FILE      65536
 #define NGX_CLOUDAUTH_EA_SUBJECT_LIFE  2
 #define NGX_CLOUDAUTH_EA_TOKEN_URL     "https://sts.googleapis.com/v1/token"
 #define NGX_CLOUDAUTH_EA_CLOUD         \
@@ -107,8 +106,6 @@ static ngx_int_t ngx_cloudauth_ea_url_build(ngx_cloudauth_cred_t *cred,
     ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_ea_url_parse(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
-static ngx_int_t ngx_cloudauth_ea_read(u_char *path, ngx_pool_t *pool,
-    ngx_str_t *out, char **err, ngx_err_t *errn, ngx_log_t *log);
 static char *ngx_cloudauth_ea_extract(ngx_str_t *raw, ngx_str_t *field,
     ngx_pool_t *pool, ngx_str_t *token);
 static ngx_int_t ngx_cloudauth_ea_jwt_exp(ngx_str_t *jwt, ngx_pool_t *pool,
@@ -156,6 +153,7 @@ ngx_cloudauth_ea_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     json_t        *root;
     ngx_err_t      errn;
     ngx_str_t     *v, path, text, scopes;
+    struct stat    sb;
     json_error_t   jerr;
 
     v = ngx_cloudauth_param(cred, "config_file");
@@ -176,10 +174,8 @@ ngx_cloudauth_ea_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
         return NGX_CONF_ERROR;
     }
 
-    errn = 0;
-
-    if (ngx_cloudauth_ea_read(path.data, cf->pool, &text, &err, &errn,
-                              cf->log)
+    if (ngx_cloudauth_read_small(path.data, cf->pool, &text, &sb, &err,
+                                 &errn, cf->log)
         != NGX_OK)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, errn,
@@ -474,6 +470,7 @@ ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     json_t                  *file, *url;
     ngx_err_t                errn;
     ngx_str_t                raw, token, part[3], all;
+    struct stat              sb;
     ngx_cloudauth_cred_t    *uc;
     ngx_cloudauth_ea_url_t  *eu;
 
@@ -537,10 +534,8 @@ ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 
         /* what the workers will read: there, readable, with a token */
 
-        errn = 0;
-
-        if (ngx_cloudauth_ea_read(st->path.data, cf->temp_pool, &raw, &err,
-                                  &errn, cf->log)
+        if (ngx_cloudauth_read_small(st->path.data, cf->temp_pool, &raw,
+                                     &sb, &err, &errn, cf->log)
             != NGX_OK)
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, errn,
@@ -1146,20 +1141,19 @@ ngx_cloudauth_ea_exchange(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_ea_sts_t *st, ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, ngx_log_t *log)
 {
-    u_char     *p;
-    char       *err;
-    time_t      exp;
-    ngx_err_t   errn;
-    ngx_str_t   raw, token;
-    ngx_int_t   rc;
+    u_char       *p;
+    char         *err;
+    time_t        exp;
+    ngx_err_t     errn;
+    ngx_str_t     raw, token;
+    ngx_int_t     rc;
+    struct stat   sb;
 
     ngx_str_null(&raw);
 
     if (st->path.len) {
-        errn = 0;
-
-        if (ngx_cloudauth_ea_read(st->path.data, pool, &raw, &err, &errn,
-                                  log)
+        if (ngx_cloudauth_read_small(st->path.data, pool, &raw, &sb, &err,
+                                     &errn, log)
             != NGX_OK)
         {
             ngx_log_error(NGX_LOG_ERR, log, errn,
@@ -1323,87 +1317,6 @@ failed:
     ngx_str_null(&res->token);
 
     return NGX_ERROR;
-}
-
-
-/*
- * A small local file, read in a worker without stalling it: opened with
- * O_NONBLOCK (a FIFO put in its place does not block the open), checked
- * to be a regular file of at most 64 KiB, read with a single read().  On
- * tmpfs (a Kubernetes projected token) that is a copy from memory.
- */
-
-static ngx_int_t
-ngx_cloudauth_ea_read(u_char *path, ngx_pool_t *pool, ngx_str_t *out,
-    char **err, ngx_err_t *errn, ngx_log_t *log)
-{
-    int          fd;
-    ssize_t      n;
-    ngx_int_t    rc;
-    struct stat  sb;
-
-    rc = NGX_ERROR;
-
-    fd = open((char *) path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-
-    if (fd == -1) {
-        *errn = ngx_errno;
-        *err = (*errn == NGX_ENOENT) ? "no such file"
-               : (*errn == NGX_EACCES) ? "cannot open it (the workers' "
-                                         "user must be able to read it)"
-               : "cannot open it";
-        return NGX_ERROR;
-    }
-
-    if (fstat(fd, &sb) == -1) {
-        *errn = ngx_errno;
-        *err = "fstat() failed";
-        goto done;
-    }
-
-    if (!S_ISREG(sb.st_mode)) {
-        *err = "not a regular file";
-        goto done;
-    }
-
-    if (sb.st_size > NGX_CLOUDAUTH_EA_MAX_FILE) {
-        *err = "larger than 64 KiB";
-        goto done;
-    }
-
-    out->data = ngx_pnalloc(pool, (size_t) sb.st_size + 1);
-    if (out->data == NULL) {
-        *err = "out of memory";
-        goto done;
-    }
-
-    /* one byte more than fstat() said: a file that grew is noticed */
-
-    n = read(fd, out->data, (size_t) sb.st_size + 1);
-
-    if (n == -1) {
-        *errn = ngx_errno;
-        *err = "cannot read it";
-        goto done;
-    }
-
-    if (n > sb.st_size) {
-        ngx_explicit_memzero(out->data, (size_t) n);
-        *err = "it changed while it was read";
-        goto done;
-    }
-
-    out->len = (size_t) n;
-    rc = NGX_OK;
-
-done:
-
-    if (close(fd) == -1) {
-        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
-                      "close() \"%s\" failed", path);
-    }
-
-    return rc;
 }
 
 

@@ -11,6 +11,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use JSON::PP;
+use POSIX ();
 use CloudAuth::Test;
 
 my $t = CloudAuth::Test->new(fakes => 0);
@@ -68,6 +69,32 @@ unlike($out, qr/\[warn\].*sa\.json/, 'mode 0600: no warning');
 
 fails('missing file', "key_file=$d/missing.json $scopes", undef,
       qr/missing\.json/, qr/no such file|not found|not exist/i);
+
+# a FIFO in a key file's place: the open must not wait for a writer (it
+# would hang "nginx -t" and a reload); the alarm only turns a hang into a
+# failure, and the writer's open then lets the stuck nginx go
+
+POSIX::mkfifo("$d/fifo.json", 0600) or die "mkfifo: $!";
+{
+    my ($frc, $fout);
+    my $ok = eval {
+        local $SIG{ALRM} = sub { die "timeout\n" };
+        alarm 60;
+        ($frc, $fout) = nginx_t("key_file=$d/fifo.json $scopes");
+        alarm 0;
+        1;
+    };
+
+    if (!$ok) {
+        sysopen(my $w, "$d/fifo.json", POSIX::O_WRONLY | POSIX::O_NONBLOCK);
+        fail('a FIFO key file: nginx -t does not hang');
+
+    } else {
+        isnt($frc, 0, 'a FIFO key file: nginx -t fails');
+        like($fout, qr/fifo\.json.*not a regular file/,
+             'a FIFO key file: not a regular file');
+    }
+}
 
 $t->write_file('notjson.json', "this is not JSON {\n", 0600);
 fails('not JSON', "key_file=$d/notjson.json $scopes", undef,
