@@ -150,16 +150,23 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         s.data = in;
         s.len = len;
 
-        n = ngx_cloudauth_gcs_escape_len(&s, data[0] & 0x80);
+        n = ngx_cloudauth_form_escape_len(&s);
 
         esc = ngx_pnalloc(pool, n + 1);
         if (esc == NULL) {
             abort();
         }
 
-        /* the length is a bound: with path, "/" stays one byte */
-        n = ngx_cloudauth_gcs_escape(esc, &s, data[0] & 0x80) - esc;
-        fuzz_assert(n <= ngx_cloudauth_gcs_escape_len(&s, data[0] & 0x80));
+        /* the length is a bound: in a path, "/" stays one byte */
+
+        if (data[0] & 0x80) {
+            n = ngx_cloudauth_gcs_escape_path(esc, &s) - esc;
+
+        } else {
+            n = ngx_cloudauth_form_escape(esc, &s) - esc;
+        }
+
+        fuzz_assert(n <= ngx_cloudauth_form_escape_len(&s));
 
         for (i = 0; i < n; i++) {
             fuzz_assert(esc[i] > 0x20 && esc[i] < 0x7f && esc[i] != '?'
