@@ -5,7 +5,8 @@
 #                   other nginx source tree
 #   make run        build and start nginx with conf.example on 127.0.0.1:8080
 #   make test       build and run the test suite (prove -r t/), with a
-#                   3-second smoke run of each fuzz target
+#                   3-second smoke run of each fuzz target, after the
+#                   shape check (make shape: no call circle between files)
 #   make fuzz       build the libFuzzer targets (fuzz/) and run each
 #                   FUZZ_SECONDS seconds (default 60)
 #   make deb        build the Debian package libnginx-mod-http-cloudauth
@@ -31,7 +32,7 @@ SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
 
 SHELL       = /bin/bash
 
-.PHONY: all deps test-deps run test test-asan test-valgrind bench clean \
+.PHONY: all deps test-deps run test test-asan test-valgrind bench clean shape \
         deb test-deb fuzz fuzz-deps fuzz-build
 
 all: deps $(MODULE)
@@ -63,8 +64,15 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(SOURCES)
 run: test-deps all
 	@CLOUDAUTH_MODULE=$(MODULE) tools/run.pl
 
-test: test-deps all fuzz-build
+test: test-deps all fuzz-build shape
 	prove -r t/
+
+# no call circle between the module's source files, read from the object
+# files of the sources that config lists (tools/circles.pl)
+MODULE_OBJS = $(NGX_TREE)/objs/addon/ngx_cloudauth_module
+shape: all
+	@tools/circles.pl $$(sed -n 's|.*CLOUDAUTH_DIR/\(.*\)\.c$$|$(MODULE_OBJS)/\1.o|p' \
+	    config)
 
 # libFuzzer targets of every parser of outside input (README.md, "Fuzzing"):
 # nginx's core from Debian's source package and the module, built with

@@ -209,6 +209,8 @@ typedef struct {
     ngx_atomic_t               uploads_completed;
     ngx_atomic_t               uploads_failed;
     ngx_atomic_t               upload_bytes;
+    /* the active ones again, by process slot: a killed worker's are known */
+    ngx_atomic_t               uploads_slot[NGX_MAX_PROCESSES];
 } ngx_cloudauth_stats_t;
 
 

@@ -72,6 +72,13 @@ ngx_cloudauth_gcs_create(ngx_pool_t *pool, ngx_log_t *log,
     s->conf = conf;
     s->object = *object;
     s->handlers = *h;
+
+    if (s->object.shown.data == NULL
+        && ngx_cloudauth_gcs_shown(pool, &object->name, &s->object.shown)
+           != NGX_OK)
+    {
+        return NULL;
+    }
     s->pool = pool;
     s->log = log;
     s->range = -1;
@@ -105,7 +112,7 @@ ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s)
 {
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->log, 0,
                    "cloudauth: gcs: starting a session for \"%V\" size %O",
-                   &s->object.name, s->object.size);
+                   &s->object.shown, s->object.size);
 
     s->op = NGX_CLOUDAUTH_GCS_START;
     s->req = NGX_CLOUDAUTH_GCS_START;
@@ -115,8 +122,8 @@ ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s)
 
 
 /*
- * A session from before (a tus ID): its URI is checked like the one GCS
- * gives at the start.  NGX_OK; NGX_DECLINED: not on the endpoint's origin
+ * A session from before (a resumable upload's): its URI is checked like
+ * the one GCS gives at the start.  NGX_OK; NGX_DECLINED: not on the endpoint's origin
  * (logged); NGX_ERROR.  No handler runs: query() or terminate() follows.
  */
 
@@ -293,7 +300,7 @@ ngx_cloudauth_gcs_cancel(ngx_cloudauth_gcs_t *s)
     {
         ngx_log_error(NGX_LOG_INFO, s->log, 0,
                       "cloudauth: upload: cancelling the session of \"%V\"",
-                      &s->object.name);
+                      &s->object.shown);
 
         f = ngx_cloudauth_fetch_stream(&req, -1, NULL, NULL, NULL,
                                        ngx_cloudauth_gcs_cancelled,
@@ -429,7 +436,7 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
         rc = NGX_OK;
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
-                       "cloudauth: gcs: terminate \"%V\"", &s->object.name);
+                       "cloudauth: gcs: terminate \"%V\"", &s->object.shown);
         break;
 
     case NGX_CLOUDAUTH_GCS_QUERY:
@@ -438,7 +445,7 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
                                          "Content-Range: bytes */*");
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
-                       "cloudauth: gcs: query \"%V\"", &s->object.name);
+                       "cloudauth: gcs: query \"%V\"", &s->object.shown);
         break;
 
     case NGX_CLOUDAUTH_GCS_CHUNK:
@@ -449,7 +456,7 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
 
         ngx_log_debug3(NGX_LOG_DEBUG_HTTP, s->log, 0,
                        "cloudauth: gcs: chunk %O-%O of \"%V\"",
-                       s->offset, end - 1, &s->object.name);
+                       s->offset, end - 1, &s->object.shown);
         break;
 
     default: /* NGX_CLOUDAUTH_GCS_FINAL */
@@ -458,7 +465,7 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
 
         ngx_log_debug3(NGX_LOG_DEBUG_HTTP, s->log, 0,
                        "cloudauth: gcs: finish at %O from %O of \"%V\"",
-                       end, s->offset, &s->object.name);
+                       end, s->offset, &s->object.shown);
         break;
     }
 
@@ -816,7 +823,7 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
         && (f->status == 404 || f->status == 410 || f->status == 499))
     {
         s->uri.len = 0;   /* gone: nothing to cancel */
-        s->gone = 1;
+        s->why = NGX_CLOUDAUTH_GCS_GONE;
         ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
                                   "the upload session is gone");
         return;
@@ -847,7 +854,7 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
 
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->log, 0,
                            "cloudauth: gcs: session started for \"%V\"",
-                           &s->object.name);
+                           &s->object.shown);
 
             s->uri = s->location;
             s->offset = 0;
@@ -887,7 +894,7 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
         if (s->probing) {
             /* another request finished the object */
             s->probing = 0;
-            s->conflict = 1;
+            s->why = NGX_CLOUDAUTH_GCS_COMPLETE;
             ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
                                    "GCS holds the object already",
                                    sizeof("GCS holds the object already")
@@ -898,6 +905,8 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
         if (req == NGX_CLOUDAUTH_GCS_CHUNK
             || s->op == NGX_CLOUDAUTH_GCS_CHUNK)
         {
+            /* a session of many requests: one of the others finished it */
+            s->why = NGX_CLOUDAUTH_GCS_COMPLETE;
             ngx_cloudauth_gcs_refused(s, f, NGX_HTTP_BAD_GATEWAY,
                                       "GCS finished the object early");
             return;
@@ -918,8 +927,9 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
     if (f->status == 400 && !s->probing) {
 
         /*
-         * another request's bytes first (tus)?  What GCS holds says: the
-         * same as before, the 400 stands; more, the upload moved on
+         * another request's bytes first (a resumable upload)?  What GCS
+         * holds says: the same as before, the 400 stands; more, the upload
+         * moved on
          */
 
         ngx_cloudauth_gcs_note(s, f);
@@ -1021,7 +1031,7 @@ ngx_cloudauth_gcs_ack(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
             return;
         }
 
-        s->conflict = 1;
+        s->why = NGX_CLOUDAUTH_GCS_CONFLICT;
         ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
                                "GCS holds other bytes than ours",
                                sizeof("GCS holds other bytes than ours")
@@ -1034,7 +1044,7 @@ ngx_cloudauth_gcs_ack(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
                                                : s->offset + (off_t) s->len;
 
     if (committed < s->offset || committed > last) {
-        s->conflict = 1;
+        s->why = NGX_CLOUDAUTH_GCS_CONFLICT;
 
         ngx_log_error(NGX_LOG_ERR, s->log, 0,
                       "cloudauth: upload: GCS reports %O bytes, we have "
@@ -1062,7 +1072,7 @@ ngx_cloudauth_gcs_ack(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->log, 0,
                    "cloudauth: gcs: GCS holds %O bytes of \"%V\"",
-                   s->offset, &s->object.name);
+                   s->offset, &s->object.shown);
 
     s->op = NGX_CLOUDAUTH_GCS_NONE;
 
@@ -1149,7 +1159,7 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
             ngx_log_error(NGX_LOG_ERR, s->log, 0,
                           "cloudauth: upload: GCS stored \"%V\", %O bytes, "
                           "crc32c %V; we sent \"%V\", %O bytes, crc32c %V",
-                          &said, st.size, &said2, &s->object.name,
+                          &said, st.size, &said2, &s->object.shown,
                           size, &crc);
             ngx_cloudauth_gcs_fail(s, NGX_HTTP_BAD_GATEWAY,
                                    "GCS stored other bytes than were sent",
@@ -1232,7 +1242,7 @@ ngx_cloudauth_gcs_stored(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f)
     ngx_log_error(NGX_LOG_INFO, s->log, 0,
                   "cloudauth: upload: stored \"%V\" in bucket \"%V\", "
                   "%O bytes in %M ms, %ui retries, generation %V",
-                  &s->object.name, &conf->bucket, size,
+                  &s->object.shown, &conf->bucket, size,
                   (ngx_msec_t) (ngx_current_msec - s->start), s->retries,
                   &st.generation);
 
@@ -1279,7 +1289,7 @@ ngx_cloudauth_gcs_backoff(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->log, 0,
                    "cloudauth: gcs: retry of \"%V\" as request %d",
-                   &s->object.name, next);
+                   &s->object.shown, next);
 
     s->req = next;
     ngx_add_timer(&s->retry, delay);
@@ -1440,9 +1450,9 @@ ngx_cloudauth_gcs_fail(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, s->log, 0,
                    "cloudauth: gcs: \"%V\" failed: %V",
-                   &s->object.name, &why);
+                   &s->object.shown, &why);
 
     s->op = NGX_CLOUDAUTH_GCS_NONE;
 
-    s->handlers.failed(s, status, &why, &s->said);
+    s->handlers.failed(s, s->why, status, &why, &s->said);
 }

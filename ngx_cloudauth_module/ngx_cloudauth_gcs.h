@@ -8,7 +8,8 @@
  * terminate.  Transient failures are retried with back-off and a
  * status query; a lapsed token is replaced once per step forward.  It
  * reports through three handlers and knows nothing of the HTTP request
- * that drives it: a single PUT or POST, or tus requests.
+ * that drives it: a single PUT or POST, or the requests of a resumable
+ * upload.
  */
 
 
@@ -57,6 +58,7 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                      name;
+    ngx_str_t                      shown;       /* the name, for the log */
     ngx_str_t                      content_type;
     ngx_array_t                   *metadata;    /* ngx_keyval_t, or NULL */
     ngx_uint_t                     nmetadata;   /* the first n of them */
@@ -93,16 +95,25 @@ typedef struct {
  * (after start, resume, send, and a query after a failure; the caller
  * sends again from there).  done: the object is stored (the handler owns
  * the reference to its summary), or after terminate() the session is
- * cancelled (object NULL).  failed: status is the HTTP status to
- * answer with, reason ours for the client, said GCS's for the log.
+ * cancelled (object NULL).  failed: why (the kind of failure a caller
+ * may answer otherwise), status the HTTP status to answer with, reason
+ * ours for the client, said GCS's for the log.
  */
+
+typedef enum {
+    NGX_CLOUDAUTH_GCS_FAILED = 0,   /* GCS, or the way there, failed */
+    NGX_CLOUDAUTH_GCS_GONE,         /* the session is no more: 404, 410, 499 */
+    NGX_CLOUDAUTH_GCS_CONFLICT,     /* GCS holds others' bytes than ours */
+    NGX_CLOUDAUTH_GCS_COMPLETE      /* another request finished the object */
+} ngx_cloudauth_gcs_error_e;
 
 typedef void (*ngx_cloudauth_gcs_progress_pt)(ngx_cloudauth_gcs_t *s,
     off_t offset);
 typedef void (*ngx_cloudauth_gcs_done_pt)(ngx_cloudauth_gcs_t *s,
     json_t *object);
 typedef void (*ngx_cloudauth_gcs_failed_pt)(ngx_cloudauth_gcs_t *s,
-    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said);
+    ngx_cloudauth_gcs_error_e why, ngx_uint_t status, ngx_str_t *reason,
+    ngx_str_t *said);
 
 
 typedef struct {
@@ -162,8 +173,7 @@ struct ngx_cloudauth_gcs_s {
 
     unsigned                       token:1;
     unsigned                       reauth:1;    /* a 401 was retried */
-    unsigned                       gone:1;      /* GCS: 404, 410, 499 */
-    unsigned                       conflict:1;  /* GCS holds others' bytes */
+    ngx_cloudauth_gcs_error_e      why;         /* of a failure */
     unsigned                       probing:1;   /* a 400: others' bytes? */
 };
 
@@ -198,6 +208,8 @@ void ngx_cloudauth_gcs_crc32c_base64(uint32_t crc, ngx_str_t *dst);
 u_char *ngx_cloudauth_gcs_escape_path(u_char *dst, ngx_str_t *src);
 size_t ngx_cloudauth_gcs_printable(u_char *dst, size_t size, u_char *src,
     size_t len);
+ngx_int_t ngx_cloudauth_gcs_shown(ngx_pool_t *pool, ngx_str_t *src,
+    ngx_str_t *dst);
 
 
 #endif /* _NGX_CLOUDAUTH_GCS_H_INCLUDED_ */

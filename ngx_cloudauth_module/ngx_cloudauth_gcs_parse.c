@@ -337,3 +337,21 @@ ngx_cloudauth_gcs_printable(u_char *dst, size_t size, u_char *src,
 
     return p - dst;
 }
+
+
+/* a name from outside for the log lines: printable, in the pool */
+
+ngx_int_t
+ngx_cloudauth_gcs_shown(ngx_pool_t *pool, ngx_str_t *src, ngx_str_t *dst)
+{
+    dst->data = ngx_pnalloc(pool, 4 * NGX_CLOUDAUTH_GCS_SAID_MAX + 3);
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst->len = ngx_cloudauth_gcs_printable(dst->data,
+                                           4 * NGX_CLOUDAUTH_GCS_SAID_MAX,
+                                           src->data, src->len);
+
+    return NGX_OK;
+}

@@ -26,7 +26,7 @@
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_FILES_MAX     1000
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_NAMES_MAX     4096
 
-/* resumable uploads (tus 1.0.0) */
+/* resumable uploads */
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN       32
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_ID_PLAIN_MAX  4096
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_ID_MAX        5600
@@ -42,7 +42,7 @@ typedef enum {
     NGX_HTTP_CLOUDAUTH_UPLOAD_STORED,
     NGX_HTTP_CLOUDAUTH_UPLOAD_FAILED,
     NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED,       /* the client went away */
-    NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL        /* a tus request's part */
+    NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL        /* a resumable upload's part */
 } ngx_http_cloudauth_upload_status_e;
 
 
@@ -52,17 +52,6 @@ typedef enum {
     NGX_HTTP_CLOUDAUTH_UPLOAD_PART_FILE,
     NGX_HTTP_CLOUDAUTH_UPLOAD_PART_SKIP
 } ngx_http_cloudauth_upload_part_e;
-
-
-/* what a tus request asks */
-
-typedef enum {
-    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_NONE = 0,  /* a single-request upload */
-    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE,
-    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD,
-    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH,
-    NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_DELETE
-} ngx_http_cloudauth_upload_tus_e;
 
 
 /* an upload's ID, sealed for the client (ngx_http_cloudauth_upload_id.c) */
@@ -83,16 +72,34 @@ typedef struct {
 } ngx_http_cloudauth_upload_main_conf_t;
 
 
+/*
+ * What every answer of a location carries besides its own, made when the
+ * configuration is read from the front ends the location has: the methods
+ * it takes (Allow, the preflight) and the front ends' own headers.  The
+ * reply file calls nothing above it: this is how it learns of them.
+ */
+
+typedef ngx_int_t (*ngx_http_cloudauth_upload_headers_pt)(
+    ngx_http_request_t *r, ngx_str_t *origin, ngx_uint_t status);
+
+typedef struct {
+    ngx_str_t                              allow;
+    ngx_http_cloudauth_upload_headers_pt   headers;   /* NULL: none */
+} ngx_http_cloudauth_upload_reply_t;
+
+
 typedef struct {
     ngx_cloudauth_gcs_conf_t      gcs;      /* credential, bucket, endpoint */
     ngx_http_complex_value_t     *object;   /* NULL: URI below location */
     ngx_flag_t                    md5;      /* off: only for Content-MD5 */
     size_t                        chunk_size;
     off_t                         max_size; /* -1: client_max_body_size */
+    off_t                         max;      /* the limit of it all; 0: none */
     ngx_array_t                  *cors;     /* ngx_str_t origins */
     ngx_flag_t                    resumable;
     time_t                        expires;  /* of a resumable upload */
     ngx_str_t                     aad;      /* the IDs' additional data */
+    ngx_http_cloudauth_upload_reply_t  reply;
 } ngx_http_cloudauth_upload_conf_t;
 
 
@@ -101,6 +108,7 @@ typedef struct {
 typedef struct {
     ngx_cloudauth_gcs_t          *gcs;      /* its session */
     ngx_str_t                     name;
+    ngx_str_t                     shown;    /* the name, for the log */
     off_t                         offset;   /* GCS holds [0, offset) */
     off_t                         base;     /* where the body's bytes go */
     off_t                         received; /* bytes taken from the body */
@@ -117,9 +125,50 @@ typedef struct {
 } ngx_http_cloudauth_upload_object_t;
 
 
+typedef struct ngx_http_cloudauth_upload_s  ngx_http_cloudauth_upload_t;
+
+
+/*
+ * How an upload ends, set by its front end (as nginx's proxy sets an
+ * upstream's create_request, process_header, finalize_request).
+ *
+ * answer: the upload's bytes are in.  object: what GCS stored (a form's:
+ * the list of objects), or NULL when a part of a resumable upload is in
+ * GCS (u->obj.offset: what GCS holds), or after ask(TERMINATE), the
+ * session is gone.  It answers the client and finalizes the request.
+ *
+ * check: GCS's first word on a session the client came back to: it holds
+ * [0, held), or the object is complete (object, held its size; the hook
+ * does not own it).  NGX_OK: go on; else the HTTP status to fail with,
+ * the reason in u->reason.  NULL: no check.
+ *
+ * refuse: the answer to a failure (NULL: the JSON one of the reply file).
+ */
+
 typedef struct {
+    const char                   *name;     /* for debug lines */
+    void                        (*answer)(ngx_http_cloudauth_upload_t *u,
+                                          json_t *object);
+    ngx_int_t                   (*check)(ngx_http_cloudauth_upload_t *u,
+                                         off_t held, json_t *object);
+    ngx_int_t                   (*refuse)(ngx_http_cloudauth_upload_t *u,
+                                          ngx_uint_t status,
+                                          ngx_str_t *reason);
+} ngx_http_cloudauth_upload_hooks_t;
+
+
+/* what ngx_http_cloudauth_upload_ask() asks of a session */
+
+typedef enum {
+    NGX_HTTP_CLOUDAUTH_UPLOAD_QUERY = 0,
+    NGX_HTTP_CLOUDAUTH_UPLOAD_TERMINATE
+} ngx_http_cloudauth_upload_ask_e;
+
+
+struct ngx_http_cloudauth_upload_s {
     ngx_http_request_t                  *request;
     ngx_http_cloudauth_upload_conf_t    *conf;
+    const ngx_http_cloudauth_upload_hooks_t  *hooks;
     ngx_event_t                          guard;
 
     /* the chunk buffer */
@@ -153,43 +202,69 @@ typedef struct {
     ngx_str_t                            reason;    /* of a 4xx */
     ngx_str_t                            said;      /* GCS's, for the log */
 
-    /* tus */
-    ngx_http_cloudauth_upload_tus_e      tus;
+    /*
+     * a resumable upload: its handle (the session's URI: an empty one is
+     * started and set here), where this request's bytes begin
+     */
     ngx_http_cloudauth_upload_id_t       id;
-    ngx_str_t                            sealed;    /* the ID, for Location */
-    off_t                                client_offset;
+    off_t                                offset;
+    ngx_uint_t                           method;    /* as the client meant */
+    ngx_http_cloudauth_upload_ask_e      ask;
 
     unsigned                             multipart:1;
-    unsigned                             parked:1;  /* a tus body is over */
+    unsigned                             resumable:1; /* a part may come */
+    unsigned                             directory:1; /* URI + file name */
+    unsigned                             parked:1;  /* a part's body is over */
     unsigned                             cut:1;     /* its client went */
-    unsigned                             resumed:1; /* GCS said its offset */
+    unsigned                             checked:1; /* GCS said its offset */
+    unsigned                             moved:1;   /* by another request */
     unsigned                             given:1;   /* the ID is out */
     unsigned                             pending:1; /* a file part waits */
     unsigned                             input_done:1;
     unsigned                             finished:1;
     unsigned                             active:1;
-} ngx_http_cloudauth_upload_t;
+};
 
 
 extern ngx_module_t  ngx_http_cloudauth_upload_module;
 
 
-/* ngx_http_cloudauth_upload_module.c */
+/*
+ * Who calls whom: module -> front ends (plain, tus) -> driver -> reply,
+ * and driver -> the GCS client -> the engine.  IDs and names are pure.
+ * tools/circles.pl (make test) fails on a call circle between files.
+ */
+
+/* ngx_http_cloudauth_upload_plain.c: a single PUT or POST (form or raw) */
+ngx_int_t ngx_http_cloudauth_upload_plain(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
+
+/* ngx_http_cloudauth_upload_tus.c: tus 1.0.0 on a resumable location */
+ngx_int_t ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
+ngx_int_t ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
+    ngx_str_t *origin, ngx_uint_t status);
+ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
+
+/* ngx_http_cloudauth_upload_driver.c: one upload's life */
 ngx_http_cloudauth_upload_t *ngx_http_cloudauth_upload_create(
     ngx_http_request_t *r, ngx_http_cloudauth_upload_conf_t *conf,
-    ngx_str_t *origin, off_t max);
-ngx_int_t ngx_http_cloudauth_upload_read_body(ngx_http_request_t *r);
-
-/* ngx_http_cloudauth_upload_body.c: the body into objects */
-ngx_int_t ngx_http_cloudauth_upload_init(ngx_http_cloudauth_upload_t *u);
-void ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u);
-void ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u);
+    ngx_str_t *origin, off_t max,
+    const ngx_http_cloudauth_upload_hooks_t *hooks);
+ngx_int_t ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u,
+    ngx_str_t *content_type);
 ngx_int_t ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     ngx_str_t *filename, ngx_str_t *content_type, ngx_str_t *content_md5,
     off_t total);
-void ngx_http_cloudauth_upload_cleanup(void *data);
+ngx_int_t ngx_http_cloudauth_upload_read(ngx_http_cloudauth_upload_t *u);
+ngx_int_t ngx_http_cloudauth_upload_ask(ngx_http_cloudauth_upload_t *u,
+    ngx_http_cloudauth_upload_ask_e what);
+ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
+ngx_int_t ngx_http_cloudauth_upload_shown(ngx_pool_t *pool, ngx_str_t *src,
+    ngx_str_t *dst);
 
-/* ngx_http_cloudauth_upload_cors.c: CORS, cross-site requests, answers */
+/* ngx_http_cloudauth_upload_reply.c: answers, CORS, cross-site requests */
 ngx_table_elt_t *ngx_http_cloudauth_upload_header_in(ngx_http_request_t *r,
     const char *name, size_t len);
 ngx_str_t *ngx_http_cloudauth_upload_cors(ngx_http_request_t *r,
@@ -200,22 +275,16 @@ ngx_int_t ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf);
 ngx_int_t ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r,
     char *key, ngx_str_t *value);
+ngx_int_t ngx_http_cloudauth_upload_header_text(ngx_http_request_t *r,
+    char *key, const char *value);
+ngx_int_t ngx_http_cloudauth_upload_header_off(ngx_http_request_t *r,
+    char *key, off_t n);
 ngx_int_t ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
-    ngx_str_t *origin, ngx_uint_t status, json_t *body);
+    ngx_http_cloudauth_upload_reply_t *reply, ngx_str_t *origin,
+    ngx_uint_t status, json_t *body);
 ngx_int_t ngx_http_cloudauth_upload_reject(ngx_http_request_t *r,
-    ngx_str_t *origin, ngx_uint_t status, const char *reason, size_t len);
-
-/* ngx_http_cloudauth_upload_tus.c: tus 1.0.0 on a resumable location */
-ngx_int_t ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
-ngx_int_t ngx_http_cloudauth_upload_tus_open(ngx_http_cloudauth_upload_t *u);
-void ngx_http_cloudauth_upload_tus_progress(ngx_http_cloudauth_upload_t *u,
-    off_t offset);
-void ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
-    json_t *object);
-ngx_int_t ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
-    ngx_uint_t status);
+    ngx_http_cloudauth_upload_reply_t *reply, ngx_str_t *origin,
+    ngx_uint_t status, const char *reason, size_t len);
 
 /* ngx_http_cloudauth_upload_id.c: the sealed IDs, pure */
 ngx_int_t ngx_http_cloudauth_upload_id_key(u_char *secret, size_t len,

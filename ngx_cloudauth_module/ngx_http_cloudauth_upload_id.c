@@ -2,7 +2,7 @@
 /*
  * Copyright (C) ngx_cloudauth authors
  *
- * The ID of a resumable upload (tus), pure: what the gateway needs to
+ * The ID of a resumable upload, pure: what the gateway needs to
  * continue an upload (the GCS session URI, the bucket and object, the
  * declared length, the creation time, the client's Upload-Metadata), sealed
  * with AES-256-GCM under the upload key, what it is made for (the server's,

@@ -14,12 +14,14 @@
  * cancels the session (DELETE), so no object is left half-written.
  *
  * It is a module of its own (ngx_http_cloudauth_upload_module), like
- * nginx's proxy over upstream: this file has the directive, the variables
- * and the request's start, and is the only one that finds an upload from
- * its request; ngx_http_cloudauth_upload_body.c reads the body into
- * objects, ngx_http_cloudauth_upload_cors.c answers browsers,
- * ngx_http_cloudauth_upload_name.c checks names, and the GCS client
- * (ngx_cloudauth_gcs.c) speaks GCS's resumable upload protocol.
+ * nginx's proxy over upstream: this file has the directives, the
+ * variables and the content handler, which picks the request's front end
+ * (ngx_http_cloudauth_upload_tus.c on a resumable location, else the
+ * single request of ngx_http_cloudauth_upload_plain.c).  A front end
+ * drives one upload (ngx_http_cloudauth_upload_driver.c), which reads the
+ * body into objects through the GCS client (ngx_cloudauth_gcs.c) and ends
+ * through the front end's hooks; ngx_http_cloudauth_upload_reply.c
+ * answers, ngx_http_cloudauth_upload_name.c checks names.
  */
 
 
@@ -27,9 +29,7 @@
 
 
 static ngx_int_t ngx_http_cloudauth_upload_handler(ngx_http_request_t *r);
-static void ngx_http_cloudauth_upload_body_handler(ngx_http_request_t *r);
-static void ngx_http_cloudauth_upload_read(ngx_http_request_t *r);
-static ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cloudauth_upload_unfinished(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf);
@@ -43,6 +43,9 @@ static char *ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cloudauth_upload_param(ngx_conf_t *cf,
     ngx_http_cloudauth_upload_conf_t *ucf, ngx_str_t *value);
+static ngx_int_t ngx_http_cloudauth_upload_made(ngx_conf_t *cf,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_http_core_loc_conf_t *clcf);
+static ngx_int_t ngx_http_cloudauth_upload_init_process(ngx_cycle_t *cycle);
 
 
 static ngx_command_t  ngx_http_cloudauth_upload_commands[] = {
@@ -87,7 +90,7 @@ ngx_module_t  ngx_http_cloudauth_upload_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_cloudauth_upload_init_process, /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     NULL,                                  /* exit process */
@@ -141,22 +144,19 @@ static ngx_str_t  ngx_http_cloudauth_upload_statuses[] = {
     ngx_string("partial")
 };
 
-/* the request */
+/* the request: its front end */
 
 static ngx_int_t
 ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
 {
-    off_t                              max;
     ngx_int_t                          rc;
     ngx_str_t                         *origin;
-    ngx_http_core_loc_conf_t          *clcf;
-    ngx_http_cloudauth_upload_t       *u;
     ngx_http_cloudauth_upload_conf_t  *conf;
 
     conf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_upload_module);
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
-    if (r != r->main) {
+    if (r != r->main || conf->gcs.cred == NULL) {
+        /* a subrequest; or no upload here (cannot be: the merge) */
         return NGX_HTTP_NOT_ALLOWED;
     }
 
@@ -168,191 +168,100 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
                                "Access-Control-Request-Method",
                                sizeof("Access-Control-Request-Method") - 1)))
     {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "cloudauth: upload: a CORS preflight");
+
         return ngx_http_cloudauth_upload_preflight(r, conf, origin);
     }
 
+    rc = ngx_http_cloudauth_upload_unfinished(r);
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cloudauth: upload: refused, the body is a part of a "
+                      "resumable upload of the IETF draft (Upload-Complete: "
+                      "?0 or Upload-Incomplete: ?1), which is not served "
+                      "here");
+
+        return ngx_http_cloudauth_upload_reject(r, &conf->reply, origin,
+                                 NGX_HTTP_NOT_IMPLEMENTED,
+                                 "a part of an upload (Upload-Complete: ?0, "
+                                 "Upload-Incomplete: ?1) is not taken here: "
+                                 "send the whole body without those headers",
+                                 sizeof("a part of an upload (Upload-Complete"
+                                        ": ?0, Upload-Incomplete: ?1) is not "
+                                        "taken here: send the whole body "
+                                        "without those headers") - 1);
+    }
+
     if (conf->resumable) {
-        rc = ngx_http_cloudauth_upload_tus(r, conf, origin);
+        rc = ngx_http_cloudauth_upload_tus(r, conf, origin, conf->max);
 
         if (rc != NGX_DECLINED) {
             return rc;
         }
     }
 
-    if (!(r->method & (NGX_HTTP_PUT|NGX_HTTP_POST))) {
-        return ngx_http_cloudauth_upload_reject(r, origin,
-                                 NGX_HTTP_NOT_ALLOWED, "use PUT or POST",
-                                 sizeof("use PUT or POST") - 1);
-    }
-
-    if (ngx_http_cloudauth_upload_csrf(r, conf) != NGX_OK) {
-        return ngx_http_cloudauth_upload_reject(r, NULL, NGX_HTTP_FORBIDDEN,
-                                 "cross-site upload refused",
-                                 sizeof("cross-site upload refused") - 1);
-    }
-
-    if (ngx_http_cloudauth_upload_consumed(r)) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "cloudauth: upload: the request body was read or "
-                      "discarded before it reached the upload location "
-                      "(an error_page after client_max_body_size, "
-                      "another module?)");
-
-        return ngx_http_cloudauth_upload_reject(r, origin,
-                                 NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                 "the request body is no longer there",
-                                 sizeof("the request body is no longer "
-                                        "there") - 1);
-    }
-
-    max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
-
-    if (max && r->headers_in.content_length_n > max) {
-        r->expect_tested = 1;
-        return ngx_http_cloudauth_upload_reject(r, origin,
-                                 NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                 "the body is larger than max_size",
-                                 sizeof("the body is larger than max_size")
-                                 - 1);
-    }
-
-    u = ngx_http_cloudauth_upload_create(r, conf, origin, max);
-    if (u == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_cloudauth_upload_init(u);
-
-    if (rc == NGX_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (rc != NGX_OK) {
-        return ngx_http_cloudauth_upload_reject(r, origin, rc,
-                                                (char *) u->reason.data,
-                                                u->reason.len);
-    }
-
-    return ngx_http_cloudauth_upload_read_body(r);
-}
-
-
-/* the body, unbuffered, into the upload found by the request */
-
-ngx_int_t
-ngx_http_cloudauth_upload_read_body(ngx_http_request_t *r)
-{
-    ngx_int_t  rc;
-
-    r->request_body_no_buffering = 1;
-
-    rc = ngx_http_read_client_request_body(r,
-                                       ngx_http_cloudauth_upload_body_handler);
-
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        return rc;
-    }
-
-    return NGX_DONE;
-}
-
-
-/* the upload's state, found by the request */
-
-ngx_http_cloudauth_upload_t *
-ngx_http_cloudauth_upload_create(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max)
-{
-    ngx_pool_cleanup_t           *cln;
-    ngx_http_cloudauth_upload_t  *u;
-
-    u = ngx_pcalloc(r->pool, sizeof(ngx_http_cloudauth_upload_t));
-    if (u == NULL) {
-        return NULL;
-    }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NULL;
-    }
-
-    cln->handler = ngx_http_cloudauth_upload_cleanup;
-    cln->data = u;
-
-    u->request = r;
-    u->conf = conf;
-    u->max_size = max;
-    u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_REJECTED;
-
-    if (origin) {
-        u->cors_origin = *origin;
-    }
-
-    ngx_http_set_ctx(r, u, ngx_http_cloudauth_upload_module);
-
-    return u;
-}
-
-
-static void
-ngx_http_cloudauth_upload_body_handler(ngx_http_request_t *r)
-{
-    ngx_http_cloudauth_upload_t  *u;
-
-    u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
-
-    r->read_event_handler = ngx_http_cloudauth_upload_read;
-    r->write_event_handler = ngx_http_request_empty_handler;
-
-    ngx_http_cloudauth_upload_begin(u);
-}
-
-
-static void
-ngx_http_cloudauth_upload_read(ngx_http_request_t *r)
-{
-    ngx_http_cloudauth_upload_t  *u;
-
-    u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
-
-    ngx_http_cloudauth_upload_run(u);
+    return ngx_http_cloudauth_upload_plain(r, conf, origin, conf->max);
 }
 
 
 /*
- * The body is gone when the request comes here after another location
- * read or discarded it (client_max_body_size, then "error_page 413 =
- * @upload;"): a discarded body of a known length leaves less of the
- * declared length than the header says
+ * A client of the IETF resumable-upload draft marks a body that is only a
+ * part: "Upload-Complete: ?0" (its older versions: "Upload-Incomplete:
+ * ?1").  Until the draft is spoken here, such a body must not become a
+ * finished object: NGX_DECLINED for a request with either header that
+ * does not say, as a structured-field boolean, that the body is whole.
  */
 
-static ngx_uint_t
-ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r)
+static ngx_int_t
+ngx_http_cloudauth_upload_unfinished(ngx_http_request_t *r)
 {
-    off_t             declared;
+    u_char           *p, *last;
+    ngx_uint_t        i, whole;
+    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
-    if (r->request_body || r->discard_body) {
-        return 1;
-    }
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
 
-#if (NGX_HTTP_V2)
-    if (r->stream && r->stream->skip_data) {
-        return 1;
-    }
-#endif
+        for (i = 0; i < part->nelts; i++) {
 
-    h = r->headers_in.content_length;
+            if (h[i].key.len == sizeof("Upload-Complete") - 1
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "Upload-Complete",
+                                   h[i].key.len) == 0)
+            {
+                whole = '1';
 
-    if (h) {
-        declared = ngx_atoof(h->value.data, h->value.len);
+            } else if (h[i].key.len == sizeof("Upload-Incomplete") - 1
+                       && ngx_strncasecmp(h[i].key.data,
+                                          (u_char *) "Upload-Incomplete",
+                                          h[i].key.len) == 0)
+            {
+                whole = '0';
 
-        if (declared != r->headers_in.content_length_n) {
-            return 1;
+            } else {
+                continue;
+            }
+
+            p = h[i].value.data;
+            last = p + h[i].value.len;
+
+            while (p < last && (*p == ' ' || *p == '\t')) {
+                p++;
+            }
+
+            while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
+                last--;
+            }
+
+            if (last - p != 2 || p[0] != '?' || p[1] != whole) {
+                return NGX_DECLINED;
+            }
         }
     }
 
-    return 0;
+    return NGX_OK;
 }
 
 
@@ -654,13 +563,17 @@ ngx_http_cloudauth_upload(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * Nothing is inherited, but by the location limit_except makes for the
- * other methods: the upload is its content too.  What an upload ID is made
- * for, its additional
- * data: the server's name, the location's and the credential's (the bucket
- * is inside); the same in every nginx of a fleet with the same
- * configuration.  Here, not in the directive: "server_name" may come after
- * the location, and its default is set when the server is merged.
+ * Nothing is inherited by a nested location, but by the blocks of a
+ * location that have no name, "if" and "limit_except": nginx runs the
+ * location's content handler in them, with their own configuration, so
+ * they take the upload whole.  In an upload location the body limit is
+ * max_size=, or client_max_body_size when it is not given.
+ *
+ * What an upload ID is made for, its additional data: the server's name,
+ * the location's and the credential's (the bucket is inside); the same in
+ * every nginx of a fleet with the same configuration.  Here, not in the
+ * directive: "server_name" may come after the location, and its default
+ * is set when the server is merged.
  */
 
 static char *
@@ -670,21 +583,59 @@ ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_cloudauth_upload_conf_t *prev = parent;
     ngx_http_cloudauth_upload_conf_t *conf = child;
 
-    u_char                    *p;
-    ngx_str_t                 *cred;
-    ngx_http_core_srv_conf_t  *cscf;
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-    if (clcf->lmt_excpt && prev->gcs.cred) {
+    if (conf->gcs.cred == NULL && prev->gcs.cred && clcf->noname) {
         *conf = *prev;
         clcf->handler = ngx_http_cloudauth_upload_handler;
-        return NGX_CONF_OK;
     }
 
     if (conf->gcs.cred == NULL) {
         return NGX_CONF_OK;
+    }
+
+    if (conf->aad.len == 0) {
+        /* the location's own directive, not one taken from it */
+
+        conf->max = (conf->max_size >= 0) ? conf->max_size
+                                          : clcf->client_max_body_size;
+
+        if (ngx_http_cloudauth_upload_made(cf, conf, clcf) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    /*
+     * the upload keeps its limit itself, and answers it with its reason,
+     * for a declared length (nginx would answer before the handler runs)
+     * and as the bytes come
+     */
+    clcf->client_max_body_size = 0;
+
+    return NGX_CONF_OK;
+}
+
+
+/* what the configuration makes for a location's requests */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_made(ngx_conf_t *cf,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_http_core_loc_conf_t *clcf)
+{
+    u_char                    *p;
+    ngx_str_t                 *cred;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    if (conf->resumable) {
+        ngx_str_set(&conf->reply.allow,
+                    "PUT, POST, PATCH, HEAD, DELETE, OPTIONS");
+        conf->reply.headers = ngx_http_cloudauth_upload_tus_headers;
+
+    } else {
+        ngx_str_set(&conf->reply.allow, "PUT, POST, OPTIONS");
+        conf->reply.headers = NULL;
     }
 
     cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
@@ -695,7 +646,7 @@ ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     p = ngx_pnalloc(cf->pool, conf->aad.len);
     if (p == NULL) {
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     conf->aad.data = p;
@@ -706,7 +657,7 @@ ngx_http_cloudauth_upload_merge_loc_conf(ngx_conf_t *cf, void *parent,
     *p++ = '\0';
     ngx_memcpy(p, cred->data, cred->len);
 
-    return NGX_CONF_OK;
+    return NGX_OK;
 }
 
 
@@ -892,4 +843,53 @@ ngx_http_cloudauth_upload_param(ngx_conf_t *cf,
                        value);
 
     return NGX_CONF_ERROR;
+}
+
+
+/*
+ * A worker begins: the uploads counted active in its process slot were
+ * those of a worker that is no more (killed: they never ended); they are
+ * dropped from the count.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_init_process(ngx_cycle_t *cycle)
+{
+    ngx_atomic_uint_t           n;
+    ngx_cloudauth_stats_t      *st;
+    ngx_cloudauth_main_conf_t  *cmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_cloudauth_module);
+    if (cmcf == NULL || cmcf->shm_zone == NULL) {
+        return NGX_OK;
+    }
+
+    st = ngx_cloudauth_cache_stats(cmcf->shm_zone);
+    if (st == NULL || ngx_process_slot < 0
+        || ngx_process_slot >= NGX_MAX_PROCESSES)
+    {
+        return NGX_OK;
+    }
+
+    do {
+        n = st->uploads_slot[ngx_process_slot];
+    } while (n && !ngx_atomic_cmp_set(&st->uploads_slot[ngx_process_slot],
+                                      n, 0));
+
+    if (n) {
+        (void) ngx_atomic_fetch_add(&st->uploads_active, -(ngx_atomic_int_t) n);
+
+        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
+                      "cloudauth: upload: %uA uploads of a worker gone "
+                      "before this one no longer count as active", n);
+    }
+
+    return NGX_OK;
 }

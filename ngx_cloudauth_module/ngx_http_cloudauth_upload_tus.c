@@ -10,9 +10,10 @@
  * durably: a PATCH whose bytes end between two 256 KiB marks stores up to
  * the last mark and says so, and the client sends the rest again.
  *
- * This file reads what a tus request asks, opens its ID, and answers; the
- * bytes of a PATCH (and of a creation with upload) go through the same
- * body reader as a single upload (ngx_http_cloudauth_upload_body.c).
+ * A front end of the upload driver (ngx_http_cloudauth_upload_driver.c):
+ * this file reads what a tus request asks, opens its ID, and answers
+ * through the hooks it gives the driver; the bytes of a PATCH (and of a
+ * creation with upload) go through the driver as a single upload's do.
  */
 
 
@@ -22,27 +23,25 @@
 static ngx_int_t ngx_http_cloudauth_upload_tus_method(ngx_http_request_t *r,
     ngx_uint_t *method);
 static ngx_int_t ngx_http_cloudauth_upload_tus_options(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
+static ngx_int_t ngx_http_cloudauth_upload_tus_created(
+    ngx_http_cloudauth_upload_t *u, ngx_str_t *origin);
 static ngx_int_t ngx_http_cloudauth_upload_tus_metadata(
     ngx_http_cloudauth_upload_t *u, ngx_str_t *raw, ngx_str_t *filename,
     ngx_str_t *filetype);
 static ngx_int_t ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
-    ngx_http_cloudauth_upload_tus_e op, off_t max);
+    ngx_uint_t method, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id);
-static ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
-static ngx_int_t ngx_http_cloudauth_upload_tus_session(
-    ngx_http_cloudauth_upload_t *u);
-static void ngx_http_cloudauth_upload_tus_held(ngx_cloudauth_gcs_t *s,
-    off_t offset);
-static void ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s,
-    json_t *object);
-static void ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
-    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said);
+static void ngx_http_cloudauth_upload_tus_answer(
+    ngx_http_cloudauth_upload_t *u, json_t *object);
+static ngx_int_t ngx_http_cloudauth_upload_tus_check(
+    ngx_http_cloudauth_upload_t *u, off_t held, json_t *object);
+static ngx_int_t ngx_http_cloudauth_upload_tus_head(
+    ngx_http_cloudauth_upload_t *u, json_t *object);
 static ngx_int_t ngx_http_cloudauth_upload_tus_state(
     ngx_http_cloudauth_upload_t *u, off_t offset, off_t length);
 static ngx_int_t ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r,
@@ -51,10 +50,6 @@ static ngx_uint_t ngx_http_cloudauth_upload_tus_octets(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r,
     const char *name, size_t len, off_t *n);
-static ngx_int_t ngx_http_cloudauth_upload_tus_off(ngx_http_request_t *r,
-    char *key, off_t n);
-static ngx_int_t ngx_http_cloudauth_upload_tus_text(ngx_http_request_t *r,
-    char *key, const char *value);
 static ngx_int_t ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status, const char *reason);
 
@@ -76,6 +71,16 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS  "application/offset+octet-stream"
 
 
+static const ngx_http_cloudauth_upload_hooks_t
+    ngx_http_cloudauth_upload_tus_hooks =
+{
+    "tus",
+    ngx_http_cloudauth_upload_tus_answer,
+    ngx_http_cloudauth_upload_tus_check,
+    NULL
+};
+
+
 /*
  * NGX_DECLINED: not a tus request (a plain PUT or POST, the single-request
  * upload); else the content handler's return code
@@ -83,14 +88,11 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
 
 ngx_int_t
 ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin)
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max)
 {
-    off_t                             max;
-    ngx_int_t                         rc;
-    ngx_uint_t                        method;
-    ngx_table_elt_t                  *h;
-    ngx_http_core_loc_conf_t         *clcf;
-    ngx_http_cloudauth_upload_tus_e   op;
+    ngx_int_t         rc;
+    ngx_uint_t        method;
+    ngx_table_elt_t  *h;
 
     rc = ngx_http_cloudauth_upload_tus_method(r, &method);
     if (rc != NGX_OK) {
@@ -102,7 +104,10 @@ ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
     switch (method) {
 
     case NGX_HTTP_OPTIONS:
-        return ngx_http_cloudauth_upload_tus_options(r, conf, origin);
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "cloudauth: upload: tus OPTIONS");
+
+        return ngx_http_cloudauth_upload_tus_options(r, conf, origin, max);
 
     case NGX_HTTP_POST:
         if (ngx_http_cloudauth_upload_tus_header(r, "Upload-Length") == NULL
@@ -112,24 +117,19 @@ ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
             return NGX_DECLINED;
         }
 
-        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE;
         break;
 
     case NGX_HTTP_HEAD:
-        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD;
-        break;
-
     case NGX_HTTP_PATCH:
-        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH;
-        break;
-
     case NGX_HTTP_DELETE:
-        op = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_DELETE;
         break;
 
     default:
         return NGX_DECLINED;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: a tus request, method %ui", method);
 
     h = ngx_http_cloudauth_upload_tus_header(r, "Tus-Resumable");
 
@@ -146,14 +146,11 @@ ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
                            NGX_HTTP_FORBIDDEN, "cross-site upload refused");
     }
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-    max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
-
-    if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE) {
+    if (method == NGX_HTTP_POST) {
         return ngx_http_cloudauth_upload_tus_create(r, conf, origin, max);
     }
 
-    return ngx_http_cloudauth_upload_tus_resume(r, conf, origin, op, max);
+    return ngx_http_cloudauth_upload_tus_resume(r, conf, origin, method, max);
 }
 
 
@@ -206,56 +203,49 @@ ngx_http_cloudauth_upload_tus_method(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_cloudauth_upload_tus_options(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin)
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max)
 {
-    off_t                      max;
-    ngx_http_core_loc_conf_t  *clcf;
-
     if (ngx_http_discard_request_body(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-    max = conf->max_size >= 0 ? conf->max_size : clcf->client_max_body_size;
-
-    if (ngx_http_cloudauth_upload_tus_text(r, "Tus-Version", "1.0.0")
+    if (ngx_http_cloudauth_upload_header_text(r, "Tus-Version", "1.0.0")
            != NGX_OK
-        || ngx_http_cloudauth_upload_tus_text(r, "Tus-Extension",
+        || ngx_http_cloudauth_upload_header_text(r, "Tus-Extension",
                                   NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_EXTENSIONS)
            != NGX_OK
-        || (max && ngx_http_cloudauth_upload_tus_off(r, "Tus-Max-Size", max)
+        || (max && ngx_http_cloudauth_upload_header_off(r, "Tus-Max-Size", max)
                    != NGX_OK))
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_cloudauth_upload_respond(r, origin, NGX_HTTP_NO_CONTENT,
-                                             NULL);
+    return ngx_http_cloudauth_upload_respond(r, &conf->reply, origin,
+                                             NGX_HTTP_NO_CONTENT, NULL);
 }
 
 
-/* on every answer of a resumable location */
+/* on every answer of a resumable location (its reply's headers) */
 
 ngx_int_t
 ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
-    ngx_uint_t status)
+    ngx_str_t *origin, ngx_uint_t status)
 {
-    if (ngx_http_cloudauth_upload_tus_text(r, "Tus-Resumable", "1.0.0")
+    if (ngx_http_cloudauth_upload_header_text(r, "Tus-Resumable", "1.0.0")
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     if (status == NGX_HTTP_PRECONDITION_FAILED
-        && ngx_http_cloudauth_upload_tus_text(r, "Tus-Version", "1.0.0")
+        && ngx_http_cloudauth_upload_header_text(r, "Tus-Version", "1.0.0")
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     if (origin && origin->len) {
-        return ngx_http_cloudauth_upload_tus_text(r,
+        return ngx_http_cloudauth_upload_header_text(r,
                                     "Access-Control-Expose-Headers",
                                     NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_EXPOSE);
     }
@@ -322,12 +312,15 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
         }
     }
 
-    u = ngx_http_cloudauth_upload_create(r, conf, origin, max);
+    u = ngx_http_cloudauth_upload_create(r, conf, origin, max,
+                                     &ngx_http_cloudauth_upload_tus_hooks);
     if (u == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    u->tus = NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE;
+    u->method = NGX_HTTP_POST;
+    u->resumable = 1;
+    u->directory = 1;
     u->id.bucket = conf->gcs.bucket;
     u->id.length = length;
     u->id.created = ngx_time();
@@ -349,7 +342,7 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return ngx_http_cloudauth_upload_reject(r, origin, rc,
+        return ngx_http_cloudauth_upload_reject(r, &conf->reply, origin, rc,
                                                 (char *) u->reason.data,
                                                 u->reason.len);
     }
@@ -367,14 +360,12 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return ngx_http_cloudauth_upload_reject(r, origin, rc,
+        return ngx_http_cloudauth_upload_reject(r, &conf->reply, origin, rc,
                                                 (char *) u->reason.data,
                                                 u->reason.len);
     }
 
-    u->id.name = u->obj.name;
-
-    return ngx_http_cloudauth_upload_read_body(r);
+    return ngx_http_cloudauth_upload_read(u);
 }
 
 
@@ -520,7 +511,7 @@ ngx_http_cloudauth_upload_tus_metadata(ngx_http_cloudauth_upload_t *u,
 static ngx_int_t
 ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
-    ngx_http_cloudauth_upload_tus_e op, off_t max)
+    ngx_uint_t method, off_t max)
 {
     off_t                            offset, length;
     ngx_int_t                        rc;
@@ -530,7 +521,7 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
 
     offset = 0;
 
-    if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+    if (method == NGX_HTTP_PATCH) {
         if (!ngx_http_cloudauth_upload_tus_octets(r)) {
             return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
@@ -561,7 +552,7 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
 
     length = id.length;
 
-    if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+    if (method == NGX_HTTP_PATCH) {
         rc = ngx_http_cloudauth_upload_tus_number(r, "Upload-Length",
                                                   sizeof("Upload-Length") - 1,
                                                   &length);
@@ -603,22 +594,23 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
         }
     }
 
-    u = ngx_http_cloudauth_upload_create(r, conf, origin, max);
+    u = ngx_http_cloudauth_upload_create(r, conf, origin, max,
+                                     &ngx_http_cloudauth_upload_tus_hooks);
     if (u == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    u->tus = op;
+    u->method = method;
+    u->resumable = 1;
     u->id = id;
     u->given = 1;
-    u->client_offset = offset;
+    u->offset = offset;
 
-    if (op != NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
-        if (ngx_http_discard_request_body(r) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        rc = ngx_http_cloudauth_upload_tus_session(u);
+    if (method != NGX_HTTP_PATCH) {
+        rc = ngx_http_cloudauth_upload_ask(u,
+                                  (method == NGX_HTTP_HEAD)
+                                  ? NGX_HTTP_CLOUDAUTH_UPLOAD_QUERY
+                                  : NGX_HTTP_CLOUDAUTH_UPLOAD_TERMINATE);
 
         if (rc == NGX_DECLINED) {
             return ngx_http_cloudauth_upload_tus_refuse(r, origin,
@@ -627,15 +619,6 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
 
         if (rc != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        r->main->count++;
-
-        if (op == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD) {
-            (void) ngx_cloudauth_gcs_query(u->obj.gcs);
-
-        } else {
-            (void) ngx_cloudauth_gcs_terminate(u->obj.gcs);
         }
 
         return NGX_DONE;
@@ -653,12 +636,12 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return ngx_http_cloudauth_upload_reject(r, origin, rc,
+        return ngx_http_cloudauth_upload_reject(r, &conf->reply, origin, rc,
                                                 (char *) u->reason.data,
                                                 u->reason.len);
     }
 
-    return ngx_http_cloudauth_upload_read_body(r);
+    return ngx_http_cloudauth_upload_read(u);
 }
 
 
@@ -674,7 +657,7 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     u_char     *p;
     time_t      now;
     ngx_int_t   rc;
-    ngx_str_t   sealed;
+    ngx_str_t   sealed, shown;
     u_char      key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
 
     p = r->uri.data + r->uri.len;
@@ -712,9 +695,15 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     now = ngx_time();
 
     if (id->created + conf->expires <= now) {
+        if (ngx_http_cloudauth_upload_shown(r->pool, &id->name, &shown)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: the upload of \"%V\" expired",
-                      &id->name);
+                      &shown);
         return NGX_DECLINED;
     }
 
@@ -734,7 +723,7 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
 
 /* cloudauth_upload_key, or the zone's secret: the AES key of the IDs */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, u_char *key)
 {
@@ -761,172 +750,6 @@ ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
 }
 
 
-/*
- * HEAD and DELETE: the session, without the body machinery.  NGX_OK;
- * NGX_DECLINED: its URI is not on the endpoint (endpoint= changed since),
- * NGX_ERROR; nothing is answered here.
- */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_session(ngx_http_cloudauth_upload_t *u)
-{
-    ngx_http_request_t            *r;
-    ngx_cloudauth_gcs_object_t     object;
-    ngx_cloudauth_gcs_handlers_t   h;
-
-    r = u->request;
-
-    ngx_memzero(&object, sizeof(ngx_cloudauth_gcs_object_t));
-    object.name = u->id.name;
-    object.size = u->id.length;
-
-    h.progress = ngx_http_cloudauth_upload_tus_held;
-    h.done = ngx_http_cloudauth_upload_tus_stored;
-    h.failed = ngx_http_cloudauth_upload_tus_failed;
-    h.data = u;
-
-    u->obj.gcs = ngx_cloudauth_gcs_create(r->pool, r->connection->log,
-                                          &u->conf->gcs, &object, &h);
-    if (u->obj.gcs == NULL) {
-        return NGX_ERROR;
-    }
-
-    u->obj.name = u->id.name;
-
-    return ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
-}
-
-
-/* HEAD: GCS holds [0, offset) */
-
-static void
-ngx_http_cloudauth_upload_tus_held(ngx_cloudauth_gcs_t *s, off_t offset)
-{
-    ngx_http_cloudauth_upload_t *u = s->handlers.data;
-
-    ngx_int_t            rc;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    r = u->request;
-    c = r->connection;
-    u->finished = 1;
-    u->obj.gcs = NULL;
-
-    rc = ngx_http_cloudauth_upload_tus_state(u, offset, u->id.length);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
-                                               NGX_HTTP_OK, NULL);
-    }
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
-}
-
-
-/* HEAD: the object is complete; DELETE: the session is cancelled */
-
-static void
-ngx_http_cloudauth_upload_tus_stored(ngx_cloudauth_gcs_t *s, json_t *object)
-{
-    ngx_http_cloudauth_upload_t *u = s->handlers.data;
-
-    off_t                size;
-    json_t              *v;
-    ngx_int_t            rc;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    r = u->request;
-    c = r->connection;
-    u->finished = 1;
-    u->obj.gcs = NULL;
-
-    if (object == NULL) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "cloudauth: upload: the upload of \"%V\" terminated",
-                      &u->id.name);
-
-        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
-                                               NGX_HTTP_NO_CONTENT, NULL);
-        goto done;
-    }
-
-    v = json_object_get(object, "size");
-    size = json_is_integer(v) ? (off_t) json_integer_value(v) : -1;
-
-    if (size < 0 || (u->id.length >= 0 && size != u->id.length)) {
-        json_decref(object);
-        rc = ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
-                           NGX_HTTP_BAD_GATEWAY,
-                           "GCS stored another length than declared");
-        goto done;
-    }
-
-    rc = ngx_http_cloudauth_upload_tus_state(u, size, size);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cloudauth_upload_tus_object(r, object);
-    }
-
-    /* the headers point into the object: it goes after they are sent */
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin,
-                                               NGX_HTTP_OK, NULL);
-    }
-
-    json_decref(object);
-
-done:
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_cloudauth_upload_tus_failed(ngx_cloudauth_gcs_t *s,
-    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said)
-{
-    ngx_http_cloudauth_upload_t *u = s->handlers.data;
-
-    ngx_int_t            rc;
-    ngx_uint_t           level;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    r = u->request;
-    c = r->connection;
-    u->finished = 1;
-
-    if (s->gone) {
-        status = NGX_HTTP_NOT_FOUND;
-        ngx_str_set(reason, "no such upload");
-    }
-
-    level = s->gone ? NGX_LOG_INFO : NGX_LOG_ERR;
-
-    ngx_log_error(level, r->connection->log,
-                  0, "cloudauth: upload: %s of \"%V\" failed (%ui): %V%s%V",
-                  u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_HEAD
-                  ? "a HEAD" : "a DELETE",
-                  &u->id.name, status, reason,
-                  said->len ? "; GCS said: " : "", said);
-
-    ngx_cloudauth_gcs_abort(s);
-    u->obj.gcs = NULL;
-
-    rc = ngx_http_cloudauth_upload_reject(r, &u->cors_origin, status,
-                                          (char *) reason->data,
-                                          reason->len);
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
-}
-
-
 /* Upload-Offset, the length, the metadata, the expiry; no caching */
 
 static ngx_int_t
@@ -939,20 +762,20 @@ ngx_http_cloudauth_upload_tus_state(ngx_http_cloudauth_upload_t *u,
 
     r = u->request;
 
-    if (ngx_http_cloudauth_upload_tus_off(r, "Upload-Offset", offset)
+    if (ngx_http_cloudauth_upload_header_off(r, "Upload-Offset", offset)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (length >= 0) {
-        if (ngx_http_cloudauth_upload_tus_off(r, "Upload-Length", length)
+        if (ngx_http_cloudauth_upload_header_off(r, "Upload-Length", length)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-    } else if (ngx_http_cloudauth_upload_tus_text(r, "Upload-Defer-Length",
+    } else if (ngx_http_cloudauth_upload_header_text(r, "Upload-Defer-Length",
                                                   "1")
                != NGX_OK)
     {
@@ -981,7 +804,8 @@ ngx_http_cloudauth_upload_tus_state(ngx_http_cloudauth_upload_t *u,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_cloudauth_upload_tus_text(r, "Cache-Control", "no-store");
+    return ngx_http_cloudauth_upload_header_text(r, "Cache-Control",
+                                                 "no-store");
 }
 
 
@@ -1078,23 +902,20 @@ ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r, json_t *object)
 
 
 /*
- * The end of a PATCH or a creation, from the body reader: the ID and the
- * offset GCS holds, and the object when the last byte is in (object: the
- * GCS client's summary, or NULL).  A client that went away gets nothing.
+ * The driver's answer hook.  A creation or a PATCH: the ID and the offset
+ * GCS holds, and the object when the last byte is in (object: the GCS
+ * client's summary, or NULL); a client that went away gets nothing.  A
+ * HEAD: what GCS holds, or the complete object.  A DELETE: terminated.
  */
 
-void
+static void
 ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
     json_t *object)
 {
-    u_char                          *p, *start;
-    size_t                           len;
-    uintptr_t                        escape;
-    ngx_int_t                        rc;
-    ngx_str_t                        location;
-    ngx_uint_t                       status;
-    ngx_http_request_t              *r;
-    u_char                           key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
+    ngx_int_t            rc;
+    ngx_str_t            shown;
+    ngx_uint_t           status;
+    ngx_http_request_t  *r;
 
     r = u->request;
     u->finished = 1;
@@ -1102,85 +923,211 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
     if (u->cut) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: the client of \"%V\" went away; "
-                      "GCS holds %O bytes", &u->obj.name, u->obj.offset);
+                      "GCS holds %O bytes", &u->obj.shown, u->obj.offset);
         ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
         return;
     }
 
-    status = NGX_HTTP_NO_CONTENT;
+    switch (u->method) {
 
-    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE) {
-        status = NGX_HTTP_CREATED;
+    case NGX_HTTP_HEAD:
+        rc = ngx_http_cloudauth_upload_tus_head(u, object);
+        break;
 
-        if (ngx_http_cloudauth_upload_tus_key(r, u->conf, key) != NGX_OK) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            goto done;
-        }
-
-        rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &u->conf->aad,
-                                               &u->id, &u->sealed);
-
-        ngx_explicit_memzero(key, sizeof(key));
-
-        if (rc != NGX_OK) {
-            if (rc == NGX_DECLINED) {
-                rc = ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
-                           NGX_HTTP_REQUEST_URI_TOO_LARGE,
-                           "the object name is too long for an upload URL");
-            } else {
-                rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            goto done;
-        }
-
-        /* the creation's URI, a "directory", and the ID */
-
-        start = r->uri.data;
-        len = r->uri.len;
-
-        escape = 2 * ngx_escape_uri(NULL, start, len, NGX_ESCAPE_URI);
-
-        p = ngx_pnalloc(r->pool, len + escape + 1 + u->sealed.len);
-        if (p == NULL) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            goto done;
-        }
-
-        location.data = p;
-        p = (u_char *) ngx_escape_uri(p, start, len, NGX_ESCAPE_URI);
-
-        if (p == location.data || p[-1] != '/') {
-            *p++ = '/';
-        }
-
-        p = ngx_cpymem(p, u->sealed.data, u->sealed.len);
-        location.len = p - location.data;
-
-        if (ngx_http_cloudauth_upload_header_out(r, "Location", &location)
-            != NGX_OK)
+    case NGX_HTTP_DELETE:
+        if (ngx_http_cloudauth_upload_shown(r->pool, &u->id.name, &shown)
+            == NGX_OK)
         {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            goto done;
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "cloudauth: upload: the upload of \"%V\" "
+                          "terminated", &shown);
         }
 
-        u->given = 1;
+        rc = ngx_http_cloudauth_upload_respond(r, &u->conf->reply,
+                                               &u->cors_origin,
+                                               NGX_HTTP_NO_CONTENT, NULL);
+        break;
+
+    default: /* a creation (POST) or a PATCH */
+        status = NGX_HTTP_NO_CONTENT;
+        rc = NGX_OK;
+
+        if (u->method == NGX_HTTP_POST) {
+            status = NGX_HTTP_CREATED;
+            rc = ngx_http_cloudauth_upload_tus_created(u, &u->cors_origin);
+        }
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_cloudauth_upload_tus_state(u, u->obj.offset,
+                                                     u->obj.total);
+        }
+
+        if (rc == NGX_OK && object) {
+            rc = ngx_http_cloudauth_upload_tus_object(r, object);
+        }
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_cloudauth_upload_respond(r, &u->conf->reply,
+                                                   &u->cors_origin, status,
+                                                   NULL);
+        }
     }
 
-    rc = ngx_http_cloudauth_upload_tus_state(u, u->obj.offset, u->obj.total);
+    ngx_http_finalize_request(r, rc);
+}
 
-    if (rc == NGX_OK && object) {
-        rc = ngx_http_cloudauth_upload_tus_object(r, object);
+
+/* a HEAD's answer: GCS holds [0, u->obj.offset), or the object */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_head(ngx_http_cloudauth_upload_t *u,
+    json_t *object)
+{
+    off_t                size;
+    json_t              *v;
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+
+    if (object == NULL) {
+        rc = ngx_http_cloudauth_upload_tus_state(u, u->obj.offset,
+                                                 u->id.length);
+        goto done;
     }
+
+    v = json_object_get(object, "size");
+    size = json_is_integer(v) ? (off_t) json_integer_value(v) : -1;
+
+    if (size < 0 || (u->id.length >= 0 && size != u->id.length)) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, &u->cors_origin,
+                           NGX_HTTP_BAD_GATEWAY,
+                           "GCS stored another length than declared");
+    }
+
+    rc = ngx_http_cloudauth_upload_tus_state(u, size, size);
+
+    /* the headers are copies: the object goes when the hook returns */
 
     if (rc == NGX_OK) {
-        rc = ngx_http_cloudauth_upload_respond(r, &u->cors_origin, status,
-                                               NULL);
+        rc = ngx_http_cloudauth_upload_tus_object(r, object);
     }
 
 done:
 
-    ngx_http_finalize_request(r, rc);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_cloudauth_upload_respond(r, &u->conf->reply,
+                                             &u->cors_origin, NGX_HTTP_OK,
+                                             NULL);
+}
+
+
+/* the creation's answer: its ID, sealed, in Location */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_created(ngx_http_cloudauth_upload_t *u,
+    ngx_str_t *origin)
+{
+    u_char              *p, *start;
+    size_t               len;
+    uintptr_t            escape;
+    ngx_int_t            rc;
+    ngx_str_t            location, sealed;
+    ngx_http_request_t  *r;
+    u_char               key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
+
+    r = u->request;
+
+    if (ngx_http_cloudauth_upload_tus_key(r, u->conf, key) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    u->id.name = u->obj.name;
+
+    rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &u->conf->aad,
+                                           &u->id, &sealed);
+
+    ngx_explicit_memzero(key, sizeof(key));
+
+    if (rc != NGX_OK) {
+        if (rc == NGX_DECLINED) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_URI_TOO_LARGE,
+                           "the object name is too long for an upload URL");
+        }
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the creation's URI, a "directory", and the ID */
+
+    start = r->uri.data;
+    len = r->uri.len;
+
+    escape = 2 * ngx_escape_uri(NULL, start, len, NGX_ESCAPE_URI);
+
+    p = ngx_pnalloc(r->pool, len + escape + 1 + sealed.len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    location.data = p;
+    p = (u_char *) ngx_escape_uri(p, start, len, NGX_ESCAPE_URI);
+
+    if (p == location.data || p[-1] != '/') {
+        *p++ = '/';
+    }
+
+    p = ngx_cpymem(p, sealed.data, sealed.len);
+    location.len = p - location.data;
+
+    if (ngx_http_cloudauth_upload_header_out(r, "Location", &location)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    u->given = 1;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: tus upload created");
+
+    return NGX_OK;
+}
+
+
+/*
+ * The driver's check hook: GCS's first word on the session of a PATCH.
+ * It must hold what the client says it does; a complete object takes
+ * only an empty PATCH at its end.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_tus_check(ngx_http_cloudauth_upload_t *u,
+    off_t held, json_t *object)
+{
+    if (object == NULL) {
+        if (held == u->offset) {
+            return NGX_OK;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, u->request->connection->log, 0,
+                      "cloudauth: upload: a PATCH of \"%V\" at %O, "
+                      "GCS holds %O", &u->obj.shown, u->offset, held);
+
+        ngx_str_set(&u->reason, "Upload-Offset is not the upload's offset");
+        return NGX_HTTP_CONFLICT;
+    }
+
+    if (u->offset != u->obj.total || u->obj.received || !u->input_done) {
+        ngx_str_set(&u->reason, "the upload is complete");
+        return NGX_HTTP_CONFLICT;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1226,40 +1173,13 @@ ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r, const char *name,
 
 
 static ngx_int_t
-ngx_http_cloudauth_upload_tus_off(ngx_http_request_t *r, char *key, off_t n)
-{
-    u_char     *p;
-    ngx_str_t   v;
-
-    p = ngx_pnalloc(r->pool, NGX_OFF_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    v.data = p;
-    v.len = ngx_sprintf(p, "%O", n) - p;
-
-    return ngx_http_cloudauth_upload_header_out(r, key, &v);
-}
-
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_text(ngx_http_request_t *r, char *key,
-    const char *value)
-{
-    ngx_str_t  v;
-
-    v.data = (u_char *) value;
-    v.len = ngx_strlen(value);
-
-    return ngx_http_cloudauth_upload_header_out(r, key, &v);
-}
-
-
-static ngx_int_t
 ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status, const char *reason)
 {
-    return ngx_http_cloudauth_upload_reject(r, origin, status, reason,
-                                            ngx_strlen(reason));
+    ngx_http_cloudauth_upload_conf_t  *conf;
+
+    conf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_upload_module);
+
+    return ngx_http_cloudauth_upload_reject(r, &conf->reply, origin, status,
+                                            reason, ngx_strlen(reason));
 }

@@ -2,9 +2,11 @@
 /*
  * Copyright (C) ngx_cloudauth authors
  *
- * cloudauth_gcs_upload: what browsers see.  CORS (the preflight, the
+ * cloudauth_gcs_upload: what clients see.  CORS (the preflight, the
  * allowed origins), the refusal of cross-site uploads, and the answers,
- * JSON, with the CORS headers an allowed origin needs.
+ * JSON, with the CORS headers an allowed origin needs and the headers of
+ * the location's front ends (its reply, made with the configuration).
+ * It calls nothing of the upload above it.
  */
 
 
@@ -15,6 +17,8 @@ static ngx_uint_t ngx_http_cloudauth_upload_listed(
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin);
 static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     ngx_str_t *origin);
+static ngx_uint_t ngx_http_cloudauth_upload_allowed(
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *method);
 
 
 static ngx_str_t  ngx_http_cloudauth_upload_json =
@@ -76,18 +80,9 @@ ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
         hdrs = h->value;
     }
 
-    if (origin == NULL
-        || !((method.len == 3 && ngx_strncmp(method.data, "PUT", 3) == 0)
-             || (method.len == 4 && ngx_strncmp(method.data, "POST", 4) == 0)
-             || (conf->resumable
-                 && ((method.len == 5
-                      && ngx_strncmp(method.data, "PATCH", 5) == 0)
-                     || (method.len == 4
-                         && ngx_strncmp(method.data, "HEAD", 4) == 0)
-                     || (method.len == 6
-                         && ngx_strncmp(method.data, "DELETE", 6) == 0)))))
-    {
-        return ngx_http_cloudauth_upload_reject(r, NULL, NGX_HTTP_FORBIDDEN,
+    if (origin == NULL || !ngx_http_cloudauth_upload_allowed(conf, &method)) {
+        return ngx_http_cloudauth_upload_reject(r, &conf->reply, NULL,
+                                 NGX_HTTP_FORBIDDEN,
                                  "CORS preflight refused",
                                  sizeof("CORS preflight refused") - 1);
     }
@@ -109,12 +104,7 @@ ngx_http_cloudauth_upload_preflight(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (conf->resumable) {
-        ngx_str_set(&method, "PUT, POST, PATCH, HEAD, DELETE, OPTIONS");
-
-    } else {
-        ngx_str_set(&method, "PUT, POST, OPTIONS");
-    }
+    method = conf->reply.allow;
 
     ngx_str_set(&v, "600");
 
@@ -168,22 +158,54 @@ ngx_http_cloudauth_upload_header_out(ngx_http_request_t *r, char *key,
 }
 
 
+ngx_int_t
+ngx_http_cloudauth_upload_header_text(ngx_http_request_t *r, char *key,
+    const char *value)
+{
+    ngx_str_t  v;
+
+    v.data = (u_char *) value;
+    v.len = ngx_strlen(value);
+
+    return ngx_http_cloudauth_upload_header_out(r, key, &v);
+}
+
+
+ngx_int_t
+ngx_http_cloudauth_upload_header_off(ngx_http_request_t *r, char *key,
+    off_t n)
+{
+    u_char     *p;
+    ngx_str_t   v;
+
+    p = ngx_pnalloc(r->pool, NGX_OFF_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v.data = p;
+    v.len = ngx_sprintf(p, "%O", n) - p;
+
+    return ngx_http_cloudauth_upload_header_out(r, key, &v);
+}
+
+
 /*
  * answers: JSON (or none, body NULL), the CORS headers for an allowed
- * origin, and on a resumable location the tus headers
+ * origin, and the headers of the location's front ends
  */
 
 ngx_int_t
-ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
+ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_reply_t *reply, ngx_str_t *origin,
     ngx_uint_t status, json_t *body)
 {
-    char                              *s;
-    size_t                             len;
-    ngx_int_t                          rc;
-    ngx_str_t                          vary, allow;
-    ngx_buf_t                         *b;
-    ngx_chain_t                        out;
-    ngx_http_cloudauth_upload_conf_t  *conf;
+    char         *s;
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_str_t     vary;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
 
     b = NULL;
 
@@ -208,12 +230,7 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
         free(s);
     }
 
-    conf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_upload_module);
-
-    if (conf->resumable
-        && ngx_http_cloudauth_upload_tus_headers(r, conf, origin, status)
-           != NGX_OK)
-    {
+    if (reply->headers && reply->headers(r, origin, status) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -230,19 +247,11 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
         }
     }
 
-    if (status == NGX_HTTP_NOT_ALLOWED) {
-        if (conf->resumable) {
-            ngx_str_set(&allow, "PUT, POST, PATCH, HEAD, DELETE, OPTIONS");
-
-        } else {
-            ngx_str_set(&allow, "PUT, POST, OPTIONS");
-        }
-
-        if (ngx_http_cloudauth_upload_header_out(r, "Allow", &allow)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (status == NGX_HTTP_NOT_ALLOWED
+        && ngx_http_cloudauth_upload_header_out(r, "Allow", &reply->allow)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     r->headers_out.status = status;
@@ -279,7 +288,8 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r, ngx_str_t *origin,
 
 
 ngx_int_t
-ngx_http_cloudauth_upload_reject(ngx_http_request_t *r, ngx_str_t *origin,
+ngx_http_cloudauth_upload_reject(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_reply_t *reply, ngx_str_t *origin,
     ngx_uint_t status, const char *reason, size_t len)
 {
     json_t     *body;
@@ -302,11 +312,47 @@ ngx_http_cloudauth_upload_reject(ngx_http_request_t *r, ngx_str_t *origin,
         }
     }
 
-    rc = ngx_http_cloudauth_upload_respond(r, origin, status, body);
+    rc = ngx_http_cloudauth_upload_respond(r, reply, origin, status, body);
 
     json_decref(body);
 
     return rc;
+}
+
+
+/* a method the location takes: one of the list in its Allow */
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_allowed(ngx_http_cloudauth_upload_conf_t *conf,
+    ngx_str_t *method)
+{
+    u_char  *p, *last, *q;
+
+    p = conf->reply.allow.data;
+    last = p + conf->reply.allow.len;
+
+    while (p < last) {
+        q = ngx_strlchr(p, last, ',');
+        if (q == NULL) {
+            q = last;
+        }
+
+        if ((size_t) (q - p) == method->len
+            && ngx_strncmp(p, method->data, method->len) == 0
+            && !(method->len == 7
+                 && ngx_strncmp(method->data, "OPTIONS", 7) == 0))
+        {
+            return 1;
+        }
+
+        p = q + 1;
+
+        while (p < last && *p == ' ') {
+            p++;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -2,24 +2,36 @@
 /*
  * Copyright (C) ngx_cloudauth authors
  *
- * cloudauth_gcs_upload: the body of a request, read unbuffered into the
- * chunk buffer (raw, or file by file through the multipart parser), the
- * objects it becomes, one GCS session each, and the end of an upload
- * (stored, failed, aborted).  The driver of the GCS client: it sends what
- * the buffer holds and drops what the client says GCS holds.
+ * cloudauth_gcs_upload: one upload's life, whatever protocol brought it.
+ * The body of a request, read unbuffered into the chunk buffer (raw, or
+ * file by file through the multipart parser), the objects it becomes, one
+ * GCS session each, and the end of an upload (stored, failed, aborted).
+ * The driver of the GCS client: it sends what the buffer holds and drops
+ * what the client says GCS holds.
+ *
+ * Like nginx's upstream for proxy, it knows no protocol: its front end
+ * (ngx_http_cloudauth_upload_plain.c, _tus.c) creates the upload with the
+ * hooks it ends through (u->hooks: the answer, a check of GCS's first word
+ * on a session the client came back to, a refusal), sets what the request
+ * is (a form, an object, a part of a resumable upload), and starts it.
  */
 
 
 #include "ngx_http_cloudauth_upload.h"
 
 
+static void ngx_http_cloudauth_upload_body_handler(ngx_http_request_t *r);
+static void ngx_http_cloudauth_upload_read_handler(ngx_http_request_t *r);
+static void ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u);
+static void ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u);
+static void ngx_http_cloudauth_upload_cleanup(void *data);
 static ngx_int_t ngx_http_cloudauth_upload_pull(
     ngx_http_cloudauth_upload_t *u);
 static ngx_uint_t ngx_http_cloudauth_upload_room(
     ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_take(
     ngx_http_cloudauth_upload_t *u, u_char *p, u_char *last, size_t *taken);
-static ngx_int_t ngx_http_cloudauth_upload_form(
+static ngx_int_t ngx_http_cloudauth_upload_form_take(
     ngx_http_cloudauth_upload_t *u, u_char *p, u_char *last, size_t *taken);
 static ngx_int_t ngx_http_cloudauth_upload_part(
     ngx_http_cloudauth_upload_t *u);
@@ -47,7 +59,14 @@ static void ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s,
 static void ngx_http_cloudauth_upload_done(ngx_cloudauth_gcs_t *s,
     json_t *object);
 static void ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s,
-    ngx_uint_t status, ngx_str_t *reason, ngx_str_t *said);
+    ngx_cloudauth_gcs_error_e why, ngx_uint_t status, ngx_str_t *reason,
+    ngx_str_t *said);
+static ngx_int_t ngx_http_cloudauth_upload_checked(
+    ngx_http_cloudauth_upload_t *u, off_t held, json_t *object);
+static void ngx_http_cloudauth_upload_asked(ngx_cloudauth_gcs_t *s,
+    off_t offset);
+static void ngx_http_cloudauth_upload_answered(ngx_cloudauth_gcs_t *s,
+    json_t *object);
 static void ngx_http_cloudauth_upload_guard(ngx_event_t *ev);
 static void ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
     ngx_uint_t status, const char *reason, size_t len);
@@ -61,77 +80,177 @@ static void ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
     ngx_log_t *log);
 
 
+/* the upload's state, found by its request */
+
+ngx_http_cloudauth_upload_t *
+ngx_http_cloudauth_upload_create(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max,
+    const ngx_http_cloudauth_upload_hooks_t *hooks)
+{
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_cloudauth_upload_t  *u;
+
+    u = ngx_pcalloc(r->pool, sizeof(ngx_http_cloudauth_upload_t));
+    if (u == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_cloudauth_upload_cleanup;
+    cln->data = u;
+
+    u->request = r;
+    u->conf = conf;
+    u->hooks = hooks;
+    u->max_size = max;
+    u->method = r->method;
+    u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_REJECTED;
+
+    if (origin) {
+        u->cors_origin = *origin;
+    }
+
+    ngx_http_set_ctx(r, u, ngx_http_cloudauth_upload_module);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: %s request", hooks->name);
+
+    return u;
+}
+
+
 /*
- * Before the body: a form gets its parser, a raw body its one object.
- * NGX_OK, NGX_ERROR, or an HTTP status with u->reason.
+ * A multipart/form-data body: each file part becomes an object, the
+ * fields before it its metadata.  NGX_OK, NGX_ERROR, or an HTTP status
+ * with u->reason.
  */
 
 ngx_int_t
-ngx_http_cloudauth_upload_init(ngx_http_cloudauth_upload_t *u)
+ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u,
+    ngx_str_t *content_type)
 {
-    u_char              *p;
-    ngx_str_t            ct, md5, seg;
-    ngx_table_elt_t     *h;
     ngx_http_request_t  *r;
 
     r = u->request;
 
-    ngx_str_null(&ct);
-    ngx_str_null(&md5);
+    u->multipart = 1;
+    u->directory = 1;
 
-    if (r->headers_in.content_type) {
-        ct = r->headers_in.content_type->value;
+    u->mp = ngx_palloc(r->pool, sizeof(ngx_cloudauth_mp_t));
+    u->fields = ngx_array_create(r->pool, 4, sizeof(ngx_keyval_t));
+    if (u->mp == NULL || u->fields == NULL) {
+        return NGX_ERROR;
     }
 
-    if (r->method == NGX_HTTP_POST
-        && ct.len >= sizeof("multipart/form-data") - 1
-        && ngx_strncasecmp(ct.data, (u_char *) "multipart/form-data",
-                           sizeof("multipart/form-data") - 1) == 0)
-    {
-        u->multipart = 1;
-
-        u->mp = ngx_palloc(r->pool, sizeof(ngx_cloudauth_mp_t));
-        u->fields = ngx_array_create(r->pool, 4, sizeof(ngx_keyval_t));
-        if (u->mp == NULL || u->fields == NULL) {
-            return NGX_ERROR;
-        }
-
-        if (ngx_cloudauth_mp_init(u->mp, &ct) != NGX_OK) {
-            u->reason.data = (u_char *) u->mp->error;
-            u->reason.len = ngx_strlen(u->mp->error);
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        return NGX_OK;
+    if (ngx_cloudauth_mp_init(u->mp, content_type) != NGX_OK) {
+        u->reason.data = (u_char *) u->mp->error;
+        u->reason.len = ngx_strlen(u->mp->error);
+        return NGX_HTTP_BAD_REQUEST;
     }
 
-    /* $cloudauth_filename: the last segment of the URI */
-
-    p = r->uri.data + r->uri.len;
-
-    while (p > r->uri.data && p[-1] != '/') {
-        p--;
-    }
-
-    seg.data = p;
-    seg.len = r->uri.data + r->uri.len - p;
-
-    if (ct.len == 0) {
-        ngx_str_set(&ct, "application/octet-stream");
-    }
-
-    h = ngx_http_cloudauth_upload_header_in(r, "Content-MD5",
-                                            sizeof("Content-MD5") - 1);
-    if (h) {
-        md5 = h->value;
-    }
-
-    return ngx_http_cloudauth_upload_open(u, &seg, &ct, &md5,
-                                          r->headers_in.content_length_n);
+    return NGX_OK;
 }
 
 
-void
+/* the body, unbuffered, into the upload; the content handler's code */
+
+ngx_int_t
+ngx_http_cloudauth_upload_read(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+    r->request_body_no_buffering = 1;
+
+    rc = ngx_http_read_client_request_body(r,
+                                       ngx_http_cloudauth_upload_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_cloudauth_upload_body_handler(ngx_http_request_t *r)
+{
+    ngx_http_cloudauth_upload_t  *u;
+
+    u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
+
+    r->read_event_handler = ngx_http_cloudauth_upload_read_handler;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_http_cloudauth_upload_begin(u);
+}
+
+
+static void
+ngx_http_cloudauth_upload_read_handler(ngx_http_request_t *r)
+{
+    ngx_http_cloudauth_upload_t  *u;
+
+    u = ngx_http_get_module_ctx(r, ngx_http_cloudauth_upload_module);
+
+    ngx_http_cloudauth_upload_run(u);
+}
+
+
+/*
+ * The body is gone when the request comes here after another location
+ * read or discarded it (client_max_body_size, then "error_page 413 =
+ * @upload;"): a discarded body of a known length leaves less of the
+ * declared length than the header says
+ */
+
+ngx_uint_t
+ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r)
+{
+    off_t             declared;
+    ngx_table_elt_t  *h;
+
+    if (r->request_body || r->discard_body) {
+        return 1;
+    }
+
+#if (NGX_HTTP_V2)
+    if (r->stream && r->stream->skip_data) {
+        return 1;
+    }
+#endif
+
+    h = r->headers_in.content_length;
+
+    if (h) {
+        declared = ngx_atoof(h->value.data, h->value.len);
+
+        if (declared != r->headers_in.content_length_n) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* a name from outside, for the log */
+
+ngx_int_t
+ngx_http_cloudauth_upload_shown(ngx_pool_t *pool, ngx_str_t *src,
+    ngx_str_t *dst)
+{
+    return ngx_cloudauth_gcs_shown(pool, src, dst);
+}
+
+
+static void
 ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
 {
     ngx_cloudauth_stats_t  *st;
@@ -145,12 +264,17 @@ ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
     st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->uploads_active, 1);
+        (void) ngx_atomic_fetch_add(&st->uploads_slot[ngx_process_slot], 1);
     }
 
     u->active = 1;
 
     /* a graceful shutdown waits for the upload */
     ngx_add_timer(&u->guard, NGX_HTTP_CLOUDAUTH_UPLOAD_GUARD);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: %s body begins at %O",
+                   u->hooks->name, u->offset);
 
     ngx_http_cloudauth_upload_run(u);
 }
@@ -169,7 +293,7 @@ ngx_http_cloudauth_upload_guard(ngx_event_t *ev)
  * or a retry timer.
  */
 
-void
+static void
 ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
 {
     ngx_int_t            rc;
@@ -187,10 +311,13 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
 
         if (rc != NGX_OK
             && (r->connection->error || rc == NGX_HTTP_REQUEST_TIME_OUT)
-            && u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH
-            && u->obj.started && !u->obj.eof)
+            && u->given && u->obj.started && !u->obj.eof)
         {
             /* what GCS can keep of it is sent; the client resumes */
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "cloudauth: upload: the client went at %O, "
+                           "parked", u->obj.base + u->obj.received);
+
             u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_ABORTED;
             u->cut = 1;
             u->parked = 1;
@@ -326,7 +453,7 @@ ngx_http_cloudauth_upload_pull(ngx_http_cloudauth_upload_t *u)
             return rc;
         }
 
-        /* a tus upload's bytes count from where its request began */
+        /* a resumable upload's bytes count from where its request began */
 
         if (u->max_size && u->obj.base + u->body_bytes > u->max_size) {
             return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
@@ -367,7 +494,7 @@ ngx_http_cloudauth_upload_take(ngx_http_cloudauth_upload_t *u, u_char *p,
     size_t  n;
 
     if (u->multipart) {
-        return ngx_http_cloudauth_upload_form(u, p, last, taken);
+        return ngx_http_cloudauth_upload_form_take(u, p, last, taken);
     }
 
     if (!u->obj.open || u->obj.eof) {
@@ -380,8 +507,8 @@ ngx_http_cloudauth_upload_take(ngx_http_cloudauth_upload_t *u, u_char *p,
     if (u->obj.total >= 0
         && u->obj.base + u->obj.received + (off_t) n > u->obj.total)
     {
-        if (u->tus) {
-            ngx_str_set(&u->reason, "the body goes past Upload-Length");
+        if (u->resumable) {
+            ngx_str_set(&u->reason, "the body goes past the upload's length");
             return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
         }
 
@@ -414,8 +541,8 @@ ngx_http_cloudauth_upload_feed(ngx_http_cloudauth_upload_t *u, u_char *data,
 
 
 static ngx_int_t
-ngx_http_cloudauth_upload_form(ngx_http_cloudauth_upload_t *u, u_char *p,
-    u_char *last, size_t *taken)
+ngx_http_cloudauth_upload_form_take(ngx_http_cloudauth_upload_t *u,
+    u_char *p, u_char *last, size_t *taken)
 {
     u_char                    *start;
     size_t                     room;
@@ -639,7 +766,7 @@ ngx_http_cloudauth_upload_field(ngx_http_cloudauth_upload_t *u, u_char *data,
 static ngx_int_t
 ngx_http_cloudauth_upload_input_end(ngx_http_cloudauth_upload_t *u)
 {
-    if (u->tus) {
+    if (u->resumable) {
         /* the last byte, or the end of this request's part */
 
         if (u->obj.total >= 0
@@ -695,13 +822,13 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     ngx_memzero(obj, sizeof(ngx_http_cloudauth_upload_object_t));
     obj->total = total;
 
-    /* a tus PATCH: the bytes go on from the client's offset */
-    obj->base = u->client_offset;
-    obj->offset = u->client_offset;
+    /* a resumable upload's bytes go on from the client's offset */
+    obj->base = u->offset;
+    obj->offset = u->offset;
 
     ngx_http_cloudauth_upload_sanitize(r->pool, filename, &u->filename);
 
-    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+    if (u->id.name.len) {
         name = u->id.name;
 
     } else {
@@ -711,12 +838,18 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
         }
     }
 
+    if (ngx_http_cloudauth_upload_shown(r->pool, &name, &obj->shown)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (ngx_cloudauth_utf8_valid(content_type->data, content_type->len)
         != NGX_OK)
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: bad object name \"%V\": %s",
-                      &name, "the content type is not UTF-8");
+                      &obj->shown, "the content type is not UTF-8");
         ngx_str_set(&u->reason, "the content type is not UTF-8");
         return NGX_HTTP_BAD_REQUEST;
     }
@@ -751,6 +884,7 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     /* its session, started when a token and GCS are free */
 
     object.name = name;
+    object.shown = obj->shown;
     object.content_type = *content_type;
     object.metadata = u->fields;
     object.nmetadata = u->fields ? u->fields->nelts : 0;
@@ -770,8 +904,9 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     u->len = 0;
     obj->open = 1;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "cloudauth: upload: object \"%V\" size %O", &name, total);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: object \"%V\" size %O from %O",
+                   &obj->shown, total, obj->base);
 
     return NGX_OK;
 }
@@ -785,6 +920,7 @@ ngx_http_cloudauth_upload_object_name(ngx_http_cloudauth_upload_t *u,
 {
     u_char                    *p;
     size_t                     below;
+    ngx_str_t                  shown;
     const char                *err;
     ngx_http_request_t        *r;
     ngx_http_core_loc_conf_t  *clcf;
@@ -814,8 +950,8 @@ ngx_http_cloudauth_upload_object_name(ngx_http_cloudauth_upload_t *u,
         name->data = r->uri.data + below;
         name->len = r->uri.len - below;
 
-        if (u->multipart || u->tus) {
-            /* the URI is a "directory" for a form's files, tus uploads */
+        if (u->directory) {
+            /* the URI is a "directory" for a form's files, for uploads */
 
             p = ngx_pnalloc(r->pool, name->len + 1 + u->filename.len);
             if (p == NULL) {
@@ -839,9 +975,13 @@ ngx_http_cloudauth_upload_object_name(ngx_http_cloudauth_upload_t *u,
     err = ngx_http_cloudauth_upload_check_name(name);
 
     if (err) {
+        if (ngx_http_cloudauth_upload_shown(r->pool, name, &shown) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: bad object name \"%V\": %s",
-                      name, err);
+                      &shown, err);
         u->reason.data = (u_char *) err;
         u->reason.len = ngx_strlen(err);
         return NGX_HTTP_BAD_REQUEST;
@@ -956,6 +1096,10 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
     }
 
     if (u->len == u->conf->chunk_size) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                       "cloudauth: upload: chunk of %uz at %O",
+                       u->len, obj->offset);
+
         rc = ngx_cloudauth_gcs_send(obj->gcs, obj->offset, u->buf, u->len);
         return (rc == NGX_OK) ? NGX_AGAIN : NGX_ERROR;
     }
@@ -971,9 +1115,13 @@ ngx_http_cloudauth_upload_session(ngx_http_cloudauth_upload_t *u)
 
     u->obj.started = 1;
 
-    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH) {
+    if (u->id.uri.len) {
 
-        /* the session of the ID: what does GCS hold? */
+        /* the session the client came back to: what does GCS hold? */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                       "cloudauth: upload: querying the session of \"%V\"",
+                       &u->obj.shown);
 
         rc = ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
 
@@ -994,6 +1142,10 @@ ngx_http_cloudauth_upload_session(ngx_http_cloudauth_upload_t *u)
         return NGX_AGAIN;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: starting a session for \"%V\"",
+                   &u->obj.shown);
+
     if (ngx_cloudauth_gcs_start(u->obj.gcs) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -1003,7 +1155,7 @@ ngx_http_cloudauth_upload_session(ngx_http_cloudauth_upload_t *u)
 
 
 /*
- * The end of a tus request's bytes before the object's last: GCS keeps
+ * The end of a request's bytes before the object's last: GCS keeps
  * whole 256 KiB blocks only, so those go, the rest is dropped (the client
  * sends it again from the offset it is told), and the client is answered
  */
@@ -1036,9 +1188,14 @@ ngx_http_cloudauth_upload_park(ngx_http_cloudauth_upload_t *u)
         u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_PARTIAL;
     }
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: part of \"%V\" in, GCS holds %O",
+                   &obj->shown, obj->offset);
+
     ngx_http_cloudauth_upload_close(u);
 
-    ngx_http_cloudauth_upload_tus_answer(u, NULL);
+    u->finished = 1;
+    u->hooks->answer(u, NULL);
 
     return NGX_DONE;
 }
@@ -1057,7 +1214,7 @@ ngx_http_cloudauth_upload_last(ngx_http_cloudauth_upload_t *u)
     ngx_memzero(&hash, sizeof(ngx_cloudauth_gcs_hash_t));
     hash.crc32c = obj->crc32c;
 
-    /* a tus PATCH from an offset did not see the bytes before it */
+    /* a request from an offset did not see the bytes before it */
     hash.no_crc32c = (obj->base != 0);
 
     if (obj->md5) {
@@ -1082,6 +1239,10 @@ ngx_http_cloudauth_upload_last(ngx_http_cloudauth_upload_t *u)
         ngx_memcpy(hash.md5, obj->content_md5, 16);
         hash.has_md5 = 1;
     }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: the last %uz bytes of \"%V\" at %O",
+                   u->len, &obj->shown, obj->offset);
 
     if (ngx_cloudauth_gcs_finish(obj->gcs, obj->offset, u->buf, u->len,
                                  &hash)
@@ -1108,26 +1269,18 @@ ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
     c = u->request->connection;
     obj = &u->obj;
 
-    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH && !u->resumed) {
-        u->resumed = 1;
-
-        if (offset != obj->offset) {
-            ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                          "cloudauth: upload: a PATCH of \"%V\" at %O, "
-                          "GCS holds %O", &obj->name, obj->offset, offset);
-
-            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_CONFLICT,
-                          "Upload-Offset is not the upload's offset",
-                          sizeof("Upload-Offset is not the upload's offset")
-                          - 1);
-            goto done;
-        }
+    if (ngx_http_cloudauth_upload_checked(u, offset, NULL) != NGX_OK) {
+        goto done;
     }
 
-    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_CREATE && u->id.uri.len == 0)
-    {
+    if (u->resumable && u->id.uri.len == 0) {
+        /* a new session of a resumable upload: the client's handle */
         u->id.uri = s->uri;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "cloudauth: upload: GCS holds %O of \"%V\"",
+                   offset, &obj->shown);
 
     /* GCS holds [0, offset): the buffer keeps the rest */
 
@@ -1160,17 +1313,13 @@ ngx_http_cloudauth_upload_done(ngx_cloudauth_gcs_t *s, json_t *object)
     c = u->request->connection;
     obj = &u->obj;
 
-    if (u->tus == NGX_HTTP_CLOUDAUTH_UPLOAD_TUS_PATCH && !u->resumed) {
-        u->resumed = 1;
-
-        if (obj->base != obj->total || obj->received || !u->input_done) {
-            json_decref(object);
-            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_CONFLICT,
-                                 "the upload is complete",
-                                 sizeof("the upload is complete") - 1);
-            goto done;
-        }
+    if (ngx_http_cloudauth_upload_checked(u, obj->total, object) != NGX_OK) {
+        json_decref(object);
+        goto done;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "cloudauth: upload: \"%V\" stored", &obj->shown);
 
     if (u->results == NULL) {
         u->results = json_array();
@@ -1228,8 +1377,9 @@ done:
 
 
 static void
-ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
-    ngx_str_t *reason, ngx_str_t *said)
+ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s,
+    ngx_cloudauth_gcs_error_e why, ngx_uint_t status, ngx_str_t *reason,
+    ngx_str_t *said)
 {
     ngx_http_cloudauth_upload_t *u = s->handlers.data;
 
@@ -1239,15 +1389,27 @@ ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
 
     u->said = *said;
 
-    if (u->tus && s->gone) {
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "cloudauth: upload: GCS failed (%d) for \"%V\"",
+                   (int) why, &u->obj.shown);
+
+    if (u->resumable && why == NGX_CLOUDAUTH_GCS_GONE) {
+        u->moved = 1;
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_NOT_FOUND,
                                        "no such upload",
                                        sizeof("no such upload") - 1);
         goto done;
     }
 
-    if (u->tus && s->conflict) {
-        /* another request moved the upload on: the client asks (HEAD) */
+    if (u->resumable
+        && (why == NGX_CLOUDAUTH_GCS_CONFLICT
+            || why == NGX_CLOUDAUTH_GCS_COMPLETE))
+    {
+        /*
+         * another request moved the upload on (or finished it): not a
+         * failure of GCS's; the client asks where it stands
+         */
+        u->moved = 1;
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_CONFLICT,
                           "the upload's offset moved on; ask it again",
                           sizeof("the upload's offset moved on; ask it "
@@ -1260,6 +1422,170 @@ ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s, ngx_uint_t status,
 
 done:
 
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * GCS's first word on a session the client came back to, for its front
+ * end to check: NGX_OK, or the upload has failed
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_checked(ngx_http_cloudauth_upload_t *u, off_t held,
+    json_t *object)
+{
+    ngx_int_t  rc;
+
+    if (!u->given || u->checked || u->hooks->check == NULL) {
+        return NGX_OK;
+    }
+
+    u->checked = 1;
+
+    rc = u->hooks->check(u, held, object);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: %s check at %O: %i",
+                   u->hooks->name, held, rc);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    /* the client's view of the upload is not GCS's: its matter */
+    u->moved = 1;
+
+    ngx_http_cloudauth_upload_fail(u, rc == NGX_ERROR
+                                      ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc,
+                                   (char *) u->reason.data, u->reason.len);
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * A question to the session the client came back to, without a body:
+ * QUERY (what GCS holds, or the object when it is complete), TERMINATE
+ * (cancel it).  Ends through the answer hook (object NULL: GCS holds
+ * u->obj.offset, or, terminated, nothing) or a failure.  NGX_OK: asked,
+ * the request waits (the caller returns NGX_DONE); NGX_DECLINED: the
+ * session is not on the endpoint (endpoint= changed since); NGX_ERROR.
+ */
+
+ngx_int_t
+ngx_http_cloudauth_upload_ask(ngx_http_cloudauth_upload_t *u,
+    ngx_http_cloudauth_upload_ask_e what)
+{
+    ngx_int_t                      rc;
+    ngx_http_request_t            *r;
+    ngx_cloudauth_gcs_object_t     object;
+    ngx_cloudauth_gcs_handlers_t   h;
+
+    r = u->request;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&object, sizeof(ngx_cloudauth_gcs_object_t));
+    object.name = u->id.name;
+    object.size = u->id.length;
+
+    if (ngx_http_cloudauth_upload_shown(r->pool, &u->id.name, &object.shown)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    h.progress = ngx_http_cloudauth_upload_asked;
+    h.done = ngx_http_cloudauth_upload_answered;
+    h.failed = ngx_http_cloudauth_upload_failed;
+    h.data = u;
+
+    u->obj.gcs = ngx_cloudauth_gcs_create(r->pool, r->connection->log,
+                                          &u->conf->gcs, &object, &h);
+    if (u->obj.gcs == NULL) {
+        return NGX_ERROR;
+    }
+
+    u->obj.name = u->id.name;
+    u->obj.shown = object.shown;
+    u->obj.total = u->id.length;
+    u->ask = what;
+
+    rc = ngx_cloudauth_gcs_attach(u->obj.gcs, &u->id.uri);
+    if (rc != NGX_OK) {
+        u->obj.gcs = NULL;
+        return rc;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: %s the session of \"%V\"",
+                   what == NGX_HTTP_CLOUDAUTH_UPLOAD_QUERY
+                   ? "query" : "terminate", &object.shown);
+
+    r->main->count++;
+
+    if (what == NGX_HTTP_CLOUDAUTH_UPLOAD_QUERY) {
+        (void) ngx_cloudauth_gcs_query(u->obj.gcs);
+
+    } else {
+        (void) ngx_cloudauth_gcs_terminate(u->obj.gcs);
+    }
+
+    return NGX_OK;
+}
+
+
+/* a query's answer: GCS holds [0, offset) */
+
+static void
+ngx_http_cloudauth_upload_asked(ngx_cloudauth_gcs_t *s, off_t offset)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    ngx_connection_t  *c;
+
+    c = u->request->connection;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "cloudauth: upload: GCS holds %O of \"%V\"",
+                   offset, &u->obj.shown);
+
+    u->finished = 1;
+    u->obj.gcs = NULL;
+    u->obj.offset = offset;
+
+    u->hooks->answer(u, NULL);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* a query's: the object is complete (a summary); a termination's: NULL */
+
+static void
+ngx_http_cloudauth_upload_answered(ngx_cloudauth_gcs_t *s, json_t *object)
+{
+    ngx_http_cloudauth_upload_t *u = s->handlers.data;
+
+    ngx_connection_t  *c;
+
+    c = u->request->connection;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "cloudauth: upload: \"%V\" %s", &u->obj.shown,
+                   object ? "is complete" : "terminated");
+
+    u->finished = 1;
+    u->obj.gcs = NULL;
+
+    u->hooks->answer(u, object);
+
+    if (object) {
+        json_decref(object);
+    }
 
     ngx_http_run_posted_requests(c);
 }
@@ -1272,6 +1598,7 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
     ngx_uint_t status, const char *reason, size_t len)
 {
     ngx_int_t            rc;
+    ngx_str_t            why;
     ngx_uint_t           level;
     ngx_http_request_t  *r;
 
@@ -1292,13 +1619,15 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
         u->status = NGX_HTTP_CLOUDAUTH_UPLOAD_FAILED;
     }
 
-    level = r->connection->error ? NGX_LOG_INFO : NGX_LOG_ERR;
+    /* the client's doing (gone, or racing itself) is no error of ours */
+
+    level = (r->connection->error || u->moved) ? NGX_LOG_INFO : NGX_LOG_ERR;
 
     /* GCS's own words to the log, never to the client */
 
     ngx_log_error(level, r->connection->log, 0,
                   "cloudauth: upload of \"%V\" failed (%ui): %*s%s%V",
-                  &u->obj.name, status, len, reason,
+                  &u->obj.shown, status, len, reason,
                   u->said.len ? "; GCS said: " : "", &u->said);
 
     ngx_http_cloudauth_upload_abort(u);
@@ -1308,8 +1637,16 @@ ngx_http_cloudauth_upload_fail(ngx_http_cloudauth_upload_t *u,
         return;
     }
 
-    rc = ngx_http_cloudauth_upload_reject(r, &u->cors_origin, status, reason,
-                                          len);
+    if (u->hooks->refuse) {
+        why.data = (u_char *) reason;
+        why.len = len;
+        rc = u->hooks->refuse(u, status, &why);
+
+    } else {
+        rc = ngx_http_cloudauth_upload_reject(r, &u->conf->reply,
+                                              &u->cors_origin, status,
+                                              reason, len);
+    }
 
     ngx_http_finalize_request(r, rc);
 }
@@ -1321,7 +1658,11 @@ static void
 ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 {
     if (u->obj.gcs) {
-        if (u->tus && u->given) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                       "cloudauth: upload: abort \"%V\"%s", &u->obj.shown,
+                       u->given ? ", the session kept" : "");
+
+        if (u->given) {
             /* the client may come back to it */
             ngx_cloudauth_gcs_abort(u->obj.gcs);
 
@@ -1338,7 +1679,8 @@ ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u)
 
 /*
  * The end of the request's upload: a graceful shutdown no longer waits for
- * it, and it is counted (a tus request's part is neither done nor failed)
+ * it, and it is counted (a resumable upload's part is neither done nor
+ * failed)
  */
 
 static void
@@ -1363,6 +1705,7 @@ ngx_http_cloudauth_upload_settle(ngx_http_cloudauth_upload_t *u,
     }
 
     (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
+    (void) ngx_atomic_fetch_add(&st->uploads_slot[ngx_process_slot], -1);
 
     if (outcome == NGX_HTTP_CLOUDAUTH_UPLOAD_STORED) {
         (void) ngx_atomic_fetch_add(&st->uploads_completed, 1);
@@ -1376,8 +1719,7 @@ ngx_http_cloudauth_upload_settle(ngx_http_cloudauth_upload_t *u,
 static void
 ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
 {
-    json_t     *body;
-    ngx_int_t   rc;
+    json_t  *body;
 
     if (u->objects == 0) {
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_REQUEST,
@@ -1393,20 +1735,16 @@ ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u)
 
     body = u->multipart ? u->results : json_array_get(u->results, 0);
 
-    if (u->tus) {
-        u->obj.offset = u->obj.total;
-        ngx_http_cloudauth_upload_tus_answer(u, body);
-        return;
-    }
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: %s upload stored, %ui objects",
+                   u->hooks->name, u->objects);
 
-    rc = ngx_http_cloudauth_upload_respond(u->request, &u->cors_origin,
-                                           NGX_HTTP_CREATED, body);
-
-    ngx_http_finalize_request(u->request, rc);
+    u->obj.offset = u->obj.total;
+    u->hooks->answer(u, body);
 }
 
 
-void
+static void
 ngx_http_cloudauth_upload_cleanup(void *data)
 {
     ngx_http_cloudauth_upload_t  *u = data;
