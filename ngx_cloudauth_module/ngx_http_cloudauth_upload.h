@@ -244,8 +244,6 @@ ngx_int_t ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
 ngx_int_t ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status);
-ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
 
 /* ngx_http_cloudauth_upload_driver.c: one upload's life */
 ngx_http_cloudauth_upload_t *ngx_http_cloudauth_upload_create(

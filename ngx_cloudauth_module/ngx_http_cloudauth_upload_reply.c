@@ -487,8 +487,11 @@ ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
 
 
 /*
- * The request's own origin: the scheme of the connection and the Host,
- * a default port (":80", ":443") spelled out or not
+ * The request's own origin: the scheme of the connection and the Host (or
+ * HTTP/3's ":authority"), a default port (":80", ":443") spelled out or
+ * not.  The module is the same whichever optional modules the tree it was
+ * built against has (a --with-compat tree may have no TLS): what a
+ * connection is is asked of the connection.
  */
 
 static ngx_uint_t
@@ -500,15 +503,34 @@ ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     ngx_str_set(&scheme, "http://");
     ngx_str_set(&port, ":80");
 
-#if (NGX_HTTP_SSL)
+#if (NGX_SSL || NGX_COMPAT)
     if (r->connection->ssl) {
         ngx_str_set(&scheme, "https://");
         ngx_str_set(&port, ":443");
     }
 #endif
 
-    if (r->headers_in.host == NULL
-        || origin->len <= scheme.len
+#ifdef NGX_HTTP_VERSION_30
+    if (r->http_version == NGX_HTTP_VERSION_30) {
+        /* QUIC is TLS */
+        ngx_str_set(&scheme, "https://");
+        ngx_str_set(&port, ":443");
+    }
+#endif
+
+    if (r->headers_in.host) {
+        host = r->headers_in.host->value;
+
+    } else if (r->host_start && r->host_end > r->host_start) {
+        /* HTTP/3's :authority, as the client sent it, port and all */
+        host.data = r->host_start;
+        host.len = r->host_end - r->host_start;
+
+    } else {
+        return 0;
+    }
+
+    if (origin->len <= scheme.len
         || ngx_strncasecmp(origin->data, scheme.data, scheme.len) != 0)
     {
         return 0;
@@ -516,7 +538,6 @@ ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
 
     o.data = origin->data + scheme.len;
     o.len = origin->len - scheme.len;
-    host = r->headers_in.host->value;
 
     if (o.len > port.len
         && ngx_strncmp(o.data + o.len - port.len, port.data, port.len) == 0)

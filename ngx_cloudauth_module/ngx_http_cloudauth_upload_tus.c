@@ -36,6 +36,8 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     ngx_uint_t method, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id);
+static ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
 static void ngx_http_cloudauth_upload_tus_answer(
     ngx_http_cloudauth_upload_t *u, json_t *object);
 static ngx_int_t ngx_http_cloudauth_upload_tus_check(
@@ -723,7 +725,7 @@ ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
 
 /* cloudauth_upload_key, or the zone's secret: the AES key of the IDs */
 
-ngx_int_t
+static ngx_int_t
 ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, u_char *key)
 {
