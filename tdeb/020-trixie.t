@@ -107,6 +107,9 @@ my @made;
 
 my ($t, $installed, $purged);
 
+# interrupted, it still cleans up (END)
+$SIG{$_} = sub { die "killed\n" } for qw(INT TERM HUP);
+
 END {
     # stop nginx and the fakes, leave the chroot as it was, whatever failed
     $t->DESTROY if $t;
