@@ -24,10 +24,15 @@ chroot_sh=$src/tools/chroot.sh
 
 in_chroot() { "$chroot_sh" run "$root" "$@"; }
 
+# how long each step took (bash counts SECONDS)
+step() { echo "[$((SECONDS - t0))s] $*"; }
+t0=$SECONDS
+
+step "the $suite chroot in $root"
 # nginx for dh_nginx's load test (nginx -t), which nginx-dev may not pull in
 "$chroot_sh" create "$root" "$suite" nginx
 
-echo "updating $root"
+step "updating $root"
 { in_chroot apt-get update -q &&
   in_chroot apt-get upgrade -y -q; } >> "$root.log" 2>&1 ||
     { tail -20 "$root.log"; exit 1; }
@@ -56,11 +61,11 @@ maint=$(cd "$root/build/src" && dpkg-parsechangelog -S Maintainer)
 } > "$root/build/changelog"
 mv "$root/build/changelog" "$root/build/src/debian/changelog"
 
-echo "installing the Build-Depends in $root"
+step "installing the Build-Depends in $root"
 in_chroot apt-get build-dep -y -q --no-install-recommends /build/src \
     >> "$root.log" 2>&1 || { tail -20 "$root.log"; exit 1; }
 
-echo "dpkg-buildpackage in $root/build/src ($suite, nginx" \
+step "dpkg-buildpackage in $root/build/src ($suite, nginx" \
      "$(in_chroot dpkg-query -W -f='${Version}' nginx-dev))"
 in_chroot sh -c 'cd /build/src && dpkg-buildpackage -b -us -uc' \
     > "$root/build/build.log" 2>&1 ||
@@ -70,4 +75,4 @@ in_chroot sh -c 'cd /build/src && dpkg-buildpackage -b -us -uc' \
 mkdir -p "$out"
 rm -f "$out/${pkg}"_*.deb
 cp "$root/build/${pkg}_$version+deb${major}_"*.deb "$out/"
-ls "$out/${pkg}"_*.deb
+step "built $(ls "$out/${pkg}"_*.deb)"
