@@ -45,8 +45,14 @@ run() (
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
+    # a clean environment, but for the proxy apt may have to go through
+    local keep=() v
+    for v in http_proxy https_proxy no_proxy; do
+        [ -z "${!v:-}" ] || keep+=("$v=${!v}")
+    done
+
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
-        DEBIAN_FRONTEND=noninteractive TERM=dumb \
+        DEBIAN_FRONTEND=noninteractive TERM=dumb "${keep[@]}" \
         chroot "$dir" "$@"
 )
 
