@@ -12,7 +12,12 @@
 #   make deb        build the Debian package libnginx-mod-http-cloudauth
 #                   (debian/, dpkg-buildpackage in build/deb/) into build/
 #   make test-deb   build it, install it into Debian's nginx, check that
-#                   nginx -t loads it, purge it again (prove tdeb/)
+#                   nginx -t loads it, purge it again (tdeb/010-package.t)
+#   make deb-trixie the package for Debian 13, built in a trixie chroot
+#                   (build/chroot/trixie) into build/trixie/
+#   make test-deb-trixie
+#                   build it, install it into the chroot's nginx, nginx -t,
+#                   serve a request with it, purge it (tdeb/020-trixie.t)
 
 BUILD       = $(CURDIR)/build
 MODULE      = $(BUILD)/ngx_http_cloudauth_module.so
@@ -33,7 +38,7 @@ SOURCES     = config $(wildcard ngx_cloudauth_module/*.[ch])
 SHELL       = /bin/bash
 
 .PHONY: all deps test-deps run test test-asan test-valgrind bench clean shape \
-        deb test-deb fuzz fuzz-deps fuzz-build
+        deb test-deb deb-trixie test-deb-trixie fuzz fuzz-deps fuzz-build
 
 all: deps $(MODULE)
 
@@ -140,7 +145,25 @@ deb:
 	@ls $(BUILD)/$(DEB_PKG)_*.deb
 
 test-deb: deb
-	prove tdeb/
+	prove tdeb/010-package.t
+
+# the package for Debian 13 (trixie, nginx 1.26), built in a trixie chroot
+# that debootstrap makes from deb.debian.org once and that is kept in
+# TRIXIE_ROOT (tools/chroot.sh, tools/deb-chroot.sh); the .deb goes to
+# build/trixie/. make test-deb-trixie installs it into the chroot's nginx,
+# runs nginx -t with Debian 13's nginx.conf, serves an injected request
+# against the fake token endpoint, and purges it (tdeb/020-trixie.t)
+TRIXIE_ROOT = $(BUILD)/chroot/trixie
+TRIXIE_DEB  = $(BUILD)/trixie
+
+deb-trixie:
+	@tools/deps.sh deb
+	tools/deb-chroot.sh trixie $(TRIXIE_ROOT) $(TRIXIE_DEB)
+	lintian --fail-on error $(TRIXIE_DEB)/$(DEB_PKG)_*.deb
+
+test-deb-trixie: deb-trixie
+	CLOUDAUTH_CHROOT=$(TRIXIE_ROOT) CLOUDAUTH_DEB_DIR=$(TRIXIE_DEB) \
+	    prove tdeb/020-trixie.t
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -23,8 +23,10 @@ bench)
 deb)
     # dpkg-buildpackage (build-essential is implied by every Build-Depends),
     # the packaging helpers (dh_nginx comes with nginx-dev), lintian, and
-    # prove for make test-deb
-    pkgs="$pkgs build-essential debhelper dpkg-dev fakeroot lintian perl"
+    # prove for make test-deb; debootstrap for make deb-trixie's chroot and
+    # the fake token endpoint's modules for make test-deb-trixie
+    pkgs="$pkgs build-essential debhelper dpkg-dev fakeroot lintian perl
+          debootstrap libio-socket-ssl-perl libcrypt-openssl-rsa-perl"
     ;;
 fuzz)
     # make fuzz, and the fuzz smoke of make test: Debian 12's clang with
