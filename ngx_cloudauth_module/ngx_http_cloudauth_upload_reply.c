@@ -295,10 +295,13 @@ ngx_http_cloudauth_upload_reject(ngx_http_request_t *r,
     json_t     *body;
     ngx_int_t   rc;
 
-    if (r->request_body == NULL
-        && ngx_http_discard_request_body(r) != NGX_OK)
-    {
-        r->keepalive = 0;
+    if (r->request_body == NULL) {
+        /* refused: no "100 Continue" invites a body to discard */
+        r->expect_tested = 1;
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            r->keepalive = 0;
+        }
     }
 
     body = json_pack("{s:{s:i, s:s%}}", "error", "code", (int) status,
@@ -425,7 +428,7 @@ ngx_int_t
 ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf)
 {
-    ngx_str_t        *origin;
+    ngx_str_t        *origin, shown;
     ngx_uint_t        i, cross, listed;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
@@ -466,10 +469,15 @@ ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
             }
 
             if (!ngx_http_cloudauth_upload_same_origin(r, origin)) {
-                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                              "cloudauth: upload: refused, Origin \"%V\" "
-                              "is neither the request's own nor in cors=",
-                              origin);
+                if (ngx_cloudauth_gcs_shown(r->pool, origin, &shown)
+                    == NGX_OK)
+                {
+                    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                                  "cloudauth: upload: refused, Origin "
+                                  "\"%V\" is neither the request's own "
+                                  "nor in cors=", &shown);
+                }
+
                 return NGX_DECLINED;
             }
         }
@@ -521,10 +529,14 @@ ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     if (r->headers_in.host) {
         host = r->headers_in.host->value;
 
-    } else if (r->host_start && r->host_end > r->host_start) {
+#ifdef NGX_HTTP_VERSION_30
+    } else if (r->http_version == NGX_HTTP_VERSION_30
+               && r->host_start && r->host_end > r->host_start)
+    {
         /* HTTP/3's :authority, as the client sent it, port and all */
         host.data = r->host_start;
         host.len = r->host_end - r->host_start;
+#endif
 
     } else {
         return 0;
