@@ -20,7 +20,7 @@
  */
 
 
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 
 
 static CURLM *ngx_cloudauth_fetch_multi(ngx_log_t *log);
@@ -36,10 +36,6 @@ static CURLMcode ngx_cloudauth_fetch_detach(CURLM *multi,
     ngx_cloudauth_fetch_t *f);
 static void ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why);
 static void ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev);
-static CURLU *ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log,
-    char **why);
-static char *ngx_cloudauth_url_verify(CURLU *u, ngx_uint_t metadata,
-    ngx_uint_t *https);
 static int ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s,
     int what, void *userp, void *socketp);
 static int ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms,
@@ -463,198 +459,6 @@ ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev)
 }
 
 
-/*
- * URLs as libcurl itself parses them: http or https only, no user name or
- * password, plain http only to a loopback address or, where allowed, to the
- * metadata server.  The same check runs at configuration time
- * (ngx_cloudauth_check_url()) and on every URL a request is sent to.
- */
-
-char *
-ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata, ngx_log_t *log)
-{
-    char   *why;
-    CURLU  *u;
-
-    u = ngx_cloudauth_url_parse(url, log, &why);
-    if (u == NULL) {
-        return why;
-    }
-
-    why = ngx_cloudauth_url_verify(u, metadata, NULL);
-
-    curl_url_cleanup(u);
-
-    return why;
-}
-
-
-static CURLU *
-ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log, char **why)
-{
-    char       *s;
-    CURLU      *u;
-    CURLUcode   uc;
-
-    static u_char  buf[128];
-
-    u = curl_url();
-    s = ngx_alloc(url->len + 1, log);
-
-    if (u == NULL || s == NULL) {
-        if (u) {
-            curl_url_cleanup(u);
-        }
-
-        if (s) {
-            ngx_free(s);
-        }
-
-        *why = "cannot be checked: out of memory";
-        return NULL;
-    }
-
-    ngx_cpystrn((u_char *) s, url->data, url->len + 1);
-
-    uc = (ngx_strlen(s) == url->len) ? curl_url_set(u, CURLUPART_URL, s, 0)
-                                     : CURLUE_MALFORMED_INPUT;
-
-    ngx_free(s);
-
-    if (uc != CURLUE_OK) {
-        curl_url_cleanup(u);
-
-        (void) ngx_snprintf(buf, sizeof(buf) - 1,
-                            "is not an https:// URL libcurl accepts (%s): "
-                            "write it as https://host[:port]/path%Z",
-#if (LIBCURL_VERSION_NUM >= 0x075000)
-                            curl_url_strerror(uc)
-#else
-                            "malformed"
-#endif
-                            );
-
-        *why = (char *) buf;
-        return NULL;
-    }
-
-    return u;
-}
-
-
-static char *
-ngx_cloudauth_url_verify(CURLU *u, ngx_uint_t metadata, ngx_uint_t *https)
-{
-    char       *scheme, *host, *user, *password;
-    size_t      len;
-    in_addr_t   addr;
-    ngx_uint_t  plain, ok;
-#if (NGX_HAVE_INET6)
-    struct in6_addr  addr6;
-#endif
-
-    scheme = NULL;
-    host = NULL;
-    user = NULL;
-    password = NULL;
-    ok = 0;
-    plain = 0;
-
-    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK
-        || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-    {
-        return "is not a URL with a scheme and a host: write it as "
-               "https://host[:port]/path";
-    }
-
-    if (ngx_strcasecmp((u_char *) scheme, (u_char *) "https") == 0) {
-        ok = 1;
-
-    } else if (ngx_strcasecmp((u_char *) scheme, (u_char *) "http") == 0) {
-        plain = 1;
-        ok = 1;
-    }
-
-    curl_free(scheme);
-
-    if (!ok) {
-        curl_free(host);
-        return "is not an http:// or https:// URL: use https://";
-    }
-
-    /* CURLUE_NO_USER, CURLUE_NO_PASSWORD: none there, as it must be */
-
-    if (curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER
-        || curl_url_get(u, CURLUPART_PASSWORD, &password, 0)
-           != CURLUE_NO_PASSWORD)
-    {
-        curl_free(user);
-        curl_free(password);
-        curl_free(host);
-
-        return "has a user name or password in it (\"...@\"): remove it; "
-               "the credential's secrets are never put into a URL";
-    }
-
-    if (https) {
-        *https = !plain;
-    }
-
-    if (!plain) {
-        curl_free(host);
-        return NULL;
-    }
-
-    len = ngx_strlen(host);
-    ok = 0;
-
-    if (len == 9
-        && ngx_strncasecmp((u_char *) host, (u_char *) "localhost", 9) == 0)
-    {
-        ok = 1;
-
-    } else if (host[0] == '[') {
-#if (NGX_HAVE_INET6)
-        /* libcurl gives IPv6 addresses in brackets, without a zone id */
-        ok = (len > 2 && host[len - 1] == ']'
-              && ngx_inet6_addr((u_char *) host + 1, len - 2, addr6.s6_addr)
-                 == NGX_OK
-              && IN6_IS_ADDR_LOOPBACK(&addr6));
-#endif
-
-    } else {
-        addr = ngx_inet_addr((u_char *) host, len);
-
-        ok = (addr != INADDR_NONE
-              && (ntohl(addr) & 0xff000000) == 0x7f000000);
-
-        if (!ok && metadata) {
-            ok = ((len == 15
-                   && ngx_strncmp(host, "169.254.169.254", 15) == 0)
-                  || (len == 24
-                      && ngx_strncasecmp((u_char *) host,
-                                         (u_char *) "metadata.google.internal",
-                                         24) == 0));
-        }
-    }
-
-    curl_free(host);
-
-    if (ok) {
-        return NULL;
-    }
-
-    return metadata
-           ? "is plain http:// to a host that is neither loopback nor the "
-             "metadata server: use https:// (plain http is allowed only to "
-             "127.0.0.0/8, [::1], localhost, 169.254.169.254 and "
-             "metadata.google.internal)"
-           : "is plain http:// to a host that is not loopback: use https:// "
-             "(plain http is allowed only to 127.0.0.0/8, [::1] and "
-             "localhost)";
-}
-
-
 ngx_cloudauth_fetch_t *
 ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log)
@@ -678,8 +482,7 @@ ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
 /*
  * A request whose body (length bytes, or none if length is -1) is pulled
  * through read() as curl sends it, with a custom method (PUT, DELETE), and
- * whose response header lines go to header().  A read() that returns
- * NGX_AGAIN pauses the transfer until ngx_cloudauth_fetch_unpause().
+ * whose response header lines go to header().
  * The transfer ends when it stalls (no byte moved) for cloudauth_timeout,
  * not after a fixed time: a chunk of many megabytes may take long.
  */
@@ -760,37 +563,6 @@ failed:
 }
 
 
-void
-ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f)
-{
-    CURLcode  rc;
-
-    if (!f->active || f->code != CURLE_OK) {
-        /* done, or failed and its handler is due */
-        return;
-    }
-
-    rc = curl_easy_pause(f->easy, CURLPAUSE_CONT);
-
-    if (rc == CURLE_OK) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, f->log, 0,
-                  "cloudauth: curl_easy_pause() failed: %s",
-                  curl_easy_strerror(rc));
-
-    if (rc == CURLE_ABORTED_BY_CALLBACK) {
-        /* curl's socket or timer callback failed: the multi handle is dead */
-        ngx_cloudauth_fetch_restart("curl_easy_pause",
-                                    CURLM_ABORTED_BY_CALLBACK, f->log);
-        return;
-    }
-
-    ngx_cloudauth_fetch_fail(f, "cannot resume the transfer");
-}
-
-
 static size_t
 ngx_cloudauth_fetch_read_cb(char *buf, size_t size, size_t nitems,
     void *userdata)
@@ -800,10 +572,6 @@ ngx_cloudauth_fetch_read_cb(char *buf, size_t size, size_t nitems,
     ssize_t  n;
 
     n = f->read(f, (u_char *) buf, size * nitems);
-
-    if (n == NGX_AGAIN) {
-        return CURL_READFUNC_PAUSE;
-    }
 
     if (n < 0) {
         return CURL_READFUNC_ABORT;
@@ -979,36 +747,15 @@ static ngx_int_t
 ngx_cloudauth_fetch_set_url(ngx_cloudauth_fetch_t *f, ngx_str_t *url)
 {
     char        *why, *s;
-    CURLU       *u;
     CURLcode     rc;
-    CURLUcode    uc;
     ngx_uint_t   https;
 
-    u = ngx_cloudauth_url_parse(url, f->log, &why);
-
-    if (u) {
-        why = ngx_cloudauth_url_verify(u, 1, &https);
-    }
+    why = ngx_cloudauth_url_check(url, 1, &s, &https, f->log);
 
     if (why) {
         /* the URL itself may carry what no log should: not logged */
         ngx_log_error(NGX_LOG_ERR, f->log, 0,
                       "cloudauth: refusing a request whose URL %s", why);
-
-        if (u) {
-            curl_url_cleanup(u);
-        }
-
-        return NGX_ERROR;
-    }
-
-    s = NULL;
-    uc = curl_url_get(u, CURLUPART_URL, &s, 0);
-    curl_url_cleanup(u);
-
-    if (uc != CURLUE_OK) {
-        ngx_log_error(NGX_LOG_ERR, f->log, 0,
-                      "cloudauth: curl_url_get() failed");
         return NGX_ERROR;
     }
 

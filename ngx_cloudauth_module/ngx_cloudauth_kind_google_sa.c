@@ -30,7 +30,7 @@ static ngx_int_t ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
 static void ngx_cloudauth_google_key_cleanup(void *data);
 
 
@@ -105,9 +105,9 @@ ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
 static ngx_int_t
 ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
-    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
+    return ngx_cloudauth_oauth_parse(a, pool, res, "access_token");
 }
 
 

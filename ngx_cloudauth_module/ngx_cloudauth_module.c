@@ -8,7 +8,7 @@
  */
 
 
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 
 
 typedef struct {
