@@ -619,6 +619,15 @@ ngx_cloudauth_cache_store(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         node->counts.fetches++;
         rc = NGX_OK;
 
+        ngx_log_debug6(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": %s stored, refresh in "
+                       "%uL ms, claim %ui%s",
+                       (size_t) node->name_len, node->data,
+                       same ? "the same token" : "a token",
+                       node->refresh_at - node->refreshed_at, claim,
+                       ngx_cloudauth_cache_owns(node, claim)
+                       ? " released" : " (not held)");
+
         if (ngx_cloudauth_cache_owns(node, claim)) {
             ngx_cloudauth_cache_unclaim(zone, node);
         }
@@ -662,6 +671,17 @@ ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
 
         ngx_cloudauth_cache_unclaim(zone, node);
 
+        ngx_log_debug4(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": fetch failed, %ui in a "
+                       "row: back-off %M ms",
+                       (size_t) node->name_len, node->data, node->failures,
+                       delay);
+
+    } else if (node) {
+        ngx_log_debug3(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": a failed fetch outlived "
+                       "its claim %ui: ignored",
+                       (size_t) node->name_len, node->data, claim);
     }
 
     ngx_cloudauth_cache_unlock(zone);
@@ -714,6 +734,11 @@ ngx_cloudauth_cache_release_all(ngx_shm_zone_t *zone, ngx_pid_t pid)
         node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
         if (node->claim_pid == pid) {
+            ngx_log_debug3(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                           "cloudauth cache: \"%*s\": claim %ui released: "
+                           "its worker leaves",
+                           (size_t) node->name_len, node->data,
+                           node->claim_seq);
 
             ngx_cloudauth_cache_unclaim(zone, node);
         }
@@ -1049,6 +1074,11 @@ ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size)
             continue;
         }
 
+        ngx_log_debug3(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: zone full for %uz bytes: \"%*s\" "
+                       "evicted, the least recently used", size,
+                       (size_t) cn->name_len, cn->data);
+
         ngx_cloudauth_cache_free_node(zone, cn);
 
         p = ngx_slab_alloc_locked(shpool, size);
@@ -1196,10 +1226,24 @@ ngx_cloudauth_cache_claim(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *node,
         }
     }
 
+    if (node->claim_pid != 0) {
+        /* a claim that lapsed: its worker died, or its request hung */
+        ngx_log_debug4(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": take-over of the lapsed "
+                       "claim %ui of pid %P",
+                       (size_t) node->name_len, node->data, node->claim_seq,
+                       node->claim_pid);
+    }
+
     node->claim_pid = ngx_pid;
     node->claim_seq++;
     node->claim_deadline = mono + t->claim_for;
     t->claim = node->claim_seq;
+
+    ngx_log_debug5(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                   "cloudauth cache: \"%*s\": claim %ui for %M ms%s",
+                   (size_t) node->name_len, node->data, node->claim_seq,
+                   t->claim_for, slot ? ", with a request slot" : "");
 
     if (slot) {
         slot->node = node;

@@ -46,6 +46,7 @@ static int ngx_cloudauth_fetch_close_cb(void *clientp, curl_socket_t item);
 static void ngx_cloudauth_fetch_event_handler(ngx_event_t *ev);
 static void ngx_cloudauth_fetch_timer_handler(ngx_event_t *ev);
 static void ngx_cloudauth_fetch_done(void);
+static void ngx_cloudauth_fetch_ended(ngx_cloudauth_fetch_t *f, CURL *easy);
 static void ngx_cloudauth_fetch_conns_free(void);
 static void ngx_cloudauth_fetch_conn_free(ngx_connection_t *c,
     ngx_uint_t closing);
@@ -63,6 +64,15 @@ static size_t ngx_cloudauth_fetch_read_cb(char *buf, size_t size,
     size_t nitems, void *userdata);
 static int ngx_cloudauth_fetch_seek_cb(void *userdata, curl_off_t offset,
     int origin);
+
+
+/* whose request a fetch is, in the debug log: a credential's name, or "-" */
+
+#define ngx_cloudauth_fetch_name(f)                                           \
+    ((f)->name.len ? &(f)->name : &ngx_cloudauth_fetch_noname)
+
+
+static ngx_str_t  ngx_cloudauth_fetch_noname = ngx_string("-");
 
 
 /* a failed curl_easy_setopt() fails the fetch: nothing built wrongly goes */
@@ -244,6 +254,9 @@ ngx_cloudauth_fetch_multi_create(ngx_log_t *log)
         return NULL;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
+                   "cloudauth fetch: multi handle %p created", multi);
+
     return multi;
 }
 
@@ -340,9 +353,9 @@ ngx_cloudauth_fetch_restart(const char *call, CURLMcode mc, ngx_log_t *log)
 
         if (rc != CURLM_OK) {
             /* curl_multi_cleanup() below detaches it all the same */
-            ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
-                           "cloudauth: curl_multi_remove_handle() failed: %s",
-                           curl_multi_strerror(rc));
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "cloudauth: curl_multi_remove_handle() failed: %s",
+                          curl_multi_strerror(rc));
         }
     }
 
@@ -384,6 +397,10 @@ ngx_cloudauth_fetch_fail(ngx_cloudauth_fetch_t *f, const char *why)
     f->code = CURLE_COULDNT_CONNECT;
     ngx_cpystrn((u_char *) f->errbuf, (u_char *) why, CURL_ERROR_SIZE);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                   "cloudauth fetch: \"%V\" fails, its handler is posted: %s",
+                   ngx_cloudauth_fetch_name(f), why);
+
     ngx_queue_remove(&f->queue);
     ngx_queue_insert_tail(&ngx_cloudauth_failed, &f->queue);
 
@@ -408,7 +425,9 @@ ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why)
         return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0, "cloudauth: %s", why);
+    ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                  "cloudauth: request of \"%V\" failed: %s",
+                  ngx_cloudauth_fetch_name(f), why);
 
     ngx_cloudauth_fetch_fail(f, why);
 }
@@ -453,6 +472,10 @@ ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev)
 
         f->status = 0;
         f->duration = ngx_current_msec - f->start;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                       "cloudauth fetch: \"%V\" ended: failed after %M ms",
+                       ngx_cloudauth_fetch_name(f), f->duration);
 
         f->handler(f);
     }
@@ -613,6 +636,7 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     }
 
     f->log = log;
+    f->name = req->name;
     f->handler = handler;
     f->data = data;
     f->body_max = NGX_CLOUDAUTH_MAX_RESPONSE;
@@ -651,6 +675,7 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     ngx_cloudauth_setopt(f, CURLOPT_HEADERDATA, f);
     ngx_cloudauth_setopt(f, CURLOPT_OPENSOCKETFUNCTION,
                          ngx_cloudauth_fetch_open_cb);
+    ngx_cloudauth_setopt(f, CURLOPT_OPENSOCKETDATA, f);
     ngx_cloudauth_setopt(f, CURLOPT_CLOSESOCKETFUNCTION,
                          ngx_cloudauth_fetch_close_cb);
 
@@ -804,6 +829,10 @@ ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f)
         if (mc == CURLM_OK) {
             f->active = 1;
             ngx_queue_insert_tail(&ngx_cloudauth_fetches, &f->queue);
+
+            ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                           "cloudauth fetch: \"%V\" started",
+                           ngx_cloudauth_fetch_name(f));
             return NGX_OK;
         }
 
@@ -828,6 +857,10 @@ ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f)
     CURLMcode  mc;
 
     if (f->active) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                       "cloudauth fetch: \"%V\" cancelled",
+                       ngx_cloudauth_fetch_name(f));
+
         ngx_queue_remove(&f->queue);
         f->active = 0;
 
@@ -943,7 +976,24 @@ static curl_socket_t
 ngx_cloudauth_fetch_open_cb(void *clientp, curlsocktype purpose,
     struct curl_sockaddr *address)
 {
-    return socket(address->family, address->socktype, address->protocol);
+    ngx_cloudauth_fetch_t *f = clientp;
+
+    curl_socket_t  s;
+
+    s = socket(address->family, address->socktype, address->protocol);
+
+    if (s == CURL_SOCKET_BAD) {
+        ngx_log_error(NGX_LOG_ERR, f->log, ngx_socket_errno,
+                      "cloudauth: socket() for a request of \"%V\" failed",
+                      ngx_cloudauth_fetch_name(f));
+        return s;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                   "cloudauth fetch: \"%V\" opens a new connection: socket %d",
+                   ngx_cloudauth_fetch_name(f), s);
+
+    return s;
 }
 
 
@@ -964,6 +1014,9 @@ ngx_cloudauth_fetch_close_cb(void *clientp, curl_socket_t item)
             break;
         }
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: socket %d closed", item);
 
     return close(item);
 }
@@ -1042,13 +1095,16 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
 
             if (mc != CURLM_OK) {
                 /* the socket is leaving curl's hash all the same */
-                ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
-                               "cloudauth: curl_multi_assign() failed: %s",
-                               curl_multi_strerror(mc));
+                ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                              "cloudauth: curl_multi_assign() failed: %s",
+                              curl_multi_strerror(mc));
             }
 
             ngx_cloudauth_fetch_conn_free(c, 0);
         }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: socket %d removed: not watched", s);
 
         return 0;
     }
@@ -1072,6 +1128,9 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
 
         ngx_queue_insert_tail(&ngx_cloudauth_conns, &c->queue);
 
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: socket %d added", s);
+
         mc = curl_multi_assign(multi, s, c);
 
         if (mc != CURLM_OK) {
@@ -1085,6 +1144,11 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
             return 0;
         }
     }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: socket %d watched for%s%s", s,
+                   (what & CURL_POLL_IN) ? " reading" : "",
+                   (what & CURL_POLL_OUT) ? " writing" : "");
 
     /* curl expects level-triggered readiness */
 
@@ -1130,6 +1194,9 @@ static int
 ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     if (timeout_ms < 0) {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: timer deleted");
+
         if (ngx_cloudauth_timer.timer_set) {
             ngx_del_timer(&ngx_cloudauth_timer);
         }
@@ -1138,6 +1205,9 @@ ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     }
 
     if (timeout_ms == 0) {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: timer due now: posted");
+
         /* never call back into curl from its own callback */
         if (ngx_cloudauth_timer.timer_set) {
             ngx_del_timer(&ngx_cloudauth_timer);
@@ -1149,6 +1219,9 @@ ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 
         return 0;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: timer set: %l ms", timeout_ms);
 
     ngx_add_timer(&ngx_cloudauth_timer, (ngx_msec_t) timeout_ms);
 
@@ -1169,6 +1242,10 @@ ngx_cloudauth_fetch_event_handler(ngx_event_t *ev)
         return;
     }
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: socket %d %s", c->fd,
+                   ev->write ? "writable" : "readable");
+
     /* c may be freed inside: curl can close the socket */
 
     mc = curl_multi_socket_action(ngx_cloudauth_multi, c->fd,
@@ -1187,6 +1264,9 @@ ngx_cloudauth_fetch_timer_handler(ngx_event_t *ev)
 {
     int        running;
     CURLMcode  mc;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: timer fired");
 
     if (ngx_cloudauth_multi == NULL) {
         return;
@@ -1269,8 +1349,39 @@ ngx_cloudauth_fetch_done(void)
 
         f->duration = ngx_current_msec - f->start;
 
+        ngx_cloudauth_fetch_ended(f, easy);
+
         ngx_cloudauth_fetch_check("curl_multi_remove_handle", mc, f->log);
 
         f->handler(f);
     }
+}
+
+
+/*
+ * The end of a transfer in the debug log: whose, how it ended, and over
+ * which connection, a new one or one that curl kept from an earlier
+ * transfer (reused: no connect, no TLS handshake).
+ */
+
+static void
+ngx_cloudauth_fetch_ended(ngx_cloudauth_fetch_t *f, CURL *easy)
+{
+#if (NGX_DEBUG)
+    long           connects;
+    curl_socket_t  s;
+
+    connects = -1;
+    s = CURL_SOCKET_BAD;
+
+    (void) curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+    (void) curl_easy_getinfo(easy, CURLINFO_ACTIVESOCKET, &s);
+
+    ngx_log_debug6(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                   "cloudauth fetch: \"%V\" ended: HTTP %l, %M ms, "
+                   "%s connection, socket %d%s",
+                   ngx_cloudauth_fetch_name(f), f->status, f->duration,
+                   connects == 0 ? "reused" : "new", s,
+                   f->code == CURLE_OK ? "" : ", curl failed");
+#endif
 }

@@ -33,6 +33,7 @@ struct ngx_cloudauth_fetch_s {
     CURL                          *easy;
     struct curl_slist             *headers;
     ngx_log_t                     *log;
+    ngx_str_t                      name;        /* the request's, for logs */
     ngx_queue_t                    queue;
 
     ngx_cloudauth_fetch_handler_pt handler;
