@@ -17,6 +17,7 @@
 
 
 #include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 #include <jansson.h>
 
 
