@@ -453,9 +453,4 @@ extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_external_account;
 
 
-/* until the upload's files include them themselves */
-#include "ngx_cloudauth_fetch.h"
-#include "ngx_cloudauth_multipart.h"
-
-
 #endif /* _NGX_CLOUDAUTH_H_INCLUDED_ */
