@@ -90,6 +90,9 @@ struct ngx_cloudauth_kind_s {
                                       ngx_cloudauth_answer_t *a,
                                       ngx_pool_t *pool,
                                       ngx_cloudauth_result_t *res);
+
+    /* a Google kind: takes quota_project= (x-goog-user-project) */
+    ngx_uint_t                 quota;
 };
 
 
@@ -425,6 +428,7 @@ typedef struct {
     ngx_str_t                  email;
     ngx_str_t                  key_id;
     ngx_str_t                  token_url;
+    ngx_str_t                  quota_project; /* NUL-terminated, or empty */
 } ngx_cloudauth_google_key_t;
 
 char *ngx_cloudauth_google_key_load(ngx_conf_t *cf,

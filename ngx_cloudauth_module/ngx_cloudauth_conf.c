@@ -271,8 +271,9 @@ ngx_cloudauth_secret(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred, char *name,
 
 /*
  * The quota project of a Google credential, from its file or from
- * quota_project=: a project ID or number, sent as x-goog-user-project with
- * the requests its token goes with.  NULL is fine, anything else is said.
+ * quota_project= (from, for the message): a project ID or number, sent as
+ * x-goog-user-project with the requests its token goes with.  A later
+ * call replaces what an earlier one set.
  */
 
 char *
@@ -281,6 +282,10 @@ ngx_cloudauth_quota_project(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 {
     size_t   len, i;
     u_char   ch;
+
+    if (value == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
     len = ngx_strlen(value);
 

@@ -60,7 +60,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_external_account = {
     ngx_cloudauth_ea_init,
     NULL,
     ngx_cloudauth_ea_build,
-    ngx_cloudauth_ea_parse
+    ngx_cloudauth_ea_parse,
+    1
 };
 
 
@@ -72,7 +73,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_ea_sts_kind = {
     NULL,
     NULL,
     ngx_cloudauth_ea_sts_build,
-    ngx_cloudauth_ea_sts_parse
+    ngx_cloudauth_ea_sts_parse,
+    0
 };
 
 
@@ -82,7 +84,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_ea_url_kind = {
     NULL,
     NULL,
     ngx_cloudauth_ea_url_build,
-    ngx_cloudauth_ea_url_parse
+    ngx_cloudauth_ea_url_parse,
+    0
 };
 
 

@@ -34,7 +34,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_id_token = {
     ngx_cloudauth_google_id_token_init,     /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_google_id_token_build,    /* build: the token request */
-    ngx_cloudauth_google_id_token_parse     /* parse: the answer */
+    ngx_cloudauth_google_id_token_parse,    /* parse: the answer */
+    0                                       /* quota: none */
 };
 
 

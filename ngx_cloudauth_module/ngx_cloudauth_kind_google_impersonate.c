@@ -31,7 +31,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_impersonate = {
     ngx_cloudauth_google_impersonate_init,  /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_google_impersonate_build, /* build: the token request */
-    ngx_cloudauth_google_iam_parse          /* parse: the answer */
+    ngx_cloudauth_google_iam_parse,         /* parse: the answer */
+    1                                       /* quota: quota_project= */
 };
 
 

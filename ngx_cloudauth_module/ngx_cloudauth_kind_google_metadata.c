@@ -37,7 +37,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_metadata = {
     ngx_cloudauth_google_metadata_init,     /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_google_metadata_build,    /* build: the token request */
-    ngx_cloudauth_google_metadata_parse     /* parse: the answer */
+    ngx_cloudauth_google_metadata_parse,    /* parse: the answer */
+    1                                       /* quota: quota_project= */
 };
 
 

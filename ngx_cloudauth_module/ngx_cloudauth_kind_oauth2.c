@@ -36,7 +36,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2 = {
     ngx_cloudauth_oauth2_init,              /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_oauth2_build,             /* build: the token request */
-    ngx_cloudauth_oauth2_parse              /* parse: the answer */
+    ngx_cloudauth_oauth2_parse,             /* parse: the answer */
+    0                                       /* quota: none */
 };
 
 

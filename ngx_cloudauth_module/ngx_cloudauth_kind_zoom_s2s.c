@@ -33,7 +33,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s = {
     ngx_cloudauth_zoom_s2s_init,            /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_zoom_s2s_build,           /* build: the token request */
-    ngx_cloudauth_zoom_s2s_parse            /* parse: the answer */
+    ngx_cloudauth_zoom_s2s_parse,           /* parse: the answer */
+    0                                       /* quota: none */
 };
 
 

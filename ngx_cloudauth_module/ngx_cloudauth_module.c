@@ -654,7 +654,9 @@ ngx_http_cloudauth_cleanup(void *data)
 
 /*
  * Rebuilds the header list without any client-sent copy of the header and
- * with ours: the client never decides what goes upstream.
+ * with ours: the client never decides what goes upstream.  A credential
+ * with a quota project adds "x-goog-user-project: <project>" the same way,
+ * as Google's client libraries send it with such a credential's token.
  */
 
 static ngx_int_t
@@ -664,15 +666,19 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     u_char                    *p;
     void                     **elts;
     ngx_int_t                 *v;
+    ngx_str_t                 *token, *quota;
     ngx_uint_t                 i, n;
     ngx_list_t                 list;
     ngx_list_part_t           *part;
-    ngx_str_t                 *token;
     ngx_table_elt_t           *h, *header;
     ngx_http_cloudauth_req_t  *rq;
 
+    static ngx_str_t  quota_header = ngx_string("x-goog-user-project");
+
     rq = ctx->rq;
     token = &ctx->ask.token;
+    quota = ctx->ask.cred->quota_project.len
+            ? &ctx->ask.cred->quota_project : NULL;
 
     if (rq->injected.elts == NULL) {
         if (ngx_array_init(&rq->injected, r->pool, 2, sizeof(void *))
@@ -715,7 +721,7 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
         *v = lcf->variable;
     }
 
-    n = 1;
+    n = 2;
 
     for (part = &r->headers_in.headers.part; part; part = part->next) {
         n += part->nelts;
@@ -743,6 +749,14 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
         if (header[i].key.len == lcf->header.len
             && ngx_strncasecmp(header[i].key.data, lcf->header.data,
                                lcf->header.len)
+               == 0)
+        {
+            continue;
+        }
+
+        if (quota && header[i].key.len == quota_header.len
+            && ngx_strncasecmp(header[i].key.data, quota_header.data,
+                               quota_header.len)
                == 0)
         {
             continue;
@@ -777,6 +791,21 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     p = ngx_cpymem(h->value.data, lcf->prefix.data, lcf->prefix.len);
     p = ngx_cpymem(p, token->data, token->len);
     ngx_memcpy(p, lcf->suffix.data, lcf->suffix.len);
+
+    if (quota) {
+        header = ngx_list_push(&list);
+        if (header == NULL) {
+            return NGX_ERROR;
+        }
+
+        header->hash = ngx_hash_key(quota_header.data, quota_header.len);
+        header->key = quota_header;
+        header->lowcase_key = quota_header.data;
+#if (nginx_version >= 1023000)
+        header->next = NULL;
+#endif
+        header->value = *quota;
+    }
 
     /* one part holds them all: "last" must point into the request */
     r->headers_in.headers = list;

@@ -256,6 +256,19 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
+    /* after init: quota_project= overrides what the kind's file says */
+
+    v = cred->kind->quota ? ngx_cloudauth_param(cred, "quota_project") : NULL;
+
+    if (v
+        && ngx_cloudauth_quota_project(cf, cred,
+                                       ngx_cloudauth_copy_cstr(cf->pool, v),
+                                       "quota_project=")
+           != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     kv = cred->params->elts;
 
     for (i = 0; i < cred->params->nelts; i++) {
