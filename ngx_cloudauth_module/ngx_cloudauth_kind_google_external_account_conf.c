@@ -20,11 +20,33 @@
     "https://www.googleapis.com/auth/cloud-platform"
 
 
+/* the configuration file's top-level fields, as jansson holds them */
+
+typedef struct {
+    const char                *audience;
+    const char                *token_type;
+    const char                *token_url;
+    const char                *imp_url;
+    const char                *project;     /* workforce_pool_user_project */
+    const char                *quota;       /* quota_project_id */
+    json_t                    *options;     /* service_account_impersonation */
+    json_t                    *source;      /* credential_source */
+} ngx_cloudauth_ea_file_t;
+
+
 static char *ngx_cloudauth_ea_config(ngx_conf_t *cf,
     ngx_cloudauth_cred_t *cred, json_t *root, ngx_str_t *scopes);
+static char *ngx_cloudauth_ea_fields(json_t *root,
+    ngx_cloudauth_ea_file_t *fl);
 static char *ngx_cloudauth_ea_source(ngx_conf_t *cf,
     ngx_cloudauth_cred_t *cred, json_t *src, ngx_cloudauth_cred_t *sts,
     ngx_cloudauth_ea_sts_t *st);
+static char *ngx_cloudauth_ea_file_source(ngx_conf_t *cf,
+    ngx_cloudauth_cred_t *cred, json_t *src, json_t *file,
+    ngx_cloudauth_ea_sts_t *st);
+static char *ngx_cloudauth_ea_url_source(ngx_conf_t *cf,
+    ngx_cloudauth_cred_t *cred, json_t *src, json_t *url,
+    ngx_cloudauth_cred_t *sts);
 static char *ngx_cloudauth_ea_format(ngx_conf_t *cf,
     ngx_cloudauth_cred_t *cred, json_t *src, ngx_str_t *field);
 static char *ngx_cloudauth_ea_headers(ngx_conf_t *cf,
@@ -162,23 +184,15 @@ ngx_cloudauth_ea_string(json_t *root, const char *key, ngx_uint_t *bad)
 
 
 /*
- * The configuration file's fields; an error is a string said after the
- * file's name, NGX_CONF_ERROR when it was logged already.
+ * The configuration file's top-level fields, checked; an error is a string
+ * said after the file's name.
  */
 
 static char *
-ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
-    json_t *root, ngx_str_t *scopes)
+ngx_cloudauth_ea_fields(json_t *root, ngx_cloudauth_ea_file_t *fl)
 {
-    char                    *rv;
-    json_t                  *src, *options;
-    ngx_str_t                part[4], cloud;
-    ngx_uint_t               bad, workforce;
-    const char              *type, *audience, *token_type, *token_url;
-    const char              *imp_url, *project, *quota;
-    ngx_cloudauth_ea_t      *ea;
-    ngx_cloudauth_cred_t    *sts;
-    ngx_cloudauth_ea_sts_t  *st;
+    ngx_uint_t   bad, workforce;
+    const char  *type;
 
     static u_char  buf[NGX_MAX_CONF_ERRSTR];
 
@@ -197,15 +211,15 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         return (char *) buf;
     }
 
-    audience = ngx_cloudauth_ea_string(root, "audience", &bad);
-    token_type = ngx_cloudauth_ea_string(root, "subject_token_type", &bad);
-    token_url = ngx_cloudauth_ea_string(root, "token_url", &bad);
-    imp_url = ngx_cloudauth_ea_string(root,
-                                      "service_account_impersonation_url",
-                                      &bad);
-    project = ngx_cloudauth_ea_string(root, "workforce_pool_user_project",
-                                      &bad);
-    quota = ngx_cloudauth_ea_string(root, "quota_project_id", &bad);
+    fl->audience = ngx_cloudauth_ea_string(root, "audience", &bad);
+    fl->token_type = ngx_cloudauth_ea_string(root, "subject_token_type", &bad);
+    fl->token_url = ngx_cloudauth_ea_string(root, "token_url", &bad);
+    fl->imp_url = ngx_cloudauth_ea_string(root,
+                                          "service_account_impersonation_url",
+                                          &bad);
+    fl->project = ngx_cloudauth_ea_string(root, "workforce_pool_user_project",
+                                          &bad);
+    fl->quota = ngx_cloudauth_ea_string(root, "quota_project_id", &bad);
 
     if (bad) {
         return "\"audience\", \"subject_token_type\", \"token_url\", "
@@ -214,21 +228,13 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
                "must be non-empty strings";
     }
 
-    if (quota
-        && ngx_cloudauth_quota_project(cf, cred, quota,
-                                       "config_file's \"quota_project_id\"")
-           != NGX_CONF_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    if (audience == NULL) {
+    if (fl->audience == NULL) {
         return "no \"audience\" (//iam.googleapis.com/projects/NUMBER/"
                "locations/global/workloadIdentityPools/POOL/providers/"
                "PROVIDER)";
     }
 
-    if (token_type == NULL) {
+    if (fl->token_type == NULL) {
         return "no \"subject_token_type\" (e.g. "
                "urn:ietf:params:oauth:token-type:jwt)";
     }
@@ -240,28 +246,65 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
                "authentication) are not supported";
     }
 
-    workforce = ngx_strncmp(audience, "//iam.googleapis.com/locations/",
+    workforce = ngx_strncmp(fl->audience, "//iam.googleapis.com/locations/",
                             sizeof("//iam.googleapis.com/locations/") - 1)
                     == 0
-                && ngx_strstr(audience, "/workforcePools/") != NULL;
+                && ngx_strstr(fl->audience, "/workforcePools/") != NULL;
 
-    if (project && !workforce) {
+    if (fl->project && !workforce) {
         return "\"workforce_pool_user_project\" is for workforce pools "
                "only (an \"audience\" of //iam.googleapis.com/locations/"
                "global/workforcePools/...)";
     }
 
-    options = json_object_get(root, "service_account_impersonation");
+    fl->options = json_object_get(root, "service_account_impersonation");
 
-    if (options && !json_is_null(options) && imp_url == NULL) {
+    if (fl->options && !json_is_null(fl->options) && fl->imp_url == NULL) {
         return "\"service_account_impersonation\" without "
                "\"service_account_impersonation_url\"";
     }
 
-    src = json_object_get(root, "credential_source");
+    fl->source = json_object_get(root, "credential_source");
 
-    if (!json_is_object(src)) {
+    if (!json_is_object(fl->source)) {
         return "no \"credential_source\" object";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The credential from the file's fields: the exchange (the credential
+ * itself, or NAME.sts before an impersonation) and its subject token's
+ * source.  An error is a string said after the file's name,
+ * NGX_CONF_ERROR when it was logged already.
+ */
+
+static char *
+ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    json_t *root, ngx_str_t *scopes)
+{
+    char                    *rv;
+    ngx_str_t                part[4], cloud;
+    ngx_cloudauth_ea_t      *ea;
+    ngx_cloudauth_cred_t    *sts;
+    ngx_cloudauth_ea_sts_t  *st;
+    ngx_cloudauth_ea_file_t  fl;
+
+    ngx_memzero(&fl, sizeof(ngx_cloudauth_ea_file_t));
+
+    rv = ngx_cloudauth_ea_fields(root, &fl);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (fl.quota
+        && ngx_cloudauth_quota_project(cf, cred, fl.quota,
+                                       "config_file's \"quota_project_id\"")
+           != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
     ea = ngx_pcalloc(cf->pool, sizeof(ngx_cloudauth_ea_t));
@@ -273,8 +316,8 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     cred->data = ea;
 
     if (ngx_cloudauth_ea_strdup(cf->pool,
-                                token_url ? token_url
-                                          : NGX_CLOUDAUTH_EA_TOKEN_URL,
+                                fl.token_url ? fl.token_url
+                                             : NGX_CLOUDAUTH_EA_TOKEN_URL,
                                 &st->token_url)
         != NGX_OK)
     {
@@ -287,9 +330,9 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         return NGX_CONF_ERROR;
     }
 
-    st->jwt = ngx_strcmp(token_type, "urn:ietf:params:oauth:token-type:jwt")
-                  == 0
-              || ngx_strcmp(token_type,
+    st->jwt = ngx_strcmp(fl.token_type,
+                         "urn:ietf:params:oauth:token-type:jwt") == 0
+              || ngx_strcmp(fl.token_type,
                             "urn:ietf:params:oauth:token-type:id_token")
                  == 0;
 
@@ -301,13 +344,13 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 
     ngx_str_set(&cloud, NGX_CLOUDAUTH_EA_CLOUD);
 
-    rv = ngx_cloudauth_ea_form(cf, st, audience, token_type,
-                               imp_url ? &cloud : scopes, project);
+    rv = ngx_cloudauth_ea_form(cf, st, fl.audience, fl.token_type,
+                               fl.imp_url ? &cloud : scopes, fl.project);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
-    if (imp_url == NULL) {
+    if (fl.imp_url == NULL) {
         ea->sts = st;
         sts = cred;
 
@@ -321,7 +364,7 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         sts->data = st;
     }
 
-    rv = ngx_cloudauth_ea_source(cf, cred, src, sts, st);
+    rv = ngx_cloudauth_ea_source(cf, cred, fl.source, sts, st);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -354,7 +397,7 @@ ngx_cloudauth_ea_config(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
 
     cred->source = sts;
 
-    rv = ngx_cloudauth_ea_impersonation(cf, cred, ea, imp_url, options,
+    rv = ngx_cloudauth_ea_impersonation(cf, cred, ea, fl.imp_url, fl.options,
                                         scopes);
     if (rv != NGX_CONF_OK) {
         return rv;
@@ -374,15 +417,7 @@ static char *
 ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     json_t *src, ngx_cloudauth_cred_t *sts, ngx_cloudauth_ea_sts_t *st)
 {
-    char                    *rv, *err;
-    json_t                  *file, *url;
-    ngx_err_t                errn;
-    ngx_str_t                raw, token, part[3], all;
-    struct stat              sb;
-    ngx_cloudauth_cred_t    *uc;
-    ngx_cloudauth_ea_url_t  *eu;
-
-    static u_char  buf[NGX_MAX_CONF_ERRSTR];
+    json_t  *file, *url;
 
     if (json_object_get(src, "environment_id")
         || json_object_get(src, "region_url")
@@ -422,55 +457,85 @@ ngx_cloudauth_ea_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     }
 
     if (file) {
-        rv = ngx_cloudauth_ea_format(cf, cred, src, &st->field);
-        if (rv != NGX_CONF_OK) {
-            return rv;
-        }
-
-        /* a relative name is made full, and NUL-terminated, by nginx */
-
-        if (ngx_cloudauth_ea_strdup(cf->pool, json_string_value(file),
-                                    &st->path)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_conf_full_name(cf->cycle, &st->path, 1) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        /* what the workers will read: there, readable, with a token */
-
-        if (ngx_cloudauth_read_small(st->path.data, cf->temp_pool, &raw,
-                                     &sb, &err, &errn, cf->log)
-            != NGX_OK)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, errn,
-                               "cloudauth_credential \"%V\": "
-                               "credential_source file \"%V\": %s",
-                               &cred->name, &st->path, err);
-            return NGX_CONF_ERROR;
-        }
-
-        err = ngx_cloudauth_ea_extract(&raw, &st->field, cf->temp_pool,
-                                       &token);
-
-        ngx_explicit_memzero(raw.data, raw.len);
-
-        if (err) {
-            (void) ngx_snprintf(buf, sizeof(buf) - 1,
-                                "credential_source file \"%V\": %s%Z",
-                                &st->path, err);
-            return (char *) buf;
-        }
-
-        ngx_explicit_memzero(token.data, token.len);
-
-        return NGX_CONF_OK;
+        return ngx_cloudauth_ea_file_source(cf, cred, src, file, st);
     }
 
-    /* a URL: the source credential NAME.subject fetches it */
+    return ngx_cloudauth_ea_url_source(cf, cred, src, url, sts);
+}
+
+
+/* a file source: checked now, read by the workers at each exchange */
+
+static char *
+ngx_cloudauth_ea_file_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    json_t *src, json_t *file, ngx_cloudauth_ea_sts_t *st)
+{
+    char        *rv, *err;
+    ngx_err_t    errn;
+    ngx_str_t    raw, token;
+    struct stat  sb;
+
+    static u_char  buf[NGX_MAX_CONF_ERRSTR];
+
+    rv = ngx_cloudauth_ea_format(cf, cred, src, &st->field);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    /* a relative name is made full, and NUL-terminated, by nginx */
+
+    if (ngx_cloudauth_ea_strdup(cf->pool, json_string_value(file),
+                                &st->path)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &st->path, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* what the workers will read: there, readable, with a token */
+
+    if (ngx_cloudauth_read_small(st->path.data, cf->temp_pool, &raw,
+                                 &sb, &err, &errn, cf->log)
+        != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, errn,
+                           "cloudauth_credential \"%V\": "
+                           "credential_source file \"%V\": %s",
+                           &cred->name, &st->path, err);
+        return NGX_CONF_ERROR;
+    }
+
+    err = ngx_cloudauth_ea_extract(&raw, &st->field, cf->temp_pool,
+                                   &token);
+
+    ngx_explicit_memzero(raw.data, raw.len);
+
+    if (err) {
+        (void) ngx_snprintf(buf, sizeof(buf) - 1,
+                            "credential_source file \"%V\": %s%Z",
+                            &st->path, err);
+        return (char *) buf;
+    }
+
+    ngx_explicit_memzero(token.data, token.len);
+
+    return NGX_CONF_OK;
+}
+
+
+/* a URL source: the internal credential NAME.subject fetches it */
+
+static char *
+ngx_cloudauth_ea_url_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    json_t *src, json_t *url, ngx_cloudauth_cred_t *sts)
+{
+    char                    *rv;
+    ngx_str_t                part[3], all;
+    ngx_cloudauth_cred_t    *uc;
+    ngx_cloudauth_ea_url_t  *eu;
 
     uc = ngx_cloudauth_ea_internal(cf, cred, ".subject",
                                    &ngx_cloudauth_ea_url_kind);
