@@ -1368,20 +1368,21 @@ static void
 ngx_cloudauth_fetch_ended(ngx_cloudauth_fetch_t *f, CURL *easy)
 {
 #if (NGX_DEBUG)
-    long           connects;
-    curl_socket_t  s;
+    long  connects, port;
 
     connects = -1;
-    s = CURL_SOCKET_BAD;
+    port = 0;
+
+    /* the socket is curl's again by now: its local port names it */
 
     (void) curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
-    (void) curl_easy_getinfo(easy, CURLINFO_ACTIVESOCKET, &s);
+    (void) curl_easy_getinfo(easy, CURLINFO_LOCAL_PORT, &port);
 
     ngx_log_debug6(NGX_LOG_DEBUG_EVENT, f->log, 0,
                    "cloudauth fetch: \"%V\" ended: HTTP %l, %M ms, "
-                   "%s connection, socket %d%s",
+                   "%s connection from local port %l%s",
                    ngx_cloudauth_fetch_name(f), f->status, f->duration,
-                   connects == 0 ? "reused" : "new", s,
+                   connects == 0 ? "a reused" : "a new", port,
                    f->code == CURLE_OK ? "" : ", curl failed");
 #endif
 }
