@@ -98,8 +98,8 @@ take_bytes(fuzz_in_t *in, u_char *dst, size_t max)
 
 
 static ngx_cloudauth_kind_t  kinds[] = {
-    { ngx_string("google_service_account"), 1, NULL, NULL, NULL, NULL },
-    { ngx_string("zoom_s2s"), 0, NULL, NULL, NULL, NULL }
+    { ngx_string("google_service_account"), 1, NULL, NULL, NULL, NULL, 1 },
+    { ngx_string("zoom_s2s"), 0, NULL, NULL, NULL, NULL, 0 }
 };
 
 static char  *names[] = { "google", "zoom-app", "oauth2_x", "g" };

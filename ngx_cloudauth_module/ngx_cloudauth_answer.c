@@ -161,20 +161,46 @@ ngx_int_t
 ngx_cloudauth_plain_parse(ngx_cloudauth_answer_t *a, ngx_pool_t *pool,
     ngx_cloudauth_result_t *res)
 {
-    u_char  *p, *last;
+    ngx_str_t  text;
 
     if (a->status != 200) {
         return ngx_cloudauth_oauth_parse(a, pool, res, "token");
     }
 
-    if (a->body.len == 0) {
-        /* and no buffer either: a->body.data is NULL */
+    text = a->body;
+
+    if (ngx_cloudauth_answer_trim(&text) != NGX_OK) {
         ngx_str_set(&res->error, "malformed answer: empty");
         return NGX_ERROR;
     }
 
-    p = a->body.data;
-    last = a->body.data + a->body.len;
+    if (ngx_cloudauth_token_copy(pool, text.data, text.len, res) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_cloudauth_answer_lifetime(pool, res,
+                                         "malformed answer: not a JWT with "
+                                         "\"exp\"");
+}
+
+
+/*
+ * A text without the white space around it (a bare token, a subject token
+ * file): NGX_DECLINED when nothing else is left.
+ */
+
+ngx_int_t
+ngx_cloudauth_answer_trim(ngx_str_t *text)
+{
+    u_char  *p, *last;
+
+    if (text->len == 0) {
+        /* perhaps no buffer at all */
+        return NGX_DECLINED;
+    }
+
+    p = text->data;
+    last = text->data + text->len;
 
     while (p < last && (*p == ' ' || *p == '\t' || *p == CR || *p == LF)) {
         p++;
@@ -186,18 +212,10 @@ ngx_cloudauth_plain_parse(ngx_cloudauth_answer_t *a, ngx_pool_t *pool,
         last--;
     }
 
-    if (p == last) {
-        ngx_str_set(&res->error, "malformed answer: empty");
-        return NGX_ERROR;
-    }
+    text->data = p;
+    text->len = last - p;
 
-    if (ngx_cloudauth_token_copy(pool, p, last - p, res) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return ngx_cloudauth_answer_lifetime(pool, res,
-                                         "malformed answer: not a JWT with "
-                                         "\"exp\"");
+    return text->len ? NGX_OK : NGX_DECLINED;
 }
 
 

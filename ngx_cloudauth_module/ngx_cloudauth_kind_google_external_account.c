@@ -344,34 +344,13 @@ char *
 ngx_cloudauth_ea_extract(ngx_str_t *raw, ngx_str_t *field, ngx_pool_t *pool,
     ngx_str_t *token)
 {
-    u_char        *p, *last;
     json_t        *json, *v;
     const char    *s;
     json_error_t   jerr;
 
     if (field->len == 0) {
-        p = raw->data;
-        last = raw->data + raw->len;
-
-        while (p < last && (*p == ' ' || *p == '\t' || *p == CR || *p == LF))
-        {
-            p++;
-        }
-
-        while (last > p && (last[-1] == ' ' || last[-1] == '\t'
-                            || last[-1] == CR || last[-1] == LF))
-        {
-            last--;
-        }
-
-        if (p == last) {
-            return "empty";
-        }
-
-        token->data = p;
-        token->len = last - p;
-
-        return NULL;
+        *token = *raw;
+        return ngx_cloudauth_answer_trim(token) == NGX_OK ? NULL : "empty";
     }
 
     json = json_loadb((char *) raw->data, raw->len, 0, &jerr);
