@@ -14,6 +14,7 @@
 
 
 #include "ngx_cloudauth.h"
+#include "ngx_cloudauth_multipart.h"
 #include "ngx_cloudauth_gcs.h"
 
 
