@@ -361,6 +361,8 @@ ngx_int_t ngx_cloudauth_plain_parse(ngx_cloudauth_answer_t *a,
 ngx_int_t ngx_cloudauth_answer_lifetime(ngx_pool_t *pool,
     ngx_cloudauth_result_t *res, const char *what);
 ngx_int_t ngx_cloudauth_answer_trim(ngx_str_t *text);
+char *ngx_cloudauth_answer_field(ngx_str_t *raw, ngx_str_t *field,
+    ngx_pool_t *pool, ngx_str_t *token);
 
 /* ngx_cloudauth_jwt.c */
 ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,

@@ -3,9 +3,10 @@
  * Copyright (C) ngx_cloudauth authors
  *
  * Reading token endpoints' answers: OAuth2-shaped JSON, a bare token, the
- * providers' error texts.  Pure: an answer (status, body, Date, whether it
- * was cut) in, a token and its lifetime or an error out; the fuzz target
- * fuzz/fuzz_token_answer.c drives it without a fetch.
+ * providers' error texts, a subject token in a file's or a URL's text.
+ * Pure: an answer (status, body, Date, whether it was cut) in, a token and
+ * its lifetime or an error out; the fuzz target fuzz/fuzz_token_answer.c
+ * drives it without a fetch.
  */
 
 
@@ -345,4 +346,58 @@ ngx_cloudauth_error_text(ngx_pool_t *pool, ngx_cloudauth_answer_t *ans,
             res->error.data[i] = '?';
         }
     }
+}
+
+
+/*
+ * The subject token in what a file or a URL gave: the text without the
+ * white space around it, or a JSON object's string field.  NULL, or why
+ * not.  The token may point into raw.
+ */
+
+char *
+ngx_cloudauth_answer_field(ngx_str_t *raw, ngx_str_t *field,
+    ngx_pool_t *pool, ngx_str_t *token)
+{
+    json_t        *json, *v;
+    const char    *s;
+    json_error_t   jerr;
+
+    if (field->len == 0) {
+        *token = *raw;
+        return ngx_cloudauth_answer_trim(token) == NGX_OK ? NULL : "empty";
+    }
+
+    json = json_loadb((char *) raw->data, raw->len, 0, &jerr);
+
+    if (!json_is_object(json)) {
+        if (json) {
+            json_decref(json);
+        }
+
+        return "not a JSON object (\"format\" is \"json\")";
+    }
+
+    v = json_object_get(json, (char *) field->data);
+    s = json_string_value(v);
+
+    if (s == NULL || json_string_length(v) == 0) {
+        json_decref(json);
+        return "its \"subject_token_field_name\" field is not there or "
+               "not a string";
+    }
+
+    token->len = json_string_length(v);
+    token->data = ngx_pnalloc(pool, token->len);
+
+    if (token->data) {
+        ngx_memcpy(token->data, s, token->len);
+    }
+
+    /* jansson's own copy, before it is freed */
+    ngx_explicit_memzero((void *) s, token->len);
+
+    json_decref(json);
+
+    return token->data ? NULL : "out of memory";
 }

@@ -51,8 +51,6 @@ extern ngx_cloudauth_kind_t  ngx_cloudauth_ea_sts_kind;
 extern ngx_cloudauth_kind_t  ngx_cloudauth_ea_url_kind;
 
 char *ngx_cloudauth_ea_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred);
-char *ngx_cloudauth_ea_extract(ngx_str_t *raw, ngx_str_t *field,
-    ngx_pool_t *pool, ngx_str_t *token);
 
 
 #endif /* _NGX_CLOUDAUTH_GOOGLE_EA_H_INCLUDED_ */

@@ -177,7 +177,7 @@ ngx_cloudauth_ea_exchange(ngx_cloudauth_cred_t *cred,
             return NGX_ERROR;
         }
 
-        err = ngx_cloudauth_ea_extract(&raw, &st->field, pool, &token);
+        err = ngx_cloudauth_answer_field(&raw, &st->field, pool, &token);
 
         if (err) {
             ngx_explicit_memzero(raw.data, raw.len);
@@ -294,7 +294,7 @@ ngx_cloudauth_ea_url_parse(ngx_cloudauth_cred_t *cred,
 
     raw = a->body;
 
-    err = ngx_cloudauth_ea_extract(&raw, &eu->field, pool, &res->token);
+    err = ngx_cloudauth_answer_field(&raw, &eu->field, pool, &res->token);
 
     if (err) {
         res->error.len = ngx_strlen(err) + sizeof("malformed answer: ") - 1;
@@ -331,58 +331,4 @@ failed:
     ngx_str_null(&res->token);
 
     return NGX_ERROR;
-}
-
-
-/*
- * The subject token in what a file or a URL gave: the text without the
- * white space around it, or a JSON object's string field.  NULL, or why
- * not.  The token may point into raw.
- */
-
-char *
-ngx_cloudauth_ea_extract(ngx_str_t *raw, ngx_str_t *field, ngx_pool_t *pool,
-    ngx_str_t *token)
-{
-    json_t        *json, *v;
-    const char    *s;
-    json_error_t   jerr;
-
-    if (field->len == 0) {
-        *token = *raw;
-        return ngx_cloudauth_answer_trim(token) == NGX_OK ? NULL : "empty";
-    }
-
-    json = json_loadb((char *) raw->data, raw->len, 0, &jerr);
-
-    if (!json_is_object(json)) {
-        if (json) {
-            json_decref(json);
-        }
-
-        return "not a JSON object (\"format\" is \"json\")";
-    }
-
-    v = json_object_get(json, (char *) field->data);
-    s = json_string_value(v);
-
-    if (s == NULL || json_string_length(v) == 0) {
-        json_decref(json);
-        return "its \"subject_token_field_name\" field is not there or "
-               "not a string";
-    }
-
-    token->len = json_string_length(v);
-    token->data = ngx_pnalloc(pool, token->len);
-
-    if (token->data) {
-        ngx_memcpy(token->data, s, token->len);
-    }
-
-    /* jansson's own copy, before it is freed */
-    ngx_explicit_memzero((void *) s, token->len);
-
-    json_decref(json);
-
-    return token->data ? NULL : "out of memory";
 }

@@ -508,7 +508,7 @@ ngx_cloudauth_ea_file_source(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
         return NGX_CONF_ERROR;
     }
 
-    err = ngx_cloudauth_ea_extract(&raw, &st->field, cf->temp_pool,
+    err = ngx_cloudauth_answer_field(&raw, &st->field, cf->temp_pool,
                                    &token);
 
     ngx_explicit_memzero(raw.data, raw.len);
