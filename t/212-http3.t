@@ -266,13 +266,17 @@ CloudAuth::Upload::stored_ok($t, $B, 'uploads/big.bin',
                              'PUT 3 MiB');
 over_h3_ok('PUT', '/upload/big.bin', 201, 'PUT');
 
-cmp_ok(scalar(grep { $_->{method} eq 'PUT' && ($_->{length} // 0) > 0 }
+my ($session) = grep { $_->{name} eq 'uploads/big.bin' }
+                CloudAuth::FakeGCS->sessions($t);
+my $sid = $session ? $session->{id} : 'none';
+cmp_ok(scalar(grep { $_->{method} eq 'PUT' && ($_->{length} // 0) > 0
+                     && $_->{uri} =~ /[?&]upload_id=\Q$sid\E(&|$)/ }
               CloudAuth::FakeGCS->requests($t)),
        '>=', 12, 'PUT: to GCS in 256 KiB chunks, streamed');
 
 # the same name again: GCS refuses it (overwrite=off) while the body comes
 
-is($again->{status}, 409, 'PUT 3 MiB to a stored name: 409, not a hang')
+is($again->{status}, 409, 'PUT 1 MiB to a stored name: 409, not a hang')
     or diag(encode_json({ map { $_ => $again->{$_} }
                           qw(status error aborted ms body) }));
 CloudAuth::Upload::stored_ok($t, $B, 'uploads/big.bin',
