@@ -330,7 +330,7 @@ ngx_http_cloudauth_upload_drain(ngx_http_request_t *r, ngx_int_t rc)
         }
 
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "cloudauth: upload: the body drained");
+                       "cloudauth: upload: draining the body");
 
         r->request_body_no_buffering = 1;
 
@@ -346,7 +346,7 @@ ngx_http_cloudauth_upload_drain(ngx_http_request_t *r, ngx_int_t rc)
     }
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "cloudauth: upload: the rest of the body drained");
+                   "cloudauth: upload: draining the rest of the body");
 
     /* the drain's reference: the caller finalizes with NGX_DONE */
     r->main->count++;

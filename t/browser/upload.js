@@ -30,7 +30,8 @@
 //       "file", a local file's, sent through playwright), as a
 //       multipart/form-data field named "form" when given; each gives
 //       status, type, body, the response headers, how long it took, or the
-//       error (aborted after "timeout" ms, then "aborted" is true)
+//       error (aborted after "timeout" ms, the page's by default, then
+//       "aborted" is true)
 //
 // and the output has "protocols": the page's and its requests' URLs with
 // the protocol each went by (nextHopProtocol: "h3", "http/1.1", ...).
@@ -90,7 +91,8 @@ async function main() {
         for (const f of opt.fetches || []) {
             const data = f.file ? fs.readFileSync(f.file).toString('base64')
                                 : null;
-            out.fetches.push(await page.evaluate(fetchIn, { f, data }));
+            out.fetches.push(await page.evaluate(fetchIn, {
+                f: { timeout, ...f }, data }));
         }
 
         let expect = 0;
