@@ -376,6 +376,6 @@ is(scalar(my @o = CloudAuth::FakeGCS->objects($t)), 5,
 
 $t->check_log_ok;
 
-cmp_ok(time - $started, '<', 60 * CloudAuth::Test::tf(), 'within 60 s');
+cmp_ok(time - $started, '<', 90 * CloudAuth::Test::tf(), 'within 90 s');
 
 done_testing;
