@@ -19,6 +19,11 @@ static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     ngx_str_t *origin);
 static ngx_uint_t ngx_http_cloudauth_upload_allowed(
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *method);
+static ngx_int_t ngx_http_cloudauth_upload_drain(ngx_http_request_t *r,
+    ngx_int_t rc);
+#ifdef NGX_HTTP_VERSION_30
+static void ngx_http_cloudauth_upload_drain_handler(ngx_http_request_t *r);
+#endif
 
 
 static ngx_str_t  ngx_http_cloudauth_upload_json =
@@ -266,7 +271,9 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
                                           ? -1 : 0;
         r->header_only = 1;
 
-        return ngx_http_send_header(r);
+        rc = ngx_http_send_header(r);
+
+        return ngx_http_cloudauth_upload_drain(r, rc);
     }
 
     r->headers_out.content_type = ngx_http_cloudauth_upload_json;
@@ -283,8 +290,127 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
     out.buf = b;
     out.next = NULL;
 
-    return ngx_http_output_filter(r, &out);
+    rc = ngx_http_output_filter(r, &out);
+
+    return ngx_http_cloudauth_upload_drain(r, rc);
 }
+
+
+/*
+ * An answer before the whole body, over HTTP/3 (a refusal, a failure on
+ * the way): nginx's discard of a body there does nothing, and the end of
+ * the request stream asks the client to stop sending (STOP_SENDING).
+ * Chromium, still sending, then resets its side of the stream and never
+ * shows the answer: the fetch() waits until it is aborted.  So the rest
+ * of the body is read and dropped, as nginx discards one over HTTP/1.1
+ * (client_body_timeout and client_max_body_size bound it), and the request
+ * ends with the body.  rc: the answer's; NGX_DONE: the body is drained.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_drain(ngx_http_request_t *r, ngx_int_t rc)
+{
+#ifdef NGX_HTTP_VERSION_30
+
+    if (rc != NGX_OK
+        || r != r->main
+        || r->http_version != NGX_HTTP_VERSION_30
+        || r->buffered
+        || r->connection->buffered
+        || r->connection->error
+        || r->discard_body)
+    {
+        return rc;
+    }
+
+    if (r->request_body == NULL) {
+
+        if (r->headers_in.content_length_n <= 0 && !r->headers_in.chunked) {
+            return NGX_OK;
+        }
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "cloudauth: upload: draining the body");
+
+        r->request_body_no_buffering = 1;
+
+        rc = ngx_http_read_client_request_body(r,
+                                      ngx_http_cloudauth_upload_drain_handler);
+
+        /* a body nginx refuses itself: the answer is out, the stream ends */
+        return (rc >= NGX_HTTP_SPECIAL_RESPONSE) ? NGX_OK : NGX_DONE;
+    }
+
+    if (!r->reading_body) {
+        return NGX_OK;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: draining the rest of the body");
+
+    /* the drain's reference: the caller finalizes with NGX_DONE */
+    r->main->count++;
+
+    ngx_http_cloudauth_upload_drain_handler(r);
+
+    return NGX_DONE;
+
+#else
+
+    return rc;
+
+#endif
+}
+
+
+#ifdef NGX_HTTP_VERSION_30
+
+static void
+ngx_http_cloudauth_upload_drain_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_chain_t              *cl;
+    ngx_http_request_body_t  *rb;
+
+    r->read_event_handler = ngx_http_cloudauth_upload_drain_handler;
+
+    rb = r->request_body;
+
+    for ( ;; ) {
+
+        /* what was read is dropped, with what the upload still held */
+
+        for (cl = rb->bufs; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+        }
+
+        for (cl = rb->busy; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+        }
+
+        rb->bufs = NULL;
+
+        if (!r->reading_body) {
+            ngx_http_finalize_request(r, NGX_OK);
+            return;
+        }
+
+        rc = ngx_http_read_unbuffered_request_body(r);
+
+        if (rc == NGX_AGAIN && rb->bufs == NULL) {
+            return;
+        }
+
+        if (rc != NGX_OK && rc != NGX_AGAIN) {
+            /* the answer is out: no other one */
+            ngx_http_finalize_request(r, (rc == NGX_HTTP_REQUEST_TIME_OUT)
+                                         ? rc : NGX_ERROR);
+            return;
+        }
+    }
+}
+
+#endif
 
 
 ngx_int_t
