@@ -303,14 +303,18 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
  * Chromium, still sending, then resets its side of the stream and never
  * shows the answer: the fetch() waits until it is aborted.  So the rest
  * of the body is read and dropped, as nginx discards one over HTTP/1.1
- * (client_body_timeout and client_max_body_size bound it), and the request
- * ends with the body.  rc: the answer's; NGX_DONE: the body is drained.
+ * (client_body_timeout bounds each read, lingering_time all of it, as
+ * there: an upload location's body limit is the module's own, so nginx's
+ * is none), and the request ends with the body.  rc: the answer's;
+ * NGX_DONE: the body is drained.
  */
 
 static ngx_int_t
 ngx_http_cloudauth_upload_drain(ngx_http_request_t *r, ngx_int_t rc)
 {
 #ifdef NGX_HTTP_VERSION_30
+
+    ngx_http_core_loc_conf_t  *clcf;
 
     if (rc != NGX_OK
         || r != r->main
@@ -322,6 +326,9 @@ ngx_http_cloudauth_upload_drain(ngx_http_request_t *r, ngx_int_t rc)
     {
         return rc;
     }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    r->lingering_time = ngx_time() + (time_t) (clcf->lingering_time / 1000);
 
     if (r->request_body == NULL) {
 
@@ -392,6 +399,14 @@ ngx_http_cloudauth_upload_drain_handler(ngx_http_request_t *r)
 
         if (!r->reading_body) {
             ngx_http_finalize_request(r, NGX_OK);
+            return;
+        }
+
+        if (ngx_time() >= r->lingering_time) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "cloudauth: upload: the body of an answered "
+                          "request still comes after lingering_time");
+            ngx_http_finalize_request(r, NGX_ERROR);
             return;
         }
 
