@@ -12,7 +12,7 @@
 #   make test       build and run the test suite (prove -r t/), with a
 #                   3-second smoke run of each fuzz target; with NGINX_SRC
 #                   against the nginx built from that tree
-#   make test-matrix NGINX="trixie sid 1.30 ..."
+#   make test-matrix MATRIX="trixie sid 1.30 ..."
 #                   make test against each of these nginx versions, their
 #                   sources fetched from Debian's archive into build/src/
 #                   by tools/nginx-src.sh
@@ -132,14 +132,16 @@ run: test-deps all
 test: test-deps all fuzz-build
 	$(TEST_ENV) prove -r t/
 
-# make test against each nginx of NGINX (trixie, sid, a version such as
+# make test against each nginx of MATRIX (trixie, sid, a version such as
 # 1.30): its source from Debian's archive (tools/nginx-src.sh; NGINX_GIT=a
 # clone of nginx's repository for what the archive does not serve), built
-# in build/VERSION/
-NGINX ?= trixie sid
+# in build/VERSION/.  (Not "NGINX": a variable given to make reaches the
+# recipes' environment, and nginx reads NGINX there, the listening sockets
+# of a binary upgrade.)
+MATRIX ?= trixie sid
 
 test-matrix:
-	@for v in $(NGINX); do \
+	@for v in $(MATRIX); do \
 	    src=$$(tools/nginx-src.sh $$v) || exit $$?; \
 	    echo "== nginx $$v: $$src"; \
 	    $(MAKE) --no-print-directory test NGINX_SRC=$$src || exit $$?; \

@@ -177,6 +177,9 @@ my @cmd = ($ENV{CLOUDAUTH_NGINX} || '/usr/sbin/nginx',
 # the ASan runtime, for the suite's run under AddressSanitizer
 local $ENV{LD_PRELOAD} = $ENV{CLOUDAUTH_PRELOAD} if $ENV{CLOUDAUTH_PRELOAD};
 
+# nginx takes NGINX for inherited listening sockets (a binary upgrade)
+delete $ENV{NGINX};
+
 system(@cmd, '-t', '-q') == 0 or do {
     $t->stop_fakes if $t;
     exit 1;

@@ -642,6 +642,9 @@ sub run {
         open STDERR, '>&', \*STDOUT;
         $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD}
             if $ENV{TEST_NGINX_PRELOAD};
+        # nginx takes NGINX for inherited listening sockets (a binary
+        # upgrade): a stray one ("make ... NGINX=x") is an [emerg]
+        delete $ENV{NGINX};
         no warnings "exec";
         exec $self->nginx_cmd('-c', "$self->{dir}/nginx.conf");
         POSIX::_exit(127);
@@ -768,8 +771,9 @@ sub nginx_t {
     my $conf = $self->write_file('test.conf', $text);
 
     my @cmd = $self->nginx_cmd('-t', '-c', $conf);
-    local $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD}
-        if $ENV{TEST_NGINX_PRELOAD};
+    local %ENV = %ENV;
+    delete $ENV{NGINX};
+    $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD} if $ENV{TEST_NGINX_PRELOAD};
 
     my $out = `@cmd 2>&1`;
     return ($? >> 8, $out);
