@@ -3,7 +3,11 @@
 # missing (Debian). Usage: tools/deps.sh [build|test|bench|deb|fuzz]
 set -e
 
+# (make NGINX_SRC= builds nginx itself too: PCRE2 and zlib; nginx-dev
+# brings them, named here all the same; tools/nginx-src.sh needs apt's
+# apt-helper and Debian's archive keys)
 pkgs="nginx nginx-dev libcurl4-openssl-dev libjansson-dev libssl-dev
+      libpcre2-dev zlib1g-dev debian-archive-keyring
       pkg-config gcc make openssl ca-certificates"
 
 case "${1:-build}" in
