@@ -7,7 +7,9 @@
  * Content-Range, the last one with X-Goog-Hash), status queries after a
  * failure (with back-off) and the cancellation (DELETE).  Answers are
  * checked against what was sent.  The caller's bytes are read in place
- * and kept by the caller until the progress handler says GCS holds them.
+ * and kept by the caller until the progress handler says GCS holds them;
+ * or, a streamed chunk, pulled from the caller as curl sends them, once:
+ * after a failure the caller learns what GCS holds and goes on from there.
  */
 
 
