@@ -42,6 +42,7 @@ $t->run(<<'EOF');
 
     server {
         listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT_H2%% http2;
         client_max_body_size 20m;
         access_log %%TESTDIR%%/upload.log upload;
 
@@ -104,6 +105,22 @@ put_ok('s3', 100000, 'PUT(0-99999/100000)=200',
 
 put_ok('s4', 1000000, 'PUT(0-999999/1000000)=200',
        'chunked: chunks of chunk_size (8 MiB)', chunked => 1);
+
+# HTTP/2: the body's DATA frames, read inside curl's callback too
+
+SKIP: {
+    skip 'curl without HTTP/2', 3
+        unless `curl -V 2>/dev/null` =~ /\bHTTP2\b/;
+
+    my $data = CloudAuth::Upload::pattern(5 * 1048576 + 3);
+    my $file = $t->write_file('h2.bin', $data);
+    my $out = `curl -s --http2-prior-knowledge -T $file -w '\n%{http_version} %{http_code}' http://127.0.0.1:${\ $t->port('h2')}/up/h2.bin 2>&1`;
+    like($out, qr/\n2 201$/, 'HTTP/2: 201');
+    CloudAuth::Upload::stored_ok($t, $B, 'h2.bin',
+                                 CloudAuth::Upload::sent_of($data), 'HTTP/2');
+    is(shape('h2.bin'), 'PUT(0-5242879/*)=308 PUT(5242880-5242882/5242883)=200',
+       'HTTP/2: one request and the final one');
+}
 
 # a client that pauses longer than cloudauth_timeout: no stall of GCS's
 
