@@ -705,9 +705,9 @@ finish(conn_t *c)
         sessions = s;
         stats.sessions++;
         snprintf(hdr, sizeof(hdr),
-                 "Location: http://%s/upload/storage/v1/b/%s/o"
+                 "Location: %s://%s/upload/storage/v1/b/%s/o"
                  "?uploadType=resumable&upload_id=%s\r\n"
-                 "X-GUploader-UploadID: %s\r\n",
+                 "X-GUploader-UploadID: %s\r\n", ssl_ctx ? "https" : "http",
                  c->host ? c->host : "127.0.0.1", s->bucket, s->id, s->id);
         respond(c, 200, hdr, NULL);
         break;

@@ -50,7 +50,7 @@ esac
 
 T=$(mktemp -d /tmp/cloudauth-bench.XXXXXX)
 UPLOAD_DIR=""
-trap 'stop_all; rm -rf "$T" ${UPLOAD_DIR:+"$UPLOAD_DIR"}' EXIT
+trap 'stop_all; [ "${KEEP_T:-0}" = 1 ] || rm -rf "$T"; rm -rf ${UPLOAD_DIR:+"$UPLOAD_DIR"}' EXIT
 ulimit -n 65536 2>/dev/null || true
 
 # the stand-in as sections 4 and 7 run it: latency, HTTPS
@@ -65,6 +65,9 @@ if [ "$SINK_TLS" = 1 ]; then
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
         -addext "subjectAltName=IP:127.0.0.1" -keyout "$T/sink.key" \
         -out "$T/sink.crt" 2> /dev/null
+    # the workers (nobody, when root starts nginx) read the certificate
+    chmod 711 "$T"
+    chmod 644 "$T/sink.crt"
     SINK_OPTS+=(-c "$T/sink.crt" -k "$T/sink.key")
     SINK_SCHEME=https
     SINK_CA_CONF="cloudauth_trusted_certificate $T/sink.crt;"
