@@ -19,6 +19,8 @@
 # SINK_DELAY=30 SINK_TLS=1 (sections 4 and 7): the stand-in answers each
 # request 30 ms late (a round trip to GCS) and speaks HTTPS, proxy_pass and
 # curl too; the sections are then 4b and 7b, beside 4 and 7.
+# UPLOAD_VARIANTS="proxy cloudauth" (section 4) runs only those (to profile
+# one, say); KEEP_T=1 keeps the set-up directory.
 
 set -euo pipefail
 
@@ -349,7 +351,7 @@ bench_upload() {
     echo "== upload: ${UPLOAD_MB} MiB, $ROUNDS rounds of direct, proxy, cloudauth, chunks, md5on"
     : > "$T/upload.tsv"
     for r in $(seq "$ROUNDS"); do
-        for v in direct proxy cloudauth chunks md5on; do
+        for v in ${UPLOAD_VARIANTS:-direct proxy cloudauth chunks md5on}; do
             if [ $v = direct ]; then
                 # curl takes the gateway's core, the stand-in keeps its own
                 pin=$GW_CPU
