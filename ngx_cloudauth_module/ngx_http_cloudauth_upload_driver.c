@@ -82,7 +82,12 @@ static void ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u);
 static u_char *ngx_http_cloudauth_upload_buf_alloc(size_t size,
     ngx_log_t *log);
 static void ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
-    ngx_log_t *log);
+    ngx_uint_t spare, ngx_log_t *log);
+
+
+/* the buffer an upload at the defaults left, for the next (per process) */
+static u_char  *ngx_http_cloudauth_upload_spare;
+static size_t   ngx_http_cloudauth_upload_spare_size;
 
 
 /* the upload's state, found by its request */
@@ -2007,7 +2012,7 @@ ngx_http_cloudauth_upload_cleanup(void *data)
 
     if (u->buf) {
         ngx_http_cloudauth_upload_buf_free(u->buf, u->conf->chunk_size,
-                                           ngx_cycle->log);
+                                           !u->conf->chunks, ngx_cycle->log);
         u->buf = NULL;
     }
 
@@ -2022,12 +2027,24 @@ ngx_http_cloudauth_upload_cleanup(void *data)
  * The chunk buffer is mapped, not malloc()ed: only the pages a body
  * touches become resident, and all of it goes back to the system when the
  * upload ends (malloc() would keep a freed buffer this size in its heap).
+ * But one: a process keeps the buffer of an upload at the defaults, its
+ * first KEEP + 256 KiB resident at most (what a one-request upload
+ * touches), for the next, so that a series of requests (a resumable
+ * upload's parts) does not fault the same pages in again and again.
  */
 
 static u_char *
 ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
 {
     u_char  *p;
+
+    if (ngx_http_cloudauth_upload_spare
+        && ngx_http_cloudauth_upload_spare_size == size)
+    {
+        p = ngx_http_cloudauth_upload_spare;
+        ngx_http_cloudauth_upload_spare = NULL;
+        return p;
+    }
 
     p = mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS,
              -1, 0);
@@ -2043,8 +2060,22 @@ ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
 
 
 static void
-ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size, ngx_log_t *log)
+ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
+    ngx_uint_t spare, ngx_log_t *log)
 {
+    size_t  kept;
+
+    kept = NGX_HTTP_CLOUDAUTH_UPLOAD_KEEP + NGX_CLOUDAUTH_GCS_QUANTUM;
+
+    if (spare && ngx_http_cloudauth_upload_spare == NULL && size >= kept
+        && (size == kept
+            || madvise(buf + kept, size - kept, MADV_DONTNEED) == 0))
+    {
+        ngx_http_cloudauth_upload_spare = buf;
+        ngx_http_cloudauth_upload_spare_size = size;
+        return;
+    }
+
     if (munmap(buf, size) == -1) {
         ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
                       "cloudauth: munmap() of an upload buffer failed");
