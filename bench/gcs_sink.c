@@ -21,9 +21,14 @@
  * answered.  Sessions live in memory; a chunk whose connection breaks is
  * not kept at all.
  *
- *   gcs_sink [-M] [-v] PORT          (-M: no MD5, -v: log each request)
+ *   gcs_sink [-M] [-v] [-d MS] [-c CERT -k KEY] PORT
  *
- * Build: cc -O2 -o build/gcs_sink bench/gcs_sink.c -lcrypto
+ * -M: no MD5; -v: log each request; -d MS: each answer (but "100
+ * Continue") is sent MS milliseconds after the request is in, as a network
+ * round trip to GCS would delay it; -c/-k: HTTPS (OpenSSL, the certificate
+ * chain and key in PEM) instead of plain HTTP, as GCS speaks.
+ *
+ * Build: cc -O2 -o build/gcs_sink bench/gcs_sink.c -lssl -lcrypto
  */
 
 #define _GNU_SOURCE
@@ -46,6 +51,8 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
 
 #if defined __x86_64__ && (defined __GNUC__ || defined __clang__)
 #include <nmmintrin.h>
@@ -59,6 +66,8 @@
 
 static int use_md5 = 1;
 static int verbose;
+static long delay_ms;
+static SSL_CTX *ssl_ctx;
 
 /* CRC32C ------------------------------------------------------------------ */
 
@@ -389,6 +398,10 @@ typedef enum {
 
 typedef struct {
     int          fd;
+    SSL         *ssl;           /* NULL: plain HTTP */
+    int          hs_done;
+    int64_t      due;           /* the answer's time (ms), 0: now */
+    int          delayed;       /* in the list of delayed answers */
     cstate_e     st;
     char        *head;          /* HEAD_MAX */
     size_t       head_len;
@@ -421,9 +434,42 @@ typedef struct {
 static int ep;
 static unsigned char *rbuf;
 
+#define DELAYED_MAX 4096
+static void *delayed[DELAYED_MAX];
+static int ndelayed;
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+delayed_del(conn_t *c)
+{
+    int i;
+
+    for (i = 0; i < ndelayed; i++) {
+        if (delayed[i] == c) {
+            delayed[i] = delayed[--ndelayed];
+            break;
+        }
+    }
+    c->delayed = 0;
+}
+
 static void
 conn_close(conn_t *c)
 {
+    if (c->delayed) {
+        delayed_del(c);
+    }
+    if (c->ssl) {
+        SSL_free(c->ssl);
+    }
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     free(c->head);
@@ -465,11 +511,35 @@ static int
 conn_flush(conn_t *c)
 {
     ssize_t n;
+    int e;
     struct epoll_event ev;
 
+    if (c->due && now_ms() < c->due) {
+        /* a round trip's latency: sent from the main loop when due */
+        if (!c->delayed && ndelayed < DELAYED_MAX) {
+            delayed[ndelayed++] = c;
+            c->delayed = 1;
+        }
+        return 0;
+    }
+
+    c->due = 0;
+
     while (c->out_sent < c->out_len) {
-        n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent,
-                 MSG_NOSIGNAL);
+        if (c->ssl) {
+            ERR_clear_error();
+            n = SSL_write(c->ssl, c->out + c->out_sent,
+                          (int) (c->out_len - c->out_sent));
+            if (n <= 0) {
+                e = SSL_get_error(c->ssl, (int) n);
+                errno = (e == SSL_ERROR_WANT_WRITE
+                         || e == SSL_ERROR_WANT_READ) ? EAGAIN : EPIPE;
+                n = -1;
+            }
+        } else {
+            n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent,
+                     MSG_NOSIGNAL);
+        }
         if (n < 0) {
             if (errno == EAGAIN) {
                 ev.events = EPOLLIN | EPOLLOUT;
@@ -532,6 +602,10 @@ respond(conn_t *c, int status, const char *extra, const char *body)
                       : "",
                  c->keepalive ? "" : "Connection: close\r\n",
                  extra ? extra : "");
+    if (delay_ms && c->due == 0) {
+        c->due = now_ms() + delay_ms;
+    }
+
     out_add(c, h, (size_t) n);
     if (bl) out_add(c, body, bl);
 
@@ -631,9 +705,9 @@ finish(conn_t *c)
         sessions = s;
         stats.sessions++;
         snprintf(hdr, sizeof(hdr),
-                 "Location: http://%s/upload/storage/v1/b/%s/o"
+                 "Location: %s://%s/upload/storage/v1/b/%s/o"
                  "?uploadType=resumable&upload_id=%s\r\n"
-                 "X-GUploader-UploadID: %s\r\n",
+                 "X-GUploader-UploadID: %s\r\n", ssl_ctx ? "https" : "http",
                  c->host ? c->host : "127.0.0.1", s->bucket, s->id, s->id);
         respond(c, 200, hdr, NULL);
         break;
@@ -1139,7 +1213,9 @@ consume(conn_t *c, unsigned char *p, size_t n)
 int
 main(int argc, char **argv)
 {
-    int ls, fd, one = 1, i, nev, port;
+    int ls, fd, one = 1, i, nev, port, timeout, e;
+    int64_t now, next;
+    char *cert = NULL, *key = NULL;
     struct sockaddr_in sa;
     struct epoll_event ev, evs[64];
     conn_t *c;
@@ -1148,13 +1224,38 @@ main(int argc, char **argv)
     while (argc > 1 && argv[1][0] == '-') {
         if (strcmp(argv[1], "-M") == 0) use_md5 = 0;
         else if (strcmp(argv[1], "-v") == 0) verbose = 1;
-        else break;
+        else if (strcmp(argv[1], "-d") == 0 && argc > 2) {
+            delay_ms = atol(argv[2]);
+            argc--; argv++;
+        } else if (strcmp(argv[1], "-c") == 0 && argc > 2) {
+            cert = argv[2];
+            argc--; argv++;
+        } else if (strcmp(argv[1], "-k") == 0 && argc > 2) {
+            key = argv[2];
+            argc--; argv++;
+        } else break;
         argc--; argv++;
     }
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: gcs_sink [-M] [-v] PORT\n");
+    if (argc != 2 || (cert == NULL) != (key == NULL)) {
+        fprintf(stderr, "usage: gcs_sink [-M] [-v] [-d MS] "
+                        "[-c CERT -k KEY] PORT\n");
         return 2;
+    }
+
+    if (cert) {
+        ssl_ctx = SSL_CTX_new(TLS_server_method());
+        if (ssl_ctx == NULL
+            || SSL_CTX_use_certificate_chain_file(ssl_ctx, cert) != 1
+            || SSL_CTX_use_PrivateKey_file(ssl_ctx, key, SSL_FILETYPE_PEM)
+               != 1)
+        {
+            ERR_print_errors_fp(stderr);
+            return 1;
+        }
+        SSL_CTX_set_mode(ssl_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                                  | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_options(ssl_ctx, SSL_OP_NO_TICKET);
     }
 
     port = atoi(argv[1]);
@@ -1181,11 +1282,37 @@ main(int argc, char **argv)
     ev.data.ptr = NULL;
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
 
-    fprintf(stderr, "gcs_sink: listening on 127.0.0.1:%d, crc32c %s, md5 %s\n",
-            port, crc_hw ? "sse4.2" : "table", use_md5 ? "on" : "off");
+    fprintf(stderr, "gcs_sink: listening on 127.0.0.1:%d, crc32c %s, md5 %s, "
+            "%s, answers after %ld ms\n", port, crc_hw ? "sse4.2" : "table",
+            use_md5 ? "on" : "off", ssl_ctx ? "https" : "http", delay_ms);
 
     for ( ;; ) {
-        nev = epoll_wait(ep, evs, 64, -1);
+        /* the delayed answers that are due */
+        timeout = -1;
+        now = now_ms();
+        next = 0;
+
+        for (i = 0; i < ndelayed; ) {
+            c = delayed[i];
+            if (c->due <= now) {
+                delayed_del(c);
+                if (conn_flush(c) < 0
+                    || (!c->out_len && c->st == ST_CLOSING))
+                {
+                    conn_close(c);
+                }
+                i = 0;
+                continue;
+            }
+            if (next == 0 || c->due < next) next = c->due;
+            i++;
+        }
+
+        if (next) {
+            timeout = (int) (next - now);
+        }
+
+        nev = epoll_wait(ep, evs, 64, timeout);
         if (nev < 0) {
             if (errno == EINTR) continue;
             perror("gcs_sink: epoll_wait");
@@ -1201,6 +1328,11 @@ main(int argc, char **argv)
                                sizeof(one));
                     c = calloc(1, sizeof(*c));
                     c->fd = fd;
+                    if (ssl_ctx) {
+                        c->ssl = SSL_new(ssl_ctx);
+                        SSL_set_fd(c->ssl, fd);
+                        SSL_set_accept_state(c->ssl);
+                    }
                     c->head = malloc(HEAD_MAX);
                     c->keepalive = 1;
                     req_reset(c);
@@ -1211,7 +1343,22 @@ main(int argc, char **argv)
                 continue;
             }
 
-            if (evs[i].events & EPOLLOUT) {
+            if (c->ssl && !c->hs_done) {
+                ERR_clear_error();
+                n = SSL_do_handshake(c->ssl);
+                if (n != 1) {
+                    e = SSL_get_error(c->ssl, (int) n);
+                    if (e != SSL_ERROR_WANT_READ
+                        && e != SSL_ERROR_WANT_WRITE)
+                    {
+                        conn_close(c);
+                    }
+                    continue;
+                }
+                c->hs_done = 1;
+            }
+
+            if ((evs[i].events & EPOLLOUT) && !c->delayed) {
                 if (conn_flush(c) < 0) {
                     conn_close(c);
                     continue;
@@ -1223,7 +1370,31 @@ main(int argc, char **argv)
                 continue;
             }
 
-            n = recv(c->fd, rbuf, READ_BUF, 0);
+            if (c->ssl) {
+                /* whole records: what OpenSSL holds, epoll does not see */
+                ERR_clear_error();
+                n = SSL_read(c->ssl, rbuf, READ_BUF);
+                if (n <= 0) {
+                    e = SSL_get_error(c->ssl, (int) n);
+                    if (e == SSL_ERROR_WANT_READ
+                        || e == SSL_ERROR_WANT_WRITE)
+                    {
+                        errno = EAGAIN;
+                        n = -1;
+                    } else {
+                        n = 0;
+                    }
+                } else {
+                    while (n < READ_BUF && SSL_pending(c->ssl) > 0) {
+                        int k = SSL_read(c->ssl, rbuf + n,
+                                         READ_BUF - (int) n);
+                        if (k <= 0) break;
+                        n += k;
+                    }
+                }
+            } else {
+                n = recv(c->fd, rbuf, READ_BUF, 0);
+            }
 
             if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
                 /* an unfinished request is dropped: nothing of it kept */

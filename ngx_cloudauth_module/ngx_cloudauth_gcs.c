@@ -7,7 +7,9 @@
  * Content-Range, the last one with X-Goog-Hash), status queries after a
  * failure (with back-off) and the cancellation (DELETE).  Answers are
  * checked against what was sent.  The caller's bytes are read in place
- * and kept by the caller until the progress handler says GCS holds them.
+ * and kept by the caller until the progress handler says GCS holds them;
+ * or, a streamed chunk, pulled from the caller as curl sends them, once:
+ * after a failure the caller learns what GCS holds and goes on from there.
  */
 
 
@@ -193,7 +195,7 @@ ngx_cloudauth_gcs_session_op(ngx_cloudauth_gcs_t *s,
 
 static ngx_int_t
 ngx_cloudauth_gcs_put(ngx_cloudauth_gcs_t *s, ngx_uint_t op, off_t offset,
-    u_char *data, size_t len)
+    u_char *data, size_t len, ngx_cloudauth_gcs_read_pt read, void *rdata)
 {
     if (offset != s->offset || s->uri.len == 0) {
         ngx_log_error(NGX_LOG_ALERT, s->log, 0,
@@ -207,6 +209,9 @@ ngx_cloudauth_gcs_put(ngx_cloudauth_gcs_t *s, ngx_uint_t op, off_t offset,
     s->req = op;
     s->data = data;
     s->len = len;
+    s->reader = read;
+    s->reader_data = rdata;
+    s->paused = 0;
 
     return ngx_cloudauth_gcs_run(s);
 }
@@ -219,7 +224,36 @@ ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset, u_char *data,
     size_t len)
 {
     return ngx_cloudauth_gcs_put(s, NGX_CLOUDAUTH_GCS_CHUNK, offset, data,
-                                 len);
+                                 len, NULL, NULL);
+}
+
+
+/*
+ * Bytes [offset, offset + len), a multiple of 256 KiB, not the last, in one
+ * request whose bytes read() gives as curl sends them, from where the
+ * caller holds them: nothing is copied here.  They are read once: a
+ * request that fails is not done again, the progress handler says what
+ * GCS holds (after a status query) and the caller goes on from there.
+ */
+
+ngx_int_t
+ngx_cloudauth_gcs_stream(ngx_cloudauth_gcs_t *s, off_t offset, size_t len,
+    ngx_cloudauth_gcs_read_pt read, void *data)
+{
+    return ngx_cloudauth_gcs_put(s, NGX_CLOUDAUTH_GCS_CHUNK, offset, NULL,
+                                 len, read, data);
+}
+
+
+/* the reader has bytes again */
+
+void
+ngx_cloudauth_gcs_resume(ngx_cloudauth_gcs_t *s)
+{
+    if (s->fetch && s->paused) {
+        s->paused = 0;
+        ngx_cloudauth_fetch_unpause(s->fetch);
+    }
 }
 
 
@@ -232,7 +266,7 @@ ngx_cloudauth_gcs_finish(ngx_cloudauth_gcs_t *s, off_t offset, u_char *data,
     s->hash = *hash;
 
     return ngx_cloudauth_gcs_put(s, NGX_CLOUDAUTH_GCS_FINAL, offset, data,
-                                 len);
+                                 len, NULL, NULL);
 }
 
 
@@ -475,6 +509,7 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
     }
 
     s->sent = 0;
+    s->paused = 0;
     s->range = -1;
     ngx_str_null(&s->location);
 
@@ -488,6 +523,16 @@ ngx_cloudauth_gcs_request(ngx_cloudauth_gcs_t *s)
 
     if (s->fetch == NULL) {
         goto failed;
+    }
+
+    if (length > NGX_CLOUDAUTH_GCS_UPLOAD_BUFFER) {
+        /*
+         * curl's upload buffer (64 KiB by default): a larger one takes the
+         * bytes in fewer calls and hands TLS larger writes; set before the
+         * transfer runs, which is on the next turn of the event loop
+         */
+        (void) curl_easy_setopt(s->fetch->easy, CURLOPT_UPLOAD_BUFFERSIZE,
+                                (long) NGX_CLOUDAUTH_GCS_UPLOAD_BUFFER);
     }
 
     /* no byte moved for cloudauth_timeout: given up (and resumed) */
@@ -685,14 +730,36 @@ ngx_cloudauth_gcs_read(ngx_cloudauth_fetch_t *f, u_char *buf, size_t size)
 {
     ngx_cloudauth_gcs_t  *s = f->data;
 
-    size_t  n;
+    size_t   n;
+    ssize_t  got;
 
     n = ngx_min(size, s->len - s->sent);
 
-    ngx_memcpy(buf, s->data + s->sent, n);
-    s->sent += n;
+    if (s->reader == NULL) {
+        ngx_memcpy(buf, s->data + s->sent, n);
+        s->sent += n;
 
-    return n;
+        return n;
+    }
+
+    if (n == 0) {
+        return 0;
+    }
+
+    got = s->reader(s->reader_data, buf, n);
+
+    if (got == NGX_AGAIN) {
+        s->paused = 1;
+        return NGX_AGAIN;
+    }
+
+    if (got <= 0 || (size_t) got > n) {
+        return NGX_ERROR;
+    }
+
+    s->sent += got;
+
+    return got;
 }
 
 
@@ -796,7 +863,9 @@ ngx_cloudauth_gcs_answer(ngx_cloudauth_gcs_t *s, ngx_cloudauth_fetch_t *f,
 
         s->reauth = 1;
         s->token = 0;
-        s->req = req;
+
+        /* a streamed chunk's bytes are not ours to send again: ask */
+        s->req = s->reader ? NGX_CLOUDAUTH_GCS_QUERY : req;
 
         (void) ngx_cloudauth_gcs_run(s);
         return;
@@ -1351,6 +1420,7 @@ ngx_cloudauth_gcs_stall(ngx_event_t *ev)
      */
 
     if (moved != s->moved
+        || s->paused        /* waiting for the caller's bytes */
         || (begun == 0
             && ngx_current_msec - s->asked_at < NGX_CLOUDAUTH_GCS_RETRY_WINDOW))
     {

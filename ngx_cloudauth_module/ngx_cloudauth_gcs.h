@@ -24,6 +24,7 @@
 
 #define NGX_CLOUDAUTH_GCS_URL           "https://storage.googleapis.com"
 #define NGX_CLOUDAUTH_GCS_QUANTUM       (256 * 1024)
+#define NGX_CLOUDAUTH_GCS_UPLOAD_BUFFER (512 * 1024)
 #define NGX_CLOUDAUTH_GCS_RETRY_FIRST   1000
 #define NGX_CLOUDAUTH_GCS_RETRY_MAX     16000
 #define NGX_CLOUDAUTH_GCS_RETRY_WINDOW  60000
@@ -110,6 +111,14 @@ typedef enum {
 
 typedef void (*ngx_cloudauth_gcs_progress_pt)(ngx_cloudauth_gcs_t *s,
     off_t offset);
+
+/*
+ * A streamed chunk's bytes, pulled as curl sends them: bytes given (never
+ * 0), NGX_AGAIN (none now: the request waits for ngx_cloudauth_gcs_resume),
+ * NGX_ERROR
+ */
+typedef ssize_t (*ngx_cloudauth_gcs_read_pt)(void *data, u_char *buf,
+    size_t size);
 typedef void (*ngx_cloudauth_gcs_done_pt)(ngx_cloudauth_gcs_t *s,
     json_t *object);
 typedef void (*ngx_cloudauth_gcs_failed_pt)(ngx_cloudauth_gcs_t *s,
@@ -152,6 +161,10 @@ struct ngx_cloudauth_gcs_s {
     size_t                         sent;
     ngx_cloudauth_gcs_hash_t       hash;
 
+    /* a streamed chunk: its bytes come from the caller, sent once only */
+    ngx_cloudauth_gcs_read_pt      reader;
+    void                          *reader_data;
+
     /* the request on its way, or due after the token or a back-off */
     ngx_cloudauth_gcs_req_e        req;
     ngx_cloudauth_fetch_t         *fetch;
@@ -176,6 +189,7 @@ struct ngx_cloudauth_gcs_s {
     unsigned                       reauth:1;    /* a 401 was retried */
     ngx_cloudauth_gcs_error_e      why;         /* of a failure */
     unsigned                       probing:1;   /* a 400: others' bytes? */
+    unsigned                       paused:1;    /* the reader had none */
 };
 
 
@@ -189,6 +203,9 @@ ngx_int_t ngx_cloudauth_gcs_query(ngx_cloudauth_gcs_t *s);
 ngx_int_t ngx_cloudauth_gcs_terminate(ngx_cloudauth_gcs_t *s);
 ngx_int_t ngx_cloudauth_gcs_send(ngx_cloudauth_gcs_t *s, off_t offset,
     u_char *data, size_t len);
+ngx_int_t ngx_cloudauth_gcs_stream(ngx_cloudauth_gcs_t *s, off_t offset,
+    size_t len, ngx_cloudauth_gcs_read_pt read, void *data);
+void ngx_cloudauth_gcs_resume(ngx_cloudauth_gcs_t *s);
 ngx_int_t ngx_cloudauth_gcs_finish(ngx_cloudauth_gcs_t *s, off_t offset,
     u_char *data, size_t len, ngx_cloudauth_gcs_hash_t *hash);
 ngx_uint_t ngx_cloudauth_gcs_busy(ngx_cloudauth_gcs_t *s);

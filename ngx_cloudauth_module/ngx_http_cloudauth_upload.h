@@ -19,6 +19,7 @@
 
 
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_CHUNK         (8 * 1024 * 1024)
+#define NGX_HTTP_CLOUDAUTH_UPLOAD_KEEP          (2 * 1024 * 1024)
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_FIELDS_MAX    (64 * 1024)
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_NFIELDS_MAX   64
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_NAME_MAX      1024
@@ -94,6 +95,7 @@ typedef struct {
     ngx_http_complex_value_t     *object;   /* NULL: URI below location */
     ngx_flag_t                    md5;      /* off: only for Content-MD5 */
     size_t                        chunk_size;
+    ngx_flag_t                    chunks;   /* chunk_size= given: chunks */
     off_t                         max_size; /* -1: client_max_body_size */
     off_t                         max;      /* the limit of it all; 0: none */
     ngx_array_t                  *cors;     /* ngx_str_t origins */
@@ -172,9 +174,18 @@ struct ngx_http_cloudauth_upload_s {
     const ngx_http_cloudauth_upload_hooks_t  *hooks;
     ngx_event_t                          guard;
 
-    /* the chunk buffer */
+    /*
+     * the chunk buffer: bytes [obj.offset + direct, + len); a streamed
+     * chunk's bytes go to GCS from nginx's buffers (direct), those from
+     * keep_from on are kept here too, for a retry
+     */
     u_char                              *buf;
     size_t                               len;
+    off_t                                direct;
+    off_t                                stream_end; /* the aligned end */
+    off_t                                keep_from;
+    ngx_int_t                            read_rc;   /* of a read in a send */
+    ngx_event_t                          wake;
 
     ngx_chain_t                         *in;        /* body not yet taken */
     off_t                                body_bytes;
@@ -224,6 +235,8 @@ struct ngx_http_cloudauth_upload_s {
     unsigned                             input_done:1;
     unsigned                             finished:1;
     unsigned                             active:1;
+    unsigned                             direct_ok:1; /* may stream */
+    unsigned                             streaming:1;
 };
 
 

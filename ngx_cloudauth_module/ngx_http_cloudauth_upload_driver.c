@@ -50,6 +50,11 @@ static ngx_int_t ngx_http_cloudauth_upload_step(
     ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_session(
     ngx_http_cloudauth_upload_t *u);
+static ngx_int_t ngx_http_cloudauth_upload_stream(
+    ngx_http_cloudauth_upload_t *u);
+static ssize_t ngx_http_cloudauth_upload_give(void *data, u_char *buf,
+    size_t size);
+static void ngx_http_cloudauth_upload_wake(ngx_event_t *ev);
 static ngx_int_t ngx_http_cloudauth_upload_park(
     ngx_http_cloudauth_upload_t *u);
 static ngx_int_t ngx_http_cloudauth_upload_last(
@@ -77,7 +82,12 @@ static void ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u);
 static u_char *ngx_http_cloudauth_upload_buf_alloc(size_t size,
     ngx_log_t *log);
 static void ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
-    ngx_log_t *log);
+    ngx_uint_t spare, ngx_log_t *log);
+
+
+/* the buffer an upload at the defaults left, for the next (per process) */
+static u_char  *ngx_http_cloudauth_upload_spare;
+static size_t   ngx_http_cloudauth_upload_spare_size;
 
 
 /* the upload's state, found by its request */
@@ -251,6 +261,10 @@ ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
     u->guard.data = u->request->connection;
     u->guard.log = u->request->connection->log;
 
+    u->wake.handler = ngx_http_cloudauth_upload_wake;
+    u->wake.data = u->request->connection;
+    u->wake.log = u->request->connection->log;
+
     st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->uploads_active, 1);
@@ -281,6 +295,24 @@ ngx_http_cloudauth_upload_guard(ngx_event_t *ev)
 }
 
 
+/* a read of the body inside curl's callback failed, or the body ended */
+
+static void
+ngx_http_cloudauth_upload_wake(ngx_event_t *ev)
+{
+    ngx_connection_t             *c;
+    ngx_http_cloudauth_upload_t  *u;
+
+    u = (ngx_http_cloudauth_upload_t *)
+            ((u_char *) ev - offsetof(ngx_http_cloudauth_upload_t, wake));
+    c = u->request->connection;
+
+    ngx_http_cloudauth_upload_run(u);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
 /*
  * Takes what the body offers while there is room, then starts whatever
  * GCS request is due; returns when waiting for the client, GCS, the token
@@ -305,7 +337,7 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
 
         if (rc != NGX_OK
             && (r->connection->error || rc == NGX_HTTP_REQUEST_TIME_OUT)
-            && u->given && u->obj.started && !u->obj.eof)
+            && u->given && u->obj.started && !u->obj.eof && !u->streaming)
         {
             /* what GCS can keep of it is sent; the client resumes */
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -358,6 +390,12 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
         }
 
         if (u->obj.gcs && ngx_cloudauth_gcs_busy(u->obj.gcs)) {
+
+            if (u->streaming && u->in) {
+                /* the client's next bytes, for the chunk on its way */
+                ngx_cloudauth_gcs_resume(u->obj.gcs);
+            }
+
             return;
         }
 
@@ -381,6 +419,11 @@ ngx_http_cloudauth_upload_pull(ngx_http_cloudauth_upload_t *u)
 
     r = u->request;
     rb = r->request_body;
+
+    if (u->read_rc) {
+        /* what a read inside the streamed chunk's callback met */
+        return u->read_rc;
+    }
 
     for ( ;; ) {
 
@@ -491,7 +534,11 @@ ngx_http_cloudauth_upload_take(ngx_http_cloudauth_upload_t *u, u_char *p,
         return ngx_http_cloudauth_upload_form_take(u, p, last, taken);
     }
 
-    if (!u->obj.open || u->obj.eof) {
+    if (!u->obj.open || u->obj.eof
+        || (u->direct_ok
+            && u->obj.base + u->obj.received < u->stream_end))
+    {
+        /* none yet, or a streamed chunk's: curl takes them (give) */
         *taken = 0;
         return NGX_OK;
     }
@@ -896,7 +943,26 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     }
 
     u->len = 0;
+    u->direct = 0;
+    u->direct_ok = 0;
+    u->stream_end = 0;
     obj->open = 1;
+
+    /*
+     * Without chunk_size=, a body of a known length goes to GCS as one
+     * request, up to its last 256 KiB mark, straight from nginx's buffers;
+     * the rest follows with the hashes in the final request (or, for a
+     * part of a resumable upload, is dropped: the client sends it again)
+     */
+
+    if (!u->conf->chunks && !u->multipart
+        && r->headers_in.content_length_n > 0
+        && obj->base % NGX_CLOUDAUTH_GCS_QUANTUM == 0)
+    {
+        u->stream_end = obj->base + r->headers_in.content_length_n;
+        u->stream_end -= u->stream_end % NGX_CLOUDAUTH_GCS_QUANTUM;
+        u->direct_ok = (u->stream_end > obj->base);
+    }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "cloudauth: upload: object \"%V\" size %O from %O",
@@ -1032,6 +1098,9 @@ ngx_http_cloudauth_upload_close(ngx_http_cloudauth_upload_t *u)
     u->obj.open = 0;
     u->obj.gcs = NULL;
     u->len = 0;
+    u->direct = 0;
+    u->direct_ok = 0;
+    u->streaming = 0;
 }
 
 
@@ -1089,6 +1158,13 @@ ngx_http_cloudauth_upload_step(ngx_http_cloudauth_upload_t *u)
         return ngx_http_cloudauth_upload_park(u);
     }
 
+    if (u->direct_ok && u->len == 0 && u->direct == 0
+        && obj->base + obj->received == obj->offset
+        && obj->offset < u->stream_end)
+    {
+        return ngx_http_cloudauth_upload_stream(u);
+    }
+
     if (u->len == u->conf->chunk_size) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
                        "cloudauth: upload: chunk of %uz at %O",
@@ -1142,6 +1218,153 @@ ngx_http_cloudauth_upload_session(ngx_http_cloudauth_upload_t *u)
 
     if (ngx_cloudauth_gcs_start(u->obj.gcs) != NGX_OK) {
         return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The body's bytes up to stream_end in one request: curl pulls them from
+ * nginx's buffers (give), the last KEEP of them are kept in the chunk
+ * buffer too, so that GCS keeping fewer than it was sent (a short 308, a
+ * failure answered at the end) is resumed from memory
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_stream(ngx_http_cloudauth_upload_t *u)
+{
+    off_t                                keep;
+    ngx_http_cloudauth_upload_object_t  *obj;
+
+    obj = &u->obj;
+
+    keep = ngx_min(NGX_HTTP_CLOUDAUTH_UPLOAD_KEEP,
+                   (off_t) (u->conf->chunk_size - NGX_CLOUDAUTH_GCS_QUANTUM));
+
+    u->keep_from = ngx_max(obj->offset, u->stream_end - keep);
+    u->streaming = 1;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: stream %O-%O, kept from %O",
+                   obj->offset, u->stream_end, u->keep_from);
+
+    if (ngx_cloudauth_gcs_stream(obj->gcs, obj->offset,
+                                 (size_t) (u->stream_end - obj->offset),
+                                 ngx_http_cloudauth_upload_give, u)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * curl's read callback of a streamed chunk: the body's bytes from nginx's
+ * buffers into curl's, reading the client when they are used up.  What
+ * cannot be handled inside curl (a failed read, the body's end) wakes the
+ * upload from the posted events.
+ */
+
+static ssize_t
+ngx_http_cloudauth_upload_give(void *data, u_char *buf, size_t size)
+{
+    ngx_http_cloudauth_upload_t *u = data;
+
+    off_t                                pos, skip;
+    size_t                               n, given;
+    ngx_int_t                            rc;
+    ngx_buf_t                           *b;
+    ngx_http_request_t                  *r;
+    ngx_http_request_body_t             *rb;
+    ngx_http_cloudauth_upload_object_t  *obj;
+
+    r = u->request;
+    rb = r->request_body;
+    obj = &u->obj;
+    given = 0;
+
+    while (given < size) {
+
+        if (u->in == NULL) {
+
+            if (rb->bufs) {
+                u->in = rb->bufs;
+                rb->bufs = NULL;
+                continue;
+            }
+
+            if (u->read_rc || !r->reading_body) {
+                break;
+            }
+
+            rc = ngx_http_read_unbuffered_request_body(r);
+
+            if (rc >= NGX_HTTP_SPECIAL_RESPONSE || rc == NGX_ERROR) {
+                u->read_rc = rc;
+                break;
+            }
+
+            if (rb->bufs == NULL) {
+                break;
+            }
+
+            continue;
+        }
+
+        b = u->in->buf;
+
+        if (b->in_file) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "cloudauth: request body in a file");
+            u->read_rc = NGX_ERROR;
+            break;
+        }
+
+        if (b->pos == b->last) {
+            u->in = u->in->next;
+            continue;
+        }
+
+        n = ngx_min((size_t) (b->last - b->pos), size - given);
+
+        ngx_memcpy(buf + given, b->pos, n);
+        b->pos += n;
+
+        pos = obj->base + obj->received;
+
+        if (pos + (off_t) n > u->keep_from) {
+            skip = (pos >= u->keep_from) ? 0 : u->keep_from - pos;
+
+            ngx_memcpy(u->buf + u->len, buf + given + skip,
+                       n - (size_t) skip);
+            u->len += n - (size_t) skip;
+            u->direct += skip;
+
+        } else {
+            u->direct += n;
+        }
+
+        obj->received += n;
+        u->bytes += n;
+        u->body_bytes += n;
+        obj->crc32c = ngx_cloudauth_crc32c(obj->crc32c, buf + given, n);
+
+        if (obj->md5) {
+            EVP_DigestUpdate(obj->md5, buf + given, n);
+        }
+
+        given += n;
+    }
+
+    if (given) {
+        return given;
+    }
+
+    if ((u->read_rc || !r->reading_body) && !u->wake.posted) {
+        ngx_post_event(&u->wake, &ngx_posted_events);
     }
 
     return NGX_AGAIN;
@@ -1276,14 +1499,41 @@ ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
                    "cloudauth: upload: GCS holds %O of \"%V\"",
                    offset, &obj->shown);
 
-    /* GCS holds [0, offset): the buffer keeps the rest */
+    u->streaming = 0;
 
-    drop = offset - obj->offset;
+    /*
+     * GCS holds [0, offset): the buffer keeps the rest, from
+     * obj->offset + u->direct (a streamed chunk's bytes before are gone)
+     */
+
+    if (offset < obj->offset + u->direct) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "cloudauth: upload: GCS holds %O bytes of \"%V\", "
+                      "the bytes from there up to %O were streamed and are "
+                      "no longer here", offset, &obj->shown,
+                      obj->offset + u->direct);
+
+        ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_GATEWAY,
+                       "GCS lost bytes of a request that cannot be sent "
+                       "again",
+                       sizeof("GCS lost bytes of a request that cannot be "
+                              "sent again") - 1);
+        goto done;
+    }
+
+    drop = offset - obj->offset - u->direct;
 
     if (drop) {
         ngx_memmove(u->buf, u->buf + drop, u->len - (size_t) drop);
         u->len -= (size_t) drop;
-        obj->offset = offset;
+    }
+
+    obj->offset = offset;
+    u->direct = 0;
+
+    if (u->len && obj->base + obj->received < u->stream_end) {
+        /* a streamed chunk resumed from the kept bytes: chunks from now */
+        u->direct_ok = 0;
     }
 
     ngx_http_cloudauth_upload_run(u);
@@ -1754,9 +2004,13 @@ ngx_http_cloudauth_upload_cleanup(void *data)
 
     ngx_http_cloudauth_upload_abort(u);
 
+    if (u->wake.posted) {
+        ngx_delete_posted_event(&u->wake);
+    }
+
     if (u->buf) {
         ngx_http_cloudauth_upload_buf_free(u->buf, u->conf->chunk_size,
-                                           ngx_cycle->log);
+                                           !u->conf->chunks, ngx_cycle->log);
         u->buf = NULL;
     }
 
@@ -1771,12 +2025,24 @@ ngx_http_cloudauth_upload_cleanup(void *data)
  * The chunk buffer is mapped, not malloc()ed: only the pages a body
  * touches become resident, and all of it goes back to the system when the
  * upload ends (malloc() would keep a freed buffer this size in its heap).
+ * But one: a process keeps the buffer of an upload at the defaults, its
+ * first KEEP + 256 KiB resident at most (what a one-request upload
+ * touches), for the next, so that a series of requests (a resumable
+ * upload's parts) does not fault the same pages in again and again.
  */
 
 static u_char *
 ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
 {
     u_char  *p;
+
+    if (ngx_http_cloudauth_upload_spare
+        && ngx_http_cloudauth_upload_spare_size == size)
+    {
+        p = ngx_http_cloudauth_upload_spare;
+        ngx_http_cloudauth_upload_spare = NULL;
+        return p;
+    }
 
     p = mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS,
              -1, 0);
@@ -1792,8 +2058,22 @@ ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
 
 
 static void
-ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size, ngx_log_t *log)
+ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
+    ngx_uint_t spare, ngx_log_t *log)
 {
+    size_t  kept;
+
+    kept = NGX_HTTP_CLOUDAUTH_UPLOAD_KEEP + NGX_CLOUDAUTH_GCS_QUANTUM;
+
+    if (spare && ngx_http_cloudauth_upload_spare == NULL && size >= kept
+        && (size == kept
+            || madvise(buf + kept, size - kept, MADV_DONTNEED) == 0))
+    {
+        ngx_http_cloudauth_upload_spare = buf;
+        ngx_http_cloudauth_upload_spare_size = size;
+        return;
+    }
+
     if (munmap(buf, size) == -1) {
         ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
                       "cloudauth: munmap() of an upload buffer failed");

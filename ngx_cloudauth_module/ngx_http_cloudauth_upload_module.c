@@ -789,6 +789,7 @@ ngx_http_cloudauth_upload_param(ngx_conf_t *cf,
         }
 
         ucf->chunk_size = (size_t) size;
+        ucf->chunks = 1;
         return NGX_CONF_OK;
     }
 
