@@ -505,7 +505,8 @@ ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
 /*
  * A request whose body (length bytes, or none if length is -1) is pulled
  * through read() as curl sends it, with a custom method (PUT, DELETE), and
- * whose response header lines go to header().
+ * whose response header lines go to header().  read() returning NGX_AGAIN
+ * pauses the transfer until ngx_cloudauth_fetch_unpause().
  * The transfer ends when it stalls (no byte moved) for cloudauth_timeout,
  * not after a fixed time: a chunk of many megabytes may take long.
  */
@@ -596,11 +597,53 @@ ngx_cloudauth_fetch_read_cb(char *buf, size_t size, size_t nitems,
 
     n = f->read(f, (u_char *) buf, size * nitems);
 
+    if (n == NGX_AGAIN) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, f->log, 0,
+                       "cloudauth fetch: body paused: nothing to send yet");
+        return CURL_READFUNC_PAUSE;
+    }
+
     if (n < 0) {
         return CURL_READFUNC_ABORT;
     }
 
     return (size_t) n;
+}
+
+
+/* the body has more to send: the transfer paused by read() goes on */
+
+void
+ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f)
+{
+    CURLcode  rc;
+
+    if (!f->active || f->code != CURLE_OK) {
+        /* done, or failed and its handler is due */
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, f->log, 0,
+                   "cloudauth fetch: body resumed");
+
+    rc = curl_easy_pause(f->easy, CURLPAUSE_CONT);
+
+    if (rc == CURLE_OK) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                  "cloudauth: curl_easy_pause() failed: %s",
+                  curl_easy_strerror(rc));
+
+    if (rc == CURLE_ABORTED_BY_CALLBACK) {
+        /* curl's socket or timer callback failed: the multi handle is dead */
+        ngx_cloudauth_fetch_restart("curl_easy_pause",
+                                    CURLM_ABORTED_BY_CALLBACK, f->log);
+        return;
+    }
+
+    ngx_cloudauth_fetch_fail(f, "cannot resume the transfer");
 }
 
 

@@ -72,6 +72,7 @@ ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
     ngx_cloudauth_fetch_read_pt read, ngx_cloudauth_fetch_rewind_pt rewind,
     ngx_cloudauth_fetch_header_pt header,
     ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
+void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
 
 
 #endif /* _NGX_CLOUDAUTH_FETCH_H_INCLUDED_ */

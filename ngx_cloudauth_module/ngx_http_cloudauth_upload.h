@@ -71,6 +71,10 @@ typedef struct {
 typedef struct {
     u_char                        key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
     ngx_str_t                     key_file; /* empty: the zone's secret */
+
+    /* the buffer an upload at the defaults left, for the next (a worker's) */
+    u_char                       *spare;
+    size_t                        spare_size;
 } ngx_http_cloudauth_upload_main_conf_t;
 
 
@@ -273,6 +277,7 @@ ngx_int_t ngx_http_cloudauth_upload_read(ngx_http_cloudauth_upload_t *u);
 ngx_int_t ngx_http_cloudauth_upload_ask(ngx_http_cloudauth_upload_t *u,
     ngx_http_cloudauth_upload_ask_e what);
 ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
+void ngx_http_cloudauth_upload_spare_free(void *data);
 
 /* ngx_http_cloudauth_upload_reply.c: answers, CORS, cross-site requests */
 ngx_table_elt_t *ngx_http_cloudauth_upload_header_in(ngx_http_request_t *r,

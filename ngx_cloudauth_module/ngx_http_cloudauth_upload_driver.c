@@ -79,15 +79,11 @@ static void ngx_http_cloudauth_upload_abort(ngx_http_cloudauth_upload_t *u);
 static void ngx_http_cloudauth_upload_settle(ngx_http_cloudauth_upload_t *u,
     ngx_http_cloudauth_upload_status_e outcome);
 static void ngx_http_cloudauth_upload_finish(ngx_http_cloudauth_upload_t *u);
-static u_char *ngx_http_cloudauth_upload_buf_alloc(size_t size,
-    ngx_log_t *log);
-static void ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
+static u_char *ngx_http_cloudauth_upload_buf_alloc(
+    ngx_http_cloudauth_upload_main_conf_t *umcf, size_t size, ngx_log_t *log);
+static void ngx_http_cloudauth_upload_buf_free(
+    ngx_http_cloudauth_upload_main_conf_t *umcf, u_char *buf, size_t size,
     ngx_uint_t spare, ngx_log_t *log);
-
-
-/* the buffer an upload at the defaults left, for the next (per process) */
-static u_char  *ngx_http_cloudauth_upload_spare;
-static size_t   ngx_http_cloudauth_upload_spare_size;
 
 
 /* the upload's state, found by its request */
@@ -915,8 +911,10 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     }
 
     if (u->buf == NULL) {
-        u->buf = ngx_http_cloudauth_upload_buf_alloc(u->conf->chunk_size,
-                                                     r->connection->log);
+        u->buf = ngx_http_cloudauth_upload_buf_alloc(
+                     ngx_http_get_module_main_conf(r,
+                                            ngx_http_cloudauth_upload_module),
+                     u->conf->chunk_size, r->connection->log);
         if (u->buf == NULL) {
             return NGX_ERROR;
         }
@@ -2009,8 +2007,11 @@ ngx_http_cloudauth_upload_cleanup(void *data)
     }
 
     if (u->buf) {
-        ngx_http_cloudauth_upload_buf_free(u->buf, u->conf->chunk_size,
-                                           !u->conf->chunks, ngx_cycle->log);
+        ngx_http_cloudauth_upload_buf_free(
+                     ngx_http_get_module_main_conf(u->request,
+                                            ngx_http_cloudauth_upload_module),
+                     u->buf, u->conf->chunk_size, !u->conf->chunks,
+                     ngx_cycle->log);
         u->buf = NULL;
     }
 
@@ -2028,19 +2029,19 @@ ngx_http_cloudauth_upload_cleanup(void *data)
  * But one: a process keeps the buffer of an upload at the defaults, its
  * first KEEP + 256 KiB resident at most (what a one-request upload
  * touches), for the next, so that a series of requests (a resumable
- * upload's parts) does not fault the same pages in again and again.
+ * upload's parts) does not fault the same pages in again and again.  It
+ * is kept in the cycle's configuration, and given back with it.
  */
 
 static u_char *
-ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
+ngx_http_cloudauth_upload_buf_alloc(
+    ngx_http_cloudauth_upload_main_conf_t *umcf, size_t size, ngx_log_t *log)
 {
     u_char  *p;
 
-    if (ngx_http_cloudauth_upload_spare
-        && ngx_http_cloudauth_upload_spare_size == size)
-    {
-        p = ngx_http_cloudauth_upload_spare;
-        ngx_http_cloudauth_upload_spare = NULL;
+    if (umcf->spare && umcf->spare_size == size) {
+        p = umcf->spare;
+        umcf->spare = NULL;
         return p;
     }
 
@@ -2058,24 +2059,39 @@ ngx_http_cloudauth_upload_buf_alloc(size_t size, ngx_log_t *log)
 
 
 static void
-ngx_http_cloudauth_upload_buf_free(u_char *buf, size_t size,
+ngx_http_cloudauth_upload_buf_free(
+    ngx_http_cloudauth_upload_main_conf_t *umcf, u_char *buf, size_t size,
     ngx_uint_t spare, ngx_log_t *log)
 {
     size_t  kept;
 
     kept = NGX_HTTP_CLOUDAUTH_UPLOAD_KEEP + NGX_CLOUDAUTH_GCS_QUANTUM;
 
-    if (spare && ngx_http_cloudauth_upload_spare == NULL && size >= kept
+    if (spare && umcf->spare == NULL && size >= kept
         && (size == kept
             || madvise(buf + kept, size - kept, MADV_DONTNEED) == 0))
     {
-        ngx_http_cloudauth_upload_spare = buf;
-        ngx_http_cloudauth_upload_spare_size = size;
+        umcf->spare = buf;
+        umcf->spare_size = size;
         return;
     }
 
     if (munmap(buf, size) == -1) {
         ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
                       "cloudauth: munmap() of an upload buffer failed");
+    }
+}
+
+
+/* the cycle's configuration goes: the buffer it kept, with it */
+
+void
+ngx_http_cloudauth_upload_spare_free(void *data)
+{
+    ngx_http_cloudauth_upload_main_conf_t  *umcf = data;
+
+    if (umcf->spare) {
+        (void) munmap(umcf->spare, umcf->spare_size);
+        umcf->spare = NULL;
     }
 }

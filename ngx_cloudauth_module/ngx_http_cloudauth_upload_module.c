@@ -373,6 +373,7 @@ ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf)
 static void *
 ngx_http_cloudauth_upload_create_main_conf(ngx_conf_t *cf)
 {
+    ngx_pool_cleanup_t                     *cln;
     ngx_http_cloudauth_upload_main_conf_t  *umcf;
 
     umcf = ngx_pcalloc(cf->pool,
@@ -381,10 +382,19 @@ ngx_http_cloudauth_upload_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_cloudauth_upload_spare_free;
+    cln->data = umcf;
+
     /*
      * set by ngx_pcalloc():
      *
      *     umcf->key_file = { 0, NULL };
+     *     umcf->spare = NULL;
      */
 
     return umcf;
