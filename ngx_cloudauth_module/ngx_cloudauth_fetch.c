@@ -571,6 +571,15 @@ ngx_cloudauth_fetch_stream(ngx_cloudauth_request_t *req, off_t length,
         ngx_cloudauth_setopt(f, CURLOPT_PIPEWAIT, 1L);
         ngx_cloudauth_setopt(f, CURLOPT_LOW_SPEED_LIMIT, 1L);
         ngx_cloudauth_setopt(f, CURLOPT_LOW_SPEED_TIME, stall);
+
+        /*
+         * a body that may pause (read() NGX_AGAIN) goes over HTTP/1.1:
+         * libcurl of Debian 12 (7.88) has known bugs pausing an HTTP/2
+         * upload (curl issues 10618, 10751), and a transfer that does not
+         * resume would hang the upload
+         */
+        ngx_cloudauth_setopt(f, CURLOPT_HTTP_VERSION,
+                             (long) CURL_HTTP_VERSION_1_1);
     }
 
     if (ngx_cloudauth_fetch_add(f) != NGX_OK) {

@@ -388,7 +388,15 @@ ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u)
         if (u->obj.gcs && ngx_cloudauth_gcs_busy(u->obj.gcs)) {
 
             if (u->streaming && u->in) {
-                /* the client's next bytes, for the chunk on its way */
+                /*
+                 * the client's next bytes, for the chunk on its way; until
+                 * GCS takes them, a slow GCS is not a client that stopped
+                 * sending (back-pressure, as for a full chunk buffer)
+                 */
+                if (r->connection->read->timer_set) {
+                    ngx_del_timer(r->connection->read);
+                }
+
                 ngx_cloudauth_gcs_resume(u->obj.gcs);
             }
 
@@ -1520,6 +1528,19 @@ ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
     }
 
     drop = offset - obj->offset - u->direct;
+
+    if (drop < 0 || drop > (off_t) u->len) {
+        /* a hostile or broken GCS: more than it was sent */
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "cloudauth: upload: GCS holds %O bytes of \"%V\", "
+                      "more than the %O it was sent", offset, &obj->shown,
+                      obj->offset + u->direct + (off_t) u->len);
+
+        ngx_http_cloudauth_upload_fail(u, NGX_HTTP_BAD_GATEWAY,
+                       "GCS reports bytes it was not sent",
+                       sizeof("GCS reports bytes it was not sent") - 1);
+        goto done;
+    }
 
     if (drop) {
         ngx_memmove(u->buf, u->buf + drop, u->len - (size_t) drop);
