@@ -174,6 +174,23 @@ sub read_request {
 
     my $body = '';
 
+    # a lying GCS (t/231): a streamed chunk is answered 503 before its
+    # body, then a status query claims bytes up to CLOUDAUTH_FAKE_LIE
+    if ($ENV{CLOUDAUTH_FAKE_LIE} && $method eq 'PUT') {
+        my $cr = $h{'content-range'} // '';
+        my $answer = $cr =~ m{^bytes 0-\d+/\*$}
+            ? "HTTP/1.1 503 Unavailable\r\n"
+            : $cr eq 'bytes */*'
+            ? "HTTP/1.1 308 Resume Incomplete\r\n"
+              . "Range: bytes=0-$ENV{CLOUDAUTH_FAKE_LIE}\r\n"
+            : undef;
+        if (defined $answer) {
+            print $c $answer, "Content-Length: 0\r\nConnection: close\r\n\r\n";
+            close $c;
+            POSIX::_exit(0);
+        }
+    }
+
     if (($h{expect} // '') =~ /100-continue/i) {
         print $c "HTTP/1.1 100 Continue\r\n\r\n";
     }
