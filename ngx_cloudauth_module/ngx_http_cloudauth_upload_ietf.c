@@ -423,6 +423,7 @@ ngx_http_cloudauth_upload_ietf_create(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max,
     ngx_http_ietf_v_t *v)
 {
+    u_char                       *p;
     off_t                         length, declared;
     ngx_int_t                     rc, complete;
     ngx_str_t                     raw, filename, filetype, md5;
@@ -540,8 +541,23 @@ ngx_http_cloudauth_upload_ietf_create(ngx_http_request_t *r,
         ngx_http_cloudauth_upload_ietf_disposition(r, &filename);
     }
 
-    /* a file name goes below the URI; without one the URI is the name */
+    /*
+     * a file name goes below the URI; without one the URI is the name,
+     * and its last segment $cloudauth_filename, as for a single PUT
+     */
+
     u->directory = (filename.len != 0);
+
+    if (filename.len == 0) {
+        p = r->uri.data + r->uri.len;
+
+        while (p > r->uri.data && p[-1] != '/') {
+            p--;
+        }
+
+        filename.data = p;
+        filename.len = r->uri.data + r->uri.len - p;
+    }
 
     if (filetype.len == 0 && r->headers_in.content_type) {
         filetype = r->headers_in.content_type->value;

@@ -67,6 +67,12 @@ $t->run(<<'EOF');
                 max_size=1m expires=1h endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
+        location /named/ {
+            cloudauth_gcs_upload google bucket=test-bucket resumable=on
+                object=ietf/$cloudauth_filename
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
         location /plain/ {
             cloudauth_gcs_upload google bucket=test-bucket
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
@@ -342,6 +348,17 @@ $r = send_body('POST', '/files/cd/', 'abc', iv(8), 'Upload-Complete' => '?1',
                    "attachment; filename=x.txt; filename*=UTF-8''%C3%A9t%C3%A9.txt");
 is($r->{json} && $r->{json}{name}, "cd/\x{e9}t\x{e9}.txt",
    'filename* before filename');
+
+# and through object=, $cloudauth_filename: the file name, else the URI's
+# last segment
+
+$r = send_body('PUT', '/named/x/seg.bin', 'abc', iv(8),
+               'Upload-Complete' => '?1');
+is($r->{json} && $r->{json}{name}, 'ietf/seg.bin',
+   'object=: the URI\'s last segment');
+$r = send_body('POST', '/named/', 'abc', iv(8), 'Upload-Complete' => '?1',
+               'Upload-Metadata' => meta(filename => 'm.bin'));
+is($r->{json} && $r->{json}{name}, 'ietf/m.bin', 'object=: the file name');
 
 ###############################################################################
 # limits: max_size=
