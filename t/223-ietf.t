@@ -441,6 +441,22 @@ ok((stored('cut.bin') // {})->{data} eq $data, 'stored whole');
     like($out, qr{^upload-offset: $Q\r?$}mi, 'HTTP/2: Upload-Offset');
 }
 
+# curl over HTTP/1.1 takes the 104 and goes on to the answer
+
+{
+    my $h1 = 'http://127.0.0.1:' . $t->port('nginx');
+    my $file = $t->write_file('h1.bin', 'abc');
+    my $out = `curl -s -o /dev/null -D - -X POST -H 'Upload-Draft-Interop-Version: 8' -H 'Upload-Complete: ?1' -H 'Content-Disposition: attachment; filename=curl.bin' --data-binary \@$file $h1/files/ 2>&1`;
+    like($out, qr{^HTTP/1\.1 104 Upload Resumption Supported}m,
+         'curl, HTTP/1.1: the 104');
+    like($out, qr{^HTTP/1\.1 201}m, 'curl, HTTP/1.1: then 201');
+    ok((stored('curl.bin') // {})->{data} eq 'abc', 'curl: stored');
+
+    $out = `curl -s -o /dev/null -D - -X POST -H 'Expect: 100-continue' -H 'Upload-Draft-Interop-Version: 8' -H 'Upload-Complete: ?1' -H 'Content-Disposition: attachment; filename=curl2.bin' --data-binary \@$file $h1/files/ 2>&1`;
+    like($out, qr{^HTTP/1\.1 104 .*^HTTP/1\.1 100 Continue.*^HTTP/1\.1 201}ms,
+         'Expect: 100-continue: the 104, still the 100, then 201');
+}
+
 ###############################################################################
 # CORS
 
