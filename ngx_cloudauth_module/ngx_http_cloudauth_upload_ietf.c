@@ -34,7 +34,8 @@ typedef struct {
     unsigned                       limit:2;    /* 0: no Upload-Limit,
                                                   1: "expires=",
                                                   2: "max-age=" */
-    unsigned                       created:1;  /* an append answers 201 */
+    unsigned                       created:1;  /* a part's append answers
+                                                  201 (up to draft -05) */
 } ngx_http_cloudauth_upload_ietf_version_t;
 
 
@@ -42,8 +43,8 @@ static ngx_http_cloudauth_upload_ietf_version_t
     ngx_http_cloudauth_upload_ietf_versions[] =
 {
     { 3, 0, 0, 0, 1 },
-    { 5, 1, 0, 0, 0 },
-    { 6, 1, 1, 1, 0 },
+    { 5, 1, 0, 0, 1 },
+    { 6, 1, 1, 1, 1 },
     { 8, 1, 1, 2, 0 },
     { 0, 0, 0, 0, 0 }
 };
@@ -109,8 +110,7 @@ static ngx_int_t ngx_http_cloudauth_upload_ietf_say(ngx_http_request_t *r,
 
 #define NGX_HTTP_CLOUDAUTH_UPLOAD_IETF_EXPOSE                                \
     "Location, Upload-Offset, Upload-Complete, Upload-Incomplete, "         \
-    "Upload-Length, Upload-Limit, Upload-Draft-Interop-Version, "           \
-    "Cloudauth-Object-Name"
+    "Upload-Length, Upload-Limit, Upload-Draft-Interop-Version"
 
 
 /* the reasons the check hook gives, and their problem types */
@@ -158,7 +158,17 @@ ngx_http_cloudauth_upload_ietf(ngx_http_request_t *r,
     v = ngx_http_cloudauth_upload_ietf_version(r, &n);
 
     if (v == NULL) {
-        if (n < 0) {
+        if (n == -2) {
+            p = ngx_cpymem(buf, "Upload-Draft-Interop-Version is not a "
+                                "number: ",
+                           sizeof("Upload-Draft-Interop-Version is not a "
+                                  "number: ") - 1);
+            p = ngx_cpymem(p, NGX_HTTP_CLOUDAUTH_UPLOAD_IETF_SERVED,
+                           sizeof(NGX_HTTP_CLOUDAUTH_UPLOAD_IETF_SERVED)
+                           - 1);
+            p = ngx_cpymem(p, " are served", sizeof(" are served") - 1);
+
+        } else if (n < 0) {
             p = ngx_cpymem(buf, "a part of an upload needs "
                                 "Upload-Draft-Interop-Version: ",
                            sizeof("a part of an upload needs "
@@ -229,7 +239,7 @@ ngx_http_cloudauth_upload_ietf(ngx_http_request_t *r,
 
 /*
  * Upload-Draft-Interop-Version: a version served, or NULL (*n: the
- * version asked, -1 when none or not a number)
+ * version asked, -1 when none, -2 when not a number)
  */
 
 static ngx_http_ietf_v_t *
@@ -243,11 +253,17 @@ ngx_http_cloudauth_upload_ietf_version(ngx_http_request_t *r, ngx_int_t *n)
     h = ngx_http_cloudauth_upload_ietf_header(r,
                                               "Upload-Draft-Interop-Version");
 
-    if (h == NULL || h->value.len == 0 || h->value.len > 4) {
+    if (h == NULL) {
         return NULL;
     }
 
-    *n = ngx_atoi(h->value.data, h->value.len);
+    *n = (h->value.len && h->value.len <= 4)
+         ? ngx_atoi(h->value.data, h->value.len) : NGX_ERROR;
+
+    if (*n < 0) {
+        *n = -2;
+        return NULL;
+    }
 
     for (v = ngx_http_cloudauth_upload_ietf_versions; v->version; v++) {
         if (*n >= 0 && (ngx_uint_t) *n == v->version) {

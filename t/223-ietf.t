@@ -7,9 +7,9 @@
 # HTTP/2), offset retrieval, appends (at a wrong offset, past the length,
 # of another type, to a completed upload), the 256 KiB rule, cancellation,
 # the interop versions served (3, 5, 6, 8) and others refused, limits,
-# problem details, naming (Upload-Metadata, Content-Disposition), CORS,
-# and the IDs: forged, altered, from another location -> 404, GCS
-# untouched.  tus and single requests on the same location are t/220's.
+# problem details, naming (Upload-Metadata, Content-Disposition, object=),
+# expiry, CORS, curl over HTTP/1.1 (104, then 100 Continue), and the IDs:
+# forged, altered, from another location -> 404, GCS untouched.  tus and single requests on the same location are t/220's.
 
 use strict;
 use warnings;
@@ -71,6 +71,11 @@ $t->run(<<'EOF');
             cloudauth_gcs_upload google bucket=test-bucket resumable=on
                 object=ietf/$cloudauth_filename
                 endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
+        location /brief/ {
+            cloudauth_gcs_upload google bucket=test-bucket resumable=on
+                expires=2s endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
         location /plain/ {
@@ -146,6 +151,12 @@ for my $v (1, 2, 4, 7, 9) {
     like($p && $p->{detail} // '', qr/not served here: 3, 5, 6 and 8 are/,
          "interop $v: problem details name the versions served");
 }
+
+$r = send_body('POST', '/files/', 'x' x 1000, iv('x'),
+               'Upload-Complete' => '?0');
+is($r->{status}, 400, 'interop "x": 400');
+like(problem($r) && problem($r)->{detail} // '',
+     qr/not a number: 3, 5, 6 and 8 are served/, 'interop "x": the reason');
 
 $r = send_body('POST', '/files/', 'x' x 1000, 'Upload-Complete' => '?0');
 is($r->{status}, 400, 'a part without an interop version: 400');
@@ -264,11 +275,12 @@ is(req('HEAD', $url, iv(6))->{headers}{'upload-offset'}, $Q,
 # appends: one short of the next mark, one past it, the last
 
 $r = append(6, $url, $Q, substr($data, $Q, 1000), 'Upload-Complete' => '?0');
-is($r->{status}, 204, 'an append short of the next mark: 204');
+is($r->{status}, 201, 'an append short of the next mark: 201 (interop 6)');
 is($r->{headers}{'upload-offset'}, $Q, 'Upload-Offset: nothing kept');
 is($r->{headers}{'upload-complete'}, '?0', 'Upload-Complete: ?0');
 
-$r = append(6, $url, $Q, substr($data, $Q, $Q + 5), 'Upload-Complete' => '?0');
+$r = append(8, $url, $Q, substr($data, $Q, $Q + 5), 'Upload-Complete' => '?0');
+is($r->{status}, 204, 'an append past a mark: 204 (interop 8)');
 is($r->{headers}{'upload-offset'}, 2 * $Q, 'an append past a mark: kept');
 
 $r = append(6, $url, 2 * $Q, substr($data, 2 * $Q), 'Upload-Complete' => '?1');
@@ -511,6 +523,21 @@ is(req('DELETE', "/other/$id", iv(8))->{status}, 404,
    'a DELETE with it there: 404');
 is(gcs_requests(), $before, 'GCS untouched by any of them');
 is(req('HEAD', $url, iv(8))->{status}, 204, 'the ID itself still works');
+
+###############################################################################
+# expiry: expires= is the upload URL's life, max-age what is left of it
+
+$r = send_body('POST', '/brief/', '', iv(8), 'Upload-Complete' => '?0',
+               'Upload-Metadata' => meta(filename => 'brief.bin'));
+my $burl = $r->{headers}{location};
+like($r->{headers}{'upload-limit'} // '', qr/max-age=2$/,
+     'expires=2s: max-age=2 at creation');
+is(req('HEAD', $burl, iv(8))->{status}, 204, 'expires=2s: works at once');
+
+# the expiry is a time: waiting it out is the test (2 s, in whole seconds
+# of the creation time, + a margin)
+select undef, undef, undef, 3.1;
+is(req('HEAD', $burl, iv(8))->{status}, 404, 'expires=2s: 404 after it');
 
 ###############################################################################
 # tus and single requests on the same location are unchanged
