@@ -82,6 +82,8 @@ static ngx_int_t ngx_http_cloudauth_upload_ietf_check(
     ngx_http_cloudauth_upload_t *u, off_t held, json_t *object);
 static ngx_int_t ngx_http_cloudauth_upload_ietf_refuse(
     ngx_http_cloudauth_upload_t *u, ngx_uint_t status, ngx_str_t *reason);
+static ngx_int_t ngx_http_cloudauth_upload_ietf_completeness(
+    ngx_http_request_t *r, ngx_http_ietf_v_t *v, ngx_uint_t complete);
 static ngx_int_t ngx_http_cloudauth_upload_ietf_state(ngx_http_request_t *r,
     ngx_http_ietf_v_t *v, off_t offset, ngx_uint_t complete, off_t length);
 static ngx_int_t ngx_http_cloudauth_upload_ietf_limits(ngx_http_request_t *r,
@@ -1194,13 +1196,19 @@ static ngx_int_t
 ngx_http_cloudauth_upload_ietf_refuse(ngx_http_cloudauth_upload_t *u,
     ngx_uint_t status, ngx_str_t *reason)
 {
+    ngx_int_t            n;
     ngx_http_request_t  *r;
+    ngx_http_ietf_v_t   *v;
 
     r = u->request;
 
+    v = ngx_http_cloudauth_upload_ietf_version(r, &n);
+    if (v == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (reason->data == ngx_http_cloudauth_upload_ietf_moved.data) {
-        if (ngx_http_cloudauth_upload_header_text(r, "Upload-Complete", "?0")
-               != NGX_OK
+        if (ngx_http_cloudauth_upload_ietf_completeness(r, v, 0) != NGX_OK
             || ngx_http_cloudauth_upload_header_off(r, "Upload-Offset",
                                                     u->obj.offset)
                != NGX_OK)
@@ -1216,7 +1224,13 @@ ngx_http_cloudauth_upload_ietf_refuse(ngx_http_cloudauth_upload_t *u,
     }
 
     if (reason->data == ngx_http_cloudauth_upload_ietf_done.data) {
-        if (ngx_http_cloudauth_upload_header_text(r, "Upload-Complete", "?1")
+
+        /*
+         * up to interop 6 Upload-Complete says the upload is; since, it
+         * says whose semantics the answer has: this one is the protocol's
+         */
+
+        if (ngx_http_cloudauth_upload_ietf_completeness(r, v, v->limit != 2)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1234,30 +1248,37 @@ ngx_http_cloudauth_upload_ietf_refuse(ngx_http_cloudauth_upload_t *u,
 }
 
 
+/* Upload-Complete: ?1/?0, or in interop 3 Upload-Incomplete: ?0/?1 */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_ietf_completeness(ngx_http_request_t *r,
+    ngx_http_ietf_v_t *v, ngx_uint_t complete)
+{
+    if (v->complete) {
+        return ngx_http_cloudauth_upload_header_text(r, "Upload-Complete",
+                                                     complete ? "?1" : "?0");
+    }
+
+    return ngx_http_cloudauth_upload_header_text(r, "Upload-Incomplete",
+                                                 complete ? "?0" : "?1");
+}
+
+
 /* Upload-Offset, the completeness, the length when known; no caching */
 
 static ngx_int_t
 ngx_http_cloudauth_upload_ietf_state(ngx_http_request_t *r,
     ngx_http_ietf_v_t *v, off_t offset, ngx_uint_t complete, off_t length)
 {
-    ngx_int_t  rc;
-
     if (ngx_http_cloudauth_upload_header_off(r, "Upload-Offset", offset)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (v->complete) {
-        rc = ngx_http_cloudauth_upload_header_text(r, "Upload-Complete",
-                                                   complete ? "?1" : "?0");
-
-    } else {
-        rc = ngx_http_cloudauth_upload_header_text(r, "Upload-Incomplete",
-                                                   complete ? "?0" : "?1");
-    }
-
-    if (rc != NGX_OK) {
+    if (ngx_http_cloudauth_upload_ietf_completeness(r, v, complete)
+        != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

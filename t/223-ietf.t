@@ -307,6 +307,11 @@ $r = append(8, $url, 0, 'abc', 'Upload-Complete' => '?0');
 is($r->{status}, 400, 'an append to a completed upload: 400');
 is(problem($r) && problem($r)->{type}, "${P}completed-upload",
    'problem type completed-upload');
+is($r->{headers}{'upload-complete'}, '?0',
+   'Upload-Complete: ?0, the protocol\'s answer (interop 8)');
+is(append(6, $url, 0, 'abc', 'Upload-Complete' => '?0')
+       ->{headers}{'upload-complete'}, '?1',
+   'interop 6: Upload-Complete: ?1, the upload is');
 ok(stored('parts.bin')->{data} eq $data, 'the object is untouched');
 
 ###############################################################################
