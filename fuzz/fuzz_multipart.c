@@ -13,7 +13,7 @@
 
 
 #include "harness.h"
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_multipart.h"
 
 
 #define FUZZ_MP_OUT  (1 << 17)

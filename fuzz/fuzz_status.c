@@ -98,8 +98,8 @@ take_bytes(fuzz_in_t *in, u_char *dst, size_t max)
 
 
 static ngx_cloudauth_kind_t  kinds[] = {
-    { ngx_string("google_service_account"), 1, NULL, NULL, NULL, NULL },
-    { ngx_string("zoom_s2s"), 0, NULL, NULL, NULL, NULL }
+    { ngx_string("google_service_account"), 1, NULL, NULL, NULL, NULL, 1 },
+    { ngx_string("zoom_s2s"), 0, NULL, NULL, NULL, NULL, 0 }
 };
 
 static char  *names[] = { "google", "zoom-app", "oauth2_x", "g" };
@@ -205,13 +205,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         s->state = (k & 0x80) ? "valid" : "failing";
         s->expires_in = (time_t) take(&in, 4);
         s->last_refresh = (time_t) take(&in, 4);
-        s->hits = take(&in, 8);
-        s->misses = take(&in, 1);
-        s->fetches = take(&in, 2);
-        s->fetch_failures = take(&in, 1);
-        s->waiters = take(&in, 1);
-        s->invalidations = take(&in, 1);
-        s->unauthorized_kept = take(&in, 1);
+        s->counts.hits = take(&in, 8);
+        s->counts.misses = take(&in, 1);
+        s->counts.fetches = take(&in, 2);
+        s->counts.fetch_failures = take(&in, 1);
+        s->counts.waiters = take(&in, 1);
+        s->counts.invalidations = take(&in, 1);
+        s->counts.unauthorized_kept = take(&in, 1);
         s->subject_len = take_bytes(&in, s->subject,
                                     NGX_CLOUDAUTH_MAX_SUBJECT);
         s->error_len = take_bytes(&in, s->error, NGX_CLOUDAUTH_MAX_ERROR);
@@ -219,13 +219,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* as the cache's snapshot: every entry summed, some listed */
 
         c->total++;
-        c->hits += s->hits;
-        c->misses += s->misses;
-        c->fetches += s->fetches;
-        c->fetch_failures += s->fetch_failures;
-        c->waiters += s->waiters;
-        c->invalidations += s->invalidations;
-        c->unauthorized_kept += s->unauthorized_kept;
+        c->counts.hits += s->counts.hits;
+        c->counts.misses += s->counts.misses;
+        c->counts.fetches += s->counts.fetches;
+        c->counts.fetch_failures += s->counts.fetch_failures;
+        c->counts.waiters += s->counts.waiters;
+        c->counts.invalidations += s->counts.invalidations;
+        c->counts.unauthorized_kept += s->counts.unauthorized_kept;
 
         if (s->expires_in && (c->soonest == 0 || s->expires_in < c->soonest))
         {

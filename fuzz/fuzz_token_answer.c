@@ -3,11 +3,13 @@
  * Copyright (C) ngx_cloudauth authors
  *
  * Each credential kind's answer parser (the "parse" member of every kind
- * in ngx_cloudauth_kinds[]), fed a fetch built by hand.
+ * in ngx_cloudauth_kinds[]), fed an answer (ngx_cloudauth_answer_t): no
+ * fetch, no curl; the parsers are pure.
  *
  * Input: a byte choosing the kind (and for google_metadata whether an ID
  * token, answered as bare text, was asked for), a byte choosing the HTTP
- * status (0: a transport error), then the body.
+ * status (0: no answer, or with the top bit one larger than 64 KiB), then
+ * the body.
  */
 
 
@@ -38,7 +40,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_metadata_t          md;
     ngx_cloudauth_kind_t    *kind;
     ngx_cloudauth_cred_t     cred;
-    ngx_cloudauth_fetch_t    f;
+    ngx_cloudauth_answer_t   a;
     ngx_cloudauth_result_t   res;
 
     fuzz_ngx_init();
@@ -64,34 +66,30 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     md.identity = (data[0] >> 7) & 1;
     cred.data = &md;
 
-    ngx_memzero(&f, sizeof(ngx_cloudauth_fetch_t));
-    f.log = fuzz_log;
-    f.status = statuses[data[1] % (sizeof(statuses) / sizeof(long))];
-    f.truncated = (f.status == 0 && (data[1] & 0x80));
-    ngx_cpystrn((u_char *) f.errbuf, (u_char *) "Connection refused",
-                CURL_ERROR_SIZE);
+    ngx_memzero(&a, sizeof(ngx_cloudauth_answer_t));
+    a.status = statuses[data[1] % (sizeof(statuses) / sizeof(long))];
+    a.truncated = (a.status == 0 && (data[1] & 0x80));
 
-    /* the body, in a buffer of its own size, as fetch.c keeps it */
+    /* the body, in a buffer of its own size: a read past it is caught */
 
-    f.body_len = size - 2;
-    body = malloc(f.body_len ? f.body_len : 1);
+    a.body.len = size - 2;
+    body = malloc(a.body.len ? a.body.len : 1);
     if (body == NULL) {
         abort();
     }
 
-    memcpy(body, data + 2, f.body_len);
-    f.body = f.body_len ? body : NULL;
-    f.body_max = f.body_len;
+    memcpy(body, data + 2, a.body.len);
+    a.body.data = a.body.len ? body : NULL;
 
     pool = fuzz_pool();
     ngx_memzero(&res, sizeof(ngx_cloudauth_result_t));
 
-    rc = kind->parse(&cred, &f, pool, &res);
+    rc = kind->parse(&cred, &a, pool, &res);
 
     fuzz_assert(rc == NGX_OK || rc == NGX_ERROR);
 
     if (rc == NGX_OK) {
-        fuzz_assert(f.status == 200);
+        fuzz_assert(a.status == 200);
         fuzz_assert(res.token.len > 0
                     && res.token.len <= NGX_CLOUDAUTH_MAX_TOKEN);
         fuzz_assert(res.expires_in > 0 && res.expires_in <= 365 * 86400);

@@ -11,7 +11,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <curl/curl.h>
 #include <openssl/evp.h>
 
 
@@ -29,7 +28,6 @@
 
 typedef struct ngx_cloudauth_cred_s   ngx_cloudauth_cred_t;
 typedef struct ngx_cloudauth_kind_s   ngx_cloudauth_kind_t;
-typedef struct ngx_cloudauth_fetch_s  ngx_cloudauth_fetch_t;
 typedef struct ngx_cloudauth_ask_s    ngx_cloudauth_ask_t;
 typedef struct ngx_cloudauth_main_conf_s  ngx_cloudauth_main_conf_t;
 
@@ -43,7 +41,18 @@ typedef struct {
     ngx_array_t               *headers;     /* of ngx_str_t "Name: value" */
     ngx_str_t                  userpwd;     /* HTTP Basic "user:password" */
     ngx_str_t                  source_token; /* the source credential's */
+    ngx_str_t                  name;        /* whose, for the debug log */
 } ngx_cloudauth_request_t;
+
+
+/* a token endpoint's answer, as the kinds read it */
+
+typedef struct {
+    long                       status;      /* 0: none (see truncated) */
+    ngx_str_t                  body;
+    time_t                     date;        /* its Date header, or 0 */
+    unsigned                   truncated:1; /* larger than 64 KiB: cut */
+} ngx_cloudauth_answer_t;
 
 
 /* what a kind makes of a token endpoint's answer */
@@ -54,46 +63,6 @@ typedef struct {
     ngx_str_t                  error;       /* provider's words, for logs */
     unsigned                   terminal:1;  /* retrying soon will not help */
 } ngx_cloudauth_result_t;
-
-
-typedef void (*ngx_cloudauth_fetch_handler_pt)(ngx_cloudauth_fetch_t *f);
-
-/* streaming fetches: the request body, and each response header line */
-typedef ssize_t (*ngx_cloudauth_fetch_read_pt)(ngx_cloudauth_fetch_t *f,
-    u_char *buf, size_t size);     /* bytes, NGX_AGAIN (pause), NGX_ERROR */
-typedef ngx_int_t (*ngx_cloudauth_fetch_rewind_pt)(ngx_cloudauth_fetch_t *f);
-typedef void (*ngx_cloudauth_fetch_header_pt)(ngx_cloudauth_fetch_t *f,
-    u_char *line, size_t len);     /* without CRLF; status lines too */
-
-struct ngx_cloudauth_fetch_s {
-    CURL                          *easy;
-    struct curl_slist             *headers;
-    ngx_log_t                     *log;
-    ngx_queue_t                    queue;
-
-    ngx_cloudauth_fetch_handler_pt handler;
-    void                          *data;
-
-    long                           status;      /* 0: transport error */
-    CURLcode                       code;
-    char                           errbuf[CURL_ERROR_SIZE];
-
-    u_char                        *body;
-    size_t                         body_len;
-    size_t                         body_max;
-
-    time_t                         date;        /* Date header, or 0 */
-    time_t                         retry_after; /* seconds, or 0 */
-    ngx_msec_t                     start;
-    ngx_msec_t                     duration;
-
-    ngx_cloudauth_fetch_read_pt    read;        /* streaming only */
-    ngx_cloudauth_fetch_rewind_pt  rewind;
-    ngx_cloudauth_fetch_header_pt  header;
-
-    unsigned                       truncated:1;
-    unsigned                       active:1;
-};
 
 
 struct ngx_cloudauth_kind_s {
@@ -118,9 +87,12 @@ struct ngx_cloudauth_kind_s {
 
     /* read the answer */
     ngx_int_t                (*parse)(ngx_cloudauth_cred_t *cred,
-                                      ngx_cloudauth_fetch_t *f,
+                                      ngx_cloudauth_answer_t *a,
                                       ngx_pool_t *pool,
                                       ngx_cloudauth_result_t *res);
+
+    /* a Google kind: takes quota_project= (x-goog-user-project) */
+    ngx_uint_t                 quota;
 };
 
 
@@ -132,6 +104,7 @@ struct ngx_cloudauth_cred_s {
     void                      *data;        /* the kind's own */
 
     ngx_str_t                  subject;     /* default subject */
+    ngx_str_t                  quota_project; /* x-goog-user-project */
     ngx_regex_t               *subjects;    /* allowed request subjects */
 
     /* a credential whose token authorises this one's token request */
@@ -280,6 +253,19 @@ typedef ngx_msec_t (*ngx_cloudauth_backoff_pt)(ngx_uint_t failures,
     void *data);
 
 
+/* what the cache counts of an entry, and the status page sums */
+
+typedef struct {
+    ngx_uint_t                 hits;
+    ngx_uint_t                 misses;
+    ngx_uint_t                 fetches;
+    ngx_uint_t                 fetch_failures;
+    ngx_uint_t                 waiters;
+    ngx_uint_t                 invalidations;
+    ngx_uint_t                 unauthorized_kept; /* 401s not acted on */
+} ngx_cloudauth_counters_t;
+
+
 /* an entry as the status page sees it: a copy, never a token */
 
 typedef struct {
@@ -290,13 +276,7 @@ typedef struct {
     const char                *state;
     time_t                     expires_in;
     time_t                     last_refresh;
-    ngx_uint_t                 hits;
-    ngx_uint_t                 misses;
-    ngx_uint_t                 fetches;
-    ngx_uint_t                 fetch_failures;
-    ngx_uint_t                 waiters;
-    ngx_uint_t                 invalidations;
-    ngx_uint_t                 unauthorized_kept;
+    ngx_cloudauth_counters_t   counts;
 } ngx_cloudauth_entry_t;
 
 
@@ -313,13 +293,7 @@ typedef struct {
                                                by the snapshot */
 
     ngx_uint_t                 total;       /* entries, also those left out */
-    ngx_uint_t                 hits;
-    ngx_uint_t                 misses;
-    ngx_uint_t                 fetches;
-    ngx_uint_t                 fetch_failures;
-    ngx_uint_t                 waiters;
-    ngx_uint_t                 invalidations;
-    ngx_uint_t                 unauthorized_kept;
+    ngx_cloudauth_counters_t   counts;      /* summed */
     time_t                     soonest;     /* the soonest expires_in, or 0 */
 } ngx_cloudauth_census_t;
 
@@ -340,10 +314,8 @@ extern ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[];
 char *ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
-/* ngx_cloudauth_kind.c: what the kinds call while they read parameters */
+/* ngx_cloudauth_conf.c: what the kinds call while they read parameters */
 ngx_uint_t ngx_cloudauth_isalnum(u_char ch);
-ngx_uint_t ngx_cloudauth_subject_allowed(ngx_cloudauth_cred_t *cred,
-    ngx_str_t *subject);
 ngx_str_t *ngx_cloudauth_param(ngx_cloudauth_cred_t *cred, char *name);
 ngx_cloudauth_cred_t *ngx_cloudauth_find_cred(ngx_cloudauth_main_conf_t *cmcf,
     ngx_str_t *name);
@@ -351,6 +323,54 @@ char *ngx_cloudauth_check_url(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
     char *param, ngx_str_t *url, ngx_uint_t allow_metadata);
 char *ngx_cloudauth_fingerprint(ngx_cloudauth_cred_t *cred, ngx_str_t *parts,
     ngx_uint_t n);
+ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    ngx_str_t *path, ngx_str_t *out, char **err);
+ngx_int_t ngx_cloudauth_secret(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    char *name, ngx_str_t *secret);
+char *ngx_cloudauth_quota_project(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    const char *value, const char *from);
+
+/* ngx_cloudauth_url.c: where requests may go (configuration and fetch) */
+char *ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata,
+    char **norm, ngx_uint_t *https, ngx_log_t *log);
+
+/* ngx_cloudauth_file.c: a small file, read without blocking */
+ngx_int_t ngx_cloudauth_read_small(u_char *path, ngx_pool_t *pool,
+    ngx_str_t *out, struct stat *sb, char **err, ngx_err_t *errn,
+    ngx_log_t *log);
+
+/* ngx_cloudauth_request.c: building outbound requests */
+#define NGX_CLOUDAUTH_FORM  "Content-Type: application/x-www-form-urlencoded"
+#define NGX_CLOUDAUTH_JSON  "Content-Type: application/json"
+ngx_int_t ngx_cloudauth_set_body(ngx_pool_t *pool,
+    ngx_cloudauth_request_t *req, u_char *data, size_t len,
+    const char *content_type);
+u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);
+size_t ngx_cloudauth_form_escape_len(ngx_str_t *src);
+char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);
+
+/* ngx_cloudauth_header.c: the one builder of outbound header lines */
+ngx_int_t ngx_cloudauth_header_printf(ngx_pool_t *pool,
+    ngx_cloudauth_request_t *req, const char *fmt, ...);
+
+/* ngx_cloudauth_answer.c: reading token endpoints' answers (pure) */
+ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_answer_t *a,
+    ngx_pool_t *pool, ngx_cloudauth_result_t *res, const char *field);
+ngx_int_t ngx_cloudauth_plain_parse(ngx_cloudauth_answer_t *a,
+    ngx_pool_t *pool, ngx_cloudauth_result_t *res);
+ngx_int_t ngx_cloudauth_answer_lifetime(ngx_pool_t *pool,
+    ngx_cloudauth_result_t *res, const char *what);
+ngx_int_t ngx_cloudauth_answer_trim(ngx_str_t *text);
+char *ngx_cloudauth_answer_field(ngx_str_t *raw, ngx_str_t *field,
+    ngx_pool_t *pool, ngx_str_t *token);
+
+/* ngx_cloudauth_jwt.c */
+ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,
+    const char *header, const char *claims, ngx_str_t *jwt);
+ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
+    const char *header, const char *claims, ngx_str_t *jwt);
+ngx_int_t ngx_cloudauth_jwt_exp(ngx_str_t *jwt, ngx_pool_t *pool,
+    time_t *exp);
 
 /* ngx_cloudauth_cache.c: each function takes and drops the zone's lock */
 ngx_int_t ngx_cloudauth_cache_init_zone(ngx_shm_zone_t *shm_zone,
@@ -384,23 +404,9 @@ void ngx_cloudauth_engine_invalidate(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_str_t *token, ngx_log_t *log);
 void ngx_cloudauth_engine_exit(ngx_shm_zone_t *zone);
 
-/* ngx_cloudauth_fetch.c */
-ngx_int_t ngx_cloudauth_fetch_init(ngx_cycle_t *cycle, ngx_msec_t timeout,
-    ngx_str_t *cainfo);
-void ngx_cloudauth_fetch_exit(ngx_cycle_t *cycle);
-ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
-    ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
-void ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f);
-ngx_cloudauth_fetch_t *ngx_cloudauth_fetch_stream(
-    ngx_cloudauth_request_t *req, off_t length,
-    ngx_cloudauth_fetch_read_pt read, ngx_cloudauth_fetch_rewind_pt rewind,
-    ngx_cloudauth_fetch_header_pt header,
-    ngx_cloudauth_fetch_handler_pt handler, void *data, ngx_log_t *log);
-void ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f);
-char *ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata,
-    ngx_log_t *log);
-
-/* ngx_cloudauth_utf8.c */
+/* ngx_cloudauth_utf8.c: UTF-8, and subjects */
+ngx_uint_t ngx_cloudauth_subject_allowed(ngx_cloudauth_cred_t *cred,
+    ngx_str_t *subject);
 ngx_int_t ngx_cloudauth_utf8_valid(u_char *p, size_t len);
 ngx_int_t ngx_cloudauth_subject_valid(u_char *p, size_t len);
 
@@ -409,52 +415,6 @@ uint32_t ngx_cloudauth_crc32c(uint32_t crc, u_char *p, size_t len);
 ngx_uint_t ngx_cloudauth_crc32c_hardware(void);
 void ngx_cloudauth_crc32c_force_software(void);
 
-/* ngx_cloudauth_multipart.c: a streaming multipart/form-data parser */
-
-#define NGX_CLOUDAUTH_MP_MAX_BOUNDARY  70
-#define NGX_CLOUDAUTH_MP_MAX_HEADERS   8192
-
-typedef enum {
-    NGX_CLOUDAUTH_MP_NEED_MORE = 0,  /* the input is all taken */
-    NGX_CLOUDAUTH_MP_PART,           /* a part begins: mp->part */
-    NGX_CLOUDAUTH_MP_DATA,           /* mp->data, mp->len: the part's bytes */
-    NGX_CLOUDAUTH_MP_PART_END,
-    NGX_CLOUDAUTH_MP_END,            /* the closing delimiter */
-    NGX_CLOUDAUTH_MP_ERROR           /* mp->error says why */
-} ngx_cloudauth_mp_event_e;
-
-typedef struct {
-    ngx_str_t                  name;
-    ngx_str_t                  filename;
-    ngx_str_t                  content_type;
-    ngx_str_t                  content_md5;
-    unsigned                   file:1;      /* has a filename parameter */
-} ngx_cloudauth_mp_part_t;
-
-typedef struct {
-    ngx_uint_t                 state;
-    size_t                     match;       /* delimiter bytes matched */
-    size_t                     held;        /* refuted ones still to give */
-    size_t                     held_pos;
-    size_t                     delim_len;
-    u_char                     delim[4 + NGX_CLOUDAUTH_MP_MAX_BOUNDARY];
-
-    ngx_cloudauth_mp_part_t    part;        /* points into hdr */
-    u_char                    *data;
-    size_t                     len;
-    const char                *error;
-
-    size_t                     hdr_len;
-    u_char                     hdr[NGX_CLOUDAUTH_MP_MAX_HEADERS];
-} ngx_cloudauth_mp_t;
-
-ngx_int_t ngx_cloudauth_mp_init(ngx_cloudauth_mp_t *mp,
-    ngx_str_t *content_type);
-ngx_cloudauth_mp_event_e ngx_cloudauth_mp_parse(ngx_cloudauth_mp_t *mp,
-    u_char **pos, u_char *last, size_t room);
-ngx_int_t ngx_cloudauth_mp_finish(ngx_cloudauth_mp_t *mp);
-
-
 /* ngx_cloudauth_log.c */
 ngx_int_t ngx_cloudauth_log_mask_header(ngx_conf_t *cf,
     ngx_cloudauth_main_conf_t *cmcf, ngx_str_t *lowcase);
@@ -462,44 +422,9 @@ ngx_int_t ngx_cloudauth_log_wrap(ngx_conf_t *cf,
     ngx_cloudauth_main_conf_t *cmcf, ngx_log_t *log);
 void ngx_cloudauth_log_mask_token(ngx_str_t *token);
 
-/* ngx_cloudauth_kind.c: the lifetime of a JWT someone else signed */
-ngx_int_t ngx_cloudauth_jwt_expires_in(ngx_str_t *jwt, time_t *expires_in);
-
-/* ngx_cloudauth_jwt.c */
-ngx_int_t ngx_cloudauth_jwt_rs256(ngx_pool_t *pool, EVP_PKEY *key,
-    const char *header, const char *claims, ngx_str_t *jwt);
-ngx_int_t ngx_cloudauth_jwt_hs256(ngx_pool_t *pool, ngx_str_t *secret,
-    const char *header, const char *claims, ngx_str_t *jwt);
-
-/* ngx_cloudauth_kind.c: what kinds share */
-ngx_int_t ngx_cloudauth_read_file(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
-    ngx_str_t *path, ngx_str_t *out, char **err);
-ngx_int_t ngx_cloudauth_read_small(u_char *path, ngx_pool_t *pool,
-    ngx_str_t *out, struct stat *sb, char **err, ngx_err_t *errn,
-    ngx_log_t *log);
-ngx_int_t ngx_cloudauth_oauth_parse(ngx_cloudauth_fetch_t *f,
-    ngx_pool_t *pool, ngx_cloudauth_result_t *res, const char *field);
-#define NGX_CLOUDAUTH_FORM  "Content-Type: application/x-www-form-urlencoded"
-#define NGX_CLOUDAUTH_JSON  "Content-Type: application/json"
-ngx_int_t ngx_cloudauth_set_body(ngx_pool_t *pool,
-    ngx_cloudauth_request_t *req, u_char *data, size_t len,
-    const char *content_type);
-
-/* ngx_cloudauth_header.c: the one builder of outbound header lines */
-ngx_int_t ngx_cloudauth_header_printf(ngx_pool_t *pool,
-    ngx_cloudauth_request_t *req, const char *fmt, ...);
-
 /* ngx_cloudauth_backoff.c: jittered exponential back-off */
 ngx_msec_t ngx_cloudauth_backoff(ngx_msec_t base, ngx_msec_t cap,
     ngx_uint_t failures, ngx_msec_t floor);
-
-u_char *ngx_cloudauth_form_escape(u_char *dst, ngx_str_t *src);
-size_t ngx_cloudauth_form_escape_len(ngx_str_t *src);
-char *ngx_cloudauth_copy_cstr(ngx_pool_t *pool, ngx_str_t *s);
-ngx_int_t ngx_cloudauth_secret(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
-    char *name, ngx_str_t *secret);
-ngx_int_t ngx_cloudauth_plain_parse(ngx_cloudauth_fetch_t *f,
-    ngx_pool_t *pool, ngx_cloudauth_result_t *res);
 
 /* ngx_cloudauth_kind_google_sa.c: what Google's key-file kinds share */
 
@@ -508,6 +433,7 @@ typedef struct {
     ngx_str_t                  email;
     ngx_str_t                  key_id;
     ngx_str_t                  token_url;
+    ngx_str_t                  quota_project; /* NUL-terminated, or empty */
 } ngx_cloudauth_google_key_t;
 
 char *ngx_cloudauth_google_key_load(ngx_conf_t *cf,
@@ -516,6 +442,14 @@ ngx_int_t ngx_cloudauth_google_assertion(ngx_cloudauth_cred_t *cred,
     ngx_cloudauth_google_key_t *gk, const char *claim, ngx_str_t *value,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log);
+
+/* ngx_cloudauth_google_iam.c: IAM Credentials generateAccessToken */
+char *ngx_cloudauth_google_iam_body(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
+    ngx_str_t *scopes, time_t lifetime, ngx_str_t *body);
+ngx_int_t ngx_cloudauth_google_iam_build(ngx_str_t *url, ngx_str_t *body,
+    ngx_pool_t *pool, ngx_cloudauth_request_t *req);
+ngx_int_t ngx_cloudauth_google_iam_parse(ngx_cloudauth_cred_t *cred,
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
 
 /* credential kinds */
 extern ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa;

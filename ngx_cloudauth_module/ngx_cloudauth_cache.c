@@ -49,13 +49,7 @@ typedef struct {
     uint64_t                   backoff_until;   /* monotonic */
     ngx_uint_t                 failures;        /* consecutive */
 
-    ngx_uint_t                 hits;
-    ngx_uint_t                 misses;
-    ngx_uint_t                 fetches;
-    ngx_uint_t                 fetch_failures;
-    ngx_uint_t                 waiters;
-    ngx_uint_t                 invalidations;
-    ngx_uint_t                 unauthorized_kept; /* 401s not acted on */
+    ngx_cloudauth_counters_t   counts;
 
     u_char                    *token;
     uint32_t                   token_len;
@@ -100,6 +94,8 @@ typedef struct {
 } ngx_cloudauth_shctx_t;
 
 
+static void ngx_cloudauth_cache_count(ngx_cloudauth_counters_t *sum,
+    ngx_cloudauth_counters_t *n);
 static void ngx_cloudauth_cache_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_cloudauth_cache_touch(ngx_cloudauth_shctx_t *sh,
@@ -524,7 +520,7 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         }
 
         if (t->count) {
-            node->hits++;
+            node->counts.hits++;
         }
 
         ngx_cloudauth_cache_unlock(zone);
@@ -535,15 +531,15 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         rc = NGX_CLOUDAUTH_TAKE_BACKOFF;
 
         if (t->count) {
-            node->misses++;
+            node->counts.misses++;
         }
 
     } else if (ngx_cloudauth_cache_claimed(node, mono)) {
         rc = NGX_CLOUDAUTH_TAKE_WAIT;
 
         if (t->count) {
-            node->misses++;
-            node->waiters++;
+            node->counts.misses++;
+            node->counts.waiters++;
         }
 
     } else {
@@ -563,13 +559,13 @@ ngx_cloudauth_cache_take(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         }
 
         if (t->count) {
-            node->misses++;
+            node->counts.misses++;
         }
 
         if (t->count == NGX_CLOUDAUTH_COUNT_REQUEST
             || (t->count && rc == NGX_CLOUDAUTH_TAKE_QUEUE))
         {
-            node->waiters++;
+            node->counts.waiters++;
         }
     }
 
@@ -620,8 +616,17 @@ ngx_cloudauth_cache_store(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         node->refreshed_at = ngx_cloudauth_now();
         node->failures = 0;
         node->backoff_until = 0;
-        node->fetches++;
+        node->counts.fetches++;
         rc = NGX_OK;
+
+        ngx_log_debug6(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": %s stored, refresh in "
+                       "%uL ms, claim %ui%s",
+                       (size_t) node->name_len, node->data,
+                       same ? "the same token" : "a token",
+                       node->refresh_at - node->refreshed_at, claim,
+                       ngx_cloudauth_cache_owns(node, claim)
+                       ? " released" : " (not held)");
 
         if (ngx_cloudauth_cache_owns(node, claim)) {
             ngx_cloudauth_cache_unclaim(zone, node);
@@ -657,7 +662,7 @@ ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
 
     if (node && ngx_cloudauth_cache_owns(node, claim)) {
         node->failures++;
-        node->fetch_failures++;
+        node->counts.fetch_failures++;
 
         delay = backoff(node->failures, data);
         node->backoff_until = ngx_cloudauth_monotonic() + delay;
@@ -665,6 +670,18 @@ ngx_cloudauth_cache_fail(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         ngx_cloudauth_cache_set_error(node, error);
 
         ngx_cloudauth_cache_unclaim(zone, node);
+
+        ngx_log_debug4(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": fetch failed, %ui in a "
+                       "row: back-off %M ms",
+                       (size_t) node->name_len, node->data, node->failures,
+                       delay);
+
+    } else if (node) {
+        ngx_log_debug3(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": a failed fetch outlived "
+                       "its claim %ui: ignored",
+                       (size_t) node->name_len, node->data, claim);
     }
 
     ngx_cloudauth_cache_unlock(zone);
@@ -717,6 +734,12 @@ ngx_cloudauth_cache_release_all(ngx_shm_zone_t *zone, ngx_pid_t pid)
         node = ngx_queue_data(q, ngx_cloudauth_node_t, lru);
 
         if (node->claim_pid == pid) {
+            ngx_log_debug3(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                           "cloudauth cache: \"%*s\": claim %ui released: "
+                           "its worker leaves",
+                           (size_t) node->name_len, node->data,
+                           node->claim_seq);
+
             ngx_cloudauth_cache_unclaim(zone, node);
         }
     }
@@ -765,12 +788,12 @@ ngx_cloudauth_cache_invalidate(ngx_shm_zone_t *zone, ngx_cloudauth_key_t *key,
         && ngx_memcmp(node->token, token->data, token->len) == 0)
     {
         if (node->invalidated_at && mono - node->invalidated_at < gap) {
-            node->unauthorized_kept++;
+            node->counts.unauthorized_kept++;
             rc = NGX_CLOUDAUTH_INVALIDATE_KEPT;
 
         } else {
             ngx_cloudauth_cache_drop_token(node);
-            node->invalidations++;
+            node->counts.invalidations++;
             node->invalidated_at = mono;
             rc = NGX_CLOUDAUTH_INVALIDATE_DROPPED;
         }
@@ -853,6 +876,20 @@ ngx_cloudauth_cache_census_find(ngx_cloudauth_census_t **census,
     }
 
     return NULL;
+}
+
+
+static void
+ngx_cloudauth_cache_count(ngx_cloudauth_counters_t *sum,
+    ngx_cloudauth_counters_t *n)
+{
+    sum->hits += n->hits;
+    sum->misses += n->misses;
+    sum->fetches += n->fetches;
+    sum->fetch_failures += n->fetch_failures;
+    sum->waiters += n->waiters;
+    sum->invalidations += n->invalidations;
+    sum->unauthorized_kept += n->unauthorized_kept;
 }
 
 
@@ -960,13 +997,7 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
                      ? (time_t) ((node->expires_at - now) / 1000) : 0;
 
         c->total++;
-        c->hits += node->hits;
-        c->misses += node->misses;
-        c->fetches += node->fetches;
-        c->fetch_failures += node->fetch_failures;
-        c->waiters += node->waiters;
-        c->invalidations += node->invalidations;
-        c->unauthorized_kept += node->unauthorized_kept;
+        ngx_cloudauth_cache_count(&c->counts, &node->counts);
 
         if (expires_in && (c->soonest == 0 || expires_in < c->soonest)) {
             c->soonest = expires_in;
@@ -988,13 +1019,7 @@ ngx_cloudauth_cache_snapshot(ngx_shm_zone_t *zone, ngx_pool_t *pool,
         e->state = ngx_cloudauth_cache_state(node, now, mono);
         e->expires_in = expires_in;
         e->last_refresh = (time_t) (node->refreshed_at / 1000);
-        e->hits = node->hits;
-        e->misses = node->misses;
-        e->fetches = node->fetches;
-        e->fetch_failures = node->fetch_failures;
-        e->waiters = node->waiters;
-        e->invalidations = node->invalidations;
-        e->unauthorized_kept = node->unauthorized_kept;
+        e->counts = node->counts;
     }
 
     if (usage) {
@@ -1048,6 +1073,11 @@ ngx_cloudauth_cache_alloc(ngx_shm_zone_t *zone, size_t size)
         if (cn->claim_pid != 0 && cn->claim_deadline >= now) {
             continue;
         }
+
+        ngx_log_debug3(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: zone full for %uz bytes: \"%*s\" "
+                       "evicted, the least recently used", size,
+                       (size_t) cn->name_len, cn->data);
 
         ngx_cloudauth_cache_free_node(zone, cn);
 
@@ -1196,10 +1226,24 @@ ngx_cloudauth_cache_claim(ngx_shm_zone_t *zone, ngx_cloudauth_node_t *node,
         }
     }
 
+    if (node->claim_pid != 0) {
+        /* a claim that lapsed: its worker died, or its request hung */
+        ngx_log_debug4(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                       "cloudauth cache: \"%*s\": take-over of the lapsed "
+                       "claim %ui of pid %P",
+                       (size_t) node->name_len, node->data, node->claim_seq,
+                       node->claim_pid);
+    }
+
     node->claim_pid = ngx_pid;
     node->claim_seq++;
     node->claim_deadline = mono + t->claim_for;
     t->claim = node->claim_seq;
+
+    ngx_log_debug5(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0,
+                   "cloudauth cache: \"%*s\": claim %ui for %M ms%s",
+                   (size_t) node->name_len, node->data, node->claim_seq,
+                   t->claim_for, slot ? ", with a request slot" : "");
 
     if (slot) {
         slot->node = node;

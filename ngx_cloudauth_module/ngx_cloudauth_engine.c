@@ -30,7 +30,7 @@
  */
 
 
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 
 
 #define NGX_CLOUDAUTH_POLL            10
@@ -438,6 +438,7 @@ ngx_cloudauth_engine_job_fetch(ngx_cloudauth_job_t *job)
     ngx_memzero(&req, sizeof(ngx_cloudauth_request_t));
 
     req.source_token = job->source.token;
+    req.name = job->cred->name;
 
     if (job->cred->kind->build(job->cred, &job->subject, job->pool, &req,
                                ngx_cycle->log)
@@ -489,11 +490,26 @@ ngx_cloudauth_engine_job_done(ngx_cloudauth_fetch_t *f)
     ngx_cloudauth_job_t *job = f->data;
 
     ngx_int_t               rc;
+    ngx_cloudauth_answer_t  a;
     ngx_cloudauth_result_t  res;
 
     ngx_memzero(&res, sizeof(ngx_cloudauth_result_t));
 
-    rc = job->cred->kind->parse(job->cred, f, job->pool, &res);
+    if (f->status == 0 && !f->truncated) {
+        /* no answer: what curl said went wrong */
+        res.error.data = (u_char *) f->errbuf;
+        res.error.len = ngx_strlen(f->errbuf);
+        rc = NGX_ERROR;
+
+    } else {
+        a.status = f->status;
+        a.body.data = f->body;
+        a.body.len = f->body_len;
+        a.date = f->date;
+        a.truncated = f->truncated;
+
+        rc = job->cred->kind->parse(job->cred, &a, job->pool, &res);
+    }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "cloudauth: \"%V\": token request ended: HTTP %l, %s",

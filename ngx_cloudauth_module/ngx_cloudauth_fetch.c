@@ -20,7 +20,7 @@
  */
 
 
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 
 
 static CURLM *ngx_cloudauth_fetch_multi(ngx_log_t *log);
@@ -36,10 +36,6 @@ static CURLMcode ngx_cloudauth_fetch_detach(CURLM *multi,
     ngx_cloudauth_fetch_t *f);
 static void ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why);
 static void ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev);
-static CURLU *ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log,
-    char **why);
-static char *ngx_cloudauth_url_verify(CURLU *u, ngx_uint_t metadata,
-    ngx_uint_t *https);
 static int ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s,
     int what, void *userp, void *socketp);
 static int ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms,
@@ -50,6 +46,7 @@ static int ngx_cloudauth_fetch_close_cb(void *clientp, curl_socket_t item);
 static void ngx_cloudauth_fetch_event_handler(ngx_event_t *ev);
 static void ngx_cloudauth_fetch_timer_handler(ngx_event_t *ev);
 static void ngx_cloudauth_fetch_done(void);
+static void ngx_cloudauth_fetch_ended(ngx_cloudauth_fetch_t *f, CURL *easy);
 static void ngx_cloudauth_fetch_conns_free(void);
 static void ngx_cloudauth_fetch_conn_free(ngx_connection_t *c,
     ngx_uint_t closing);
@@ -67,6 +64,15 @@ static size_t ngx_cloudauth_fetch_read_cb(char *buf, size_t size,
     size_t nitems, void *userdata);
 static int ngx_cloudauth_fetch_seek_cb(void *userdata, curl_off_t offset,
     int origin);
+
+
+/* whose request a fetch is, in the debug log: a credential's name, or "-" */
+
+#define ngx_cloudauth_fetch_name(f)                                           \
+    ((f)->name.len ? &(f)->name : &ngx_cloudauth_fetch_noname)
+
+
+static ngx_str_t  ngx_cloudauth_fetch_noname = ngx_string("-");
 
 
 /* a failed curl_easy_setopt() fails the fetch: nothing built wrongly goes */
@@ -248,6 +254,9 @@ ngx_cloudauth_fetch_multi_create(ngx_log_t *log)
         return NULL;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
+                   "cloudauth fetch: multi handle %p created", multi);
+
     return multi;
 }
 
@@ -344,9 +353,9 @@ ngx_cloudauth_fetch_restart(const char *call, CURLMcode mc, ngx_log_t *log)
 
         if (rc != CURLM_OK) {
             /* curl_multi_cleanup() below detaches it all the same */
-            ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
-                           "cloudauth: curl_multi_remove_handle() failed: %s",
-                           curl_multi_strerror(rc));
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "cloudauth: curl_multi_remove_handle() failed: %s",
+                          curl_multi_strerror(rc));
         }
     }
 
@@ -388,6 +397,10 @@ ngx_cloudauth_fetch_fail(ngx_cloudauth_fetch_t *f, const char *why)
     f->code = CURLE_COULDNT_CONNECT;
     ngx_cpystrn((u_char *) f->errbuf, (u_char *) why, CURL_ERROR_SIZE);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                   "cloudauth fetch: \"%V\" fails, its handler is posted: %s",
+                   ngx_cloudauth_fetch_name(f), why);
+
     ngx_queue_remove(&f->queue);
     ngx_queue_insert_tail(&ngx_cloudauth_failed, &f->queue);
 
@@ -412,7 +425,9 @@ ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why)
         return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0, "cloudauth: %s", why);
+    ngx_log_error(NGX_LOG_ERR, f->log, 0,
+                  "cloudauth: request of \"%V\" failed: %s",
+                  ngx_cloudauth_fetch_name(f), why);
 
     ngx_cloudauth_fetch_fail(f, why);
 }
@@ -458,200 +473,12 @@ ngx_cloudauth_fetch_fail_handler(ngx_event_t *ev)
         f->status = 0;
         f->duration = ngx_current_msec - f->start;
 
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                       "cloudauth fetch: \"%V\" ended: failed after %M ms",
+                       ngx_cloudauth_fetch_name(f), f->duration);
+
         f->handler(f);
     }
-}
-
-
-/*
- * URLs as libcurl itself parses them: http or https only, no user name or
- * password, plain http only to a loopback address or, where allowed, to the
- * metadata server.  The same check runs at configuration time
- * (ngx_cloudauth_check_url()) and on every URL a request is sent to.
- */
-
-char *
-ngx_cloudauth_url_check(ngx_str_t *url, ngx_uint_t metadata, ngx_log_t *log)
-{
-    char   *why;
-    CURLU  *u;
-
-    u = ngx_cloudauth_url_parse(url, log, &why);
-    if (u == NULL) {
-        return why;
-    }
-
-    why = ngx_cloudauth_url_verify(u, metadata, NULL);
-
-    curl_url_cleanup(u);
-
-    return why;
-}
-
-
-static CURLU *
-ngx_cloudauth_url_parse(ngx_str_t *url, ngx_log_t *log, char **why)
-{
-    char       *s;
-    CURLU      *u;
-    CURLUcode   uc;
-
-    static u_char  buf[128];
-
-    u = curl_url();
-    s = ngx_alloc(url->len + 1, log);
-
-    if (u == NULL || s == NULL) {
-        if (u) {
-            curl_url_cleanup(u);
-        }
-
-        if (s) {
-            ngx_free(s);
-        }
-
-        *why = "cannot be checked: out of memory";
-        return NULL;
-    }
-
-    ngx_cpystrn((u_char *) s, url->data, url->len + 1);
-
-    uc = (ngx_strlen(s) == url->len) ? curl_url_set(u, CURLUPART_URL, s, 0)
-                                     : CURLUE_MALFORMED_INPUT;
-
-    ngx_free(s);
-
-    if (uc != CURLUE_OK) {
-        curl_url_cleanup(u);
-
-        (void) ngx_snprintf(buf, sizeof(buf) - 1,
-                            "is not an https:// URL libcurl accepts (%s): "
-                            "write it as https://host[:port]/path%Z",
-#if (LIBCURL_VERSION_NUM >= 0x075000)
-                            curl_url_strerror(uc)
-#else
-                            "malformed"
-#endif
-                            );
-
-        *why = (char *) buf;
-        return NULL;
-    }
-
-    return u;
-}
-
-
-static char *
-ngx_cloudauth_url_verify(CURLU *u, ngx_uint_t metadata, ngx_uint_t *https)
-{
-    char       *scheme, *host, *user, *password;
-    size_t      len;
-    in_addr_t   addr;
-    ngx_uint_t  plain, ok;
-#if (NGX_HAVE_INET6)
-    struct in6_addr  addr6;
-#endif
-
-    scheme = NULL;
-    host = NULL;
-    user = NULL;
-    password = NULL;
-    ok = 0;
-    plain = 0;
-
-    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK
-        || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-    {
-        return "is not a URL with a scheme and a host: write it as "
-               "https://host[:port]/path";
-    }
-
-    if (ngx_strcasecmp((u_char *) scheme, (u_char *) "https") == 0) {
-        ok = 1;
-
-    } else if (ngx_strcasecmp((u_char *) scheme, (u_char *) "http") == 0) {
-        plain = 1;
-        ok = 1;
-    }
-
-    curl_free(scheme);
-
-    if (!ok) {
-        curl_free(host);
-        return "is not an http:// or https:// URL: use https://";
-    }
-
-    /* CURLUE_NO_USER, CURLUE_NO_PASSWORD: none there, as it must be */
-
-    if (curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER
-        || curl_url_get(u, CURLUPART_PASSWORD, &password, 0)
-           != CURLUE_NO_PASSWORD)
-    {
-        curl_free(user);
-        curl_free(password);
-        curl_free(host);
-
-        return "has a user name or password in it (\"...@\"): remove it; "
-               "the credential's secrets are never put into a URL";
-    }
-
-    if (https) {
-        *https = !plain;
-    }
-
-    if (!plain) {
-        curl_free(host);
-        return NULL;
-    }
-
-    len = ngx_strlen(host);
-    ok = 0;
-
-    if (len == 9
-        && ngx_strncasecmp((u_char *) host, (u_char *) "localhost", 9) == 0)
-    {
-        ok = 1;
-
-    } else if (host[0] == '[') {
-#if (NGX_HAVE_INET6)
-        /* libcurl gives IPv6 addresses in brackets, without a zone id */
-        ok = (len > 2 && host[len - 1] == ']'
-              && ngx_inet6_addr((u_char *) host + 1, len - 2, addr6.s6_addr)
-                 == NGX_OK
-              && IN6_IS_ADDR_LOOPBACK(&addr6));
-#endif
-
-    } else {
-        addr = ngx_inet_addr((u_char *) host, len);
-
-        ok = (addr != INADDR_NONE
-              && (ntohl(addr) & 0xff000000) == 0x7f000000);
-
-        if (!ok && metadata) {
-            ok = ((len == 15
-                   && ngx_strncmp(host, "169.254.169.254", 15) == 0)
-                  || (len == 24
-                      && ngx_strncasecmp((u_char *) host,
-                                         (u_char *) "metadata.google.internal",
-                                         24) == 0));
-        }
-    }
-
-    curl_free(host);
-
-    if (ok) {
-        return NULL;
-    }
-
-    return metadata
-           ? "is plain http:// to a host that is neither loopback nor the "
-             "metadata server: use https:// (plain http is allowed only to "
-             "127.0.0.0/8, [::1], localhost, 169.254.169.254 and "
-             "metadata.google.internal)"
-           : "is plain http:// to a host that is not loopback: use https:// "
-             "(plain http is allowed only to 127.0.0.0/8, [::1] and "
-             "localhost)";
 }
 
 
@@ -678,8 +505,7 @@ ngx_cloudauth_fetch_start(ngx_cloudauth_request_t *req,
 /*
  * A request whose body (length bytes, or none if length is -1) is pulled
  * through read() as curl sends it, with a custom method (PUT, DELETE), and
- * whose response header lines go to header().  A read() that returns
- * NGX_AGAIN pauses the transfer until ngx_cloudauth_fetch_unpause().
+ * whose response header lines go to header().
  * The transfer ends when it stalls (no byte moved) for cloudauth_timeout,
  * not after a fixed time: a chunk of many megabytes may take long.
  */
@@ -760,37 +586,6 @@ failed:
 }
 
 
-void
-ngx_cloudauth_fetch_unpause(ngx_cloudauth_fetch_t *f)
-{
-    CURLcode  rc;
-
-    if (!f->active || f->code != CURLE_OK) {
-        /* done, or failed and its handler is due */
-        return;
-    }
-
-    rc = curl_easy_pause(f->easy, CURLPAUSE_CONT);
-
-    if (rc == CURLE_OK) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, f->log, 0,
-                  "cloudauth: curl_easy_pause() failed: %s",
-                  curl_easy_strerror(rc));
-
-    if (rc == CURLE_ABORTED_BY_CALLBACK) {
-        /* curl's socket or timer callback failed: the multi handle is dead */
-        ngx_cloudauth_fetch_restart("curl_easy_pause",
-                                    CURLM_ABORTED_BY_CALLBACK, f->log);
-        return;
-    }
-
-    ngx_cloudauth_fetch_fail(f, "cannot resume the transfer");
-}
-
-
 static size_t
 ngx_cloudauth_fetch_read_cb(char *buf, size_t size, size_t nitems,
     void *userdata)
@@ -800,10 +595,6 @@ ngx_cloudauth_fetch_read_cb(char *buf, size_t size, size_t nitems,
     ssize_t  n;
 
     n = f->read(f, (u_char *) buf, size * nitems);
-
-    if (n == NGX_AGAIN) {
-        return CURL_READFUNC_PAUSE;
-    }
 
     if (n < 0) {
         return CURL_READFUNC_ABORT;
@@ -845,6 +636,7 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     }
 
     f->log = log;
+    f->name = req->name;
     f->handler = handler;
     f->data = data;
     f->body_max = NGX_CLOUDAUTH_MAX_RESPONSE;
@@ -883,6 +675,7 @@ ngx_cloudauth_fetch_create(ngx_cloudauth_request_t *req,
     ngx_cloudauth_setopt(f, CURLOPT_HEADERDATA, f);
     ngx_cloudauth_setopt(f, CURLOPT_OPENSOCKETFUNCTION,
                          ngx_cloudauth_fetch_open_cb);
+    ngx_cloudauth_setopt(f, CURLOPT_OPENSOCKETDATA, f);
     ngx_cloudauth_setopt(f, CURLOPT_CLOSESOCKETFUNCTION,
                          ngx_cloudauth_fetch_close_cb);
 
@@ -979,36 +772,15 @@ static ngx_int_t
 ngx_cloudauth_fetch_set_url(ngx_cloudauth_fetch_t *f, ngx_str_t *url)
 {
     char        *why, *s;
-    CURLU       *u;
     CURLcode     rc;
-    CURLUcode    uc;
     ngx_uint_t   https;
 
-    u = ngx_cloudauth_url_parse(url, f->log, &why);
-
-    if (u) {
-        why = ngx_cloudauth_url_verify(u, 1, &https);
-    }
+    why = ngx_cloudauth_url_check(url, 1, &s, &https, f->log);
 
     if (why) {
         /* the URL itself may carry what no log should: not logged */
         ngx_log_error(NGX_LOG_ERR, f->log, 0,
                       "cloudauth: refusing a request whose URL %s", why);
-
-        if (u) {
-            curl_url_cleanup(u);
-        }
-
-        return NGX_ERROR;
-    }
-
-    s = NULL;
-    uc = curl_url_get(u, CURLUPART_URL, &s, 0);
-    curl_url_cleanup(u);
-
-    if (uc != CURLUE_OK) {
-        ngx_log_error(NGX_LOG_ERR, f->log, 0,
-                      "cloudauth: curl_url_get() failed");
         return NGX_ERROR;
     }
 
@@ -1057,6 +829,10 @@ ngx_cloudauth_fetch_add(ngx_cloudauth_fetch_t *f)
         if (mc == CURLM_OK) {
             f->active = 1;
             ngx_queue_insert_tail(&ngx_cloudauth_fetches, &f->queue);
+
+            ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                           "cloudauth fetch: \"%V\" started",
+                           ngx_cloudauth_fetch_name(f));
             return NGX_OK;
         }
 
@@ -1081,6 +857,10 @@ ngx_cloudauth_fetch_free(ngx_cloudauth_fetch_t *f)
     CURLMcode  mc;
 
     if (f->active) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                       "cloudauth fetch: \"%V\" cancelled",
+                       ngx_cloudauth_fetch_name(f));
+
         ngx_queue_remove(&f->queue);
         f->active = 0;
 
@@ -1196,7 +976,24 @@ static curl_socket_t
 ngx_cloudauth_fetch_open_cb(void *clientp, curlsocktype purpose,
     struct curl_sockaddr *address)
 {
-    return socket(address->family, address->socktype, address->protocol);
+    ngx_cloudauth_fetch_t *f = clientp;
+
+    curl_socket_t  s;
+
+    s = socket(address->family, address->socktype, address->protocol);
+
+    if (s == CURL_SOCKET_BAD) {
+        ngx_log_error(NGX_LOG_ERR, f->log, ngx_socket_errno,
+                      "cloudauth: socket() for a request of \"%V\" failed",
+                      ngx_cloudauth_fetch_name(f));
+        return s;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                   "cloudauth fetch: \"%V\" opens a new connection: socket %d",
+                   ngx_cloudauth_fetch_name(f), s);
+
+    return s;
 }
 
 
@@ -1217,6 +1014,9 @@ ngx_cloudauth_fetch_close_cb(void *clientp, curl_socket_t item)
             break;
         }
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: socket %d closed", item);
 
     return close(item);
 }
@@ -1295,13 +1095,16 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
 
             if (mc != CURLM_OK) {
                 /* the socket is leaving curl's hash all the same */
-                ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
-                               "cloudauth: curl_multi_assign() failed: %s",
-                               curl_multi_strerror(mc));
+                ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                              "cloudauth: curl_multi_assign() failed: %s",
+                              curl_multi_strerror(mc));
             }
 
             ngx_cloudauth_fetch_conn_free(c, 0);
         }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: socket %d removed: not watched", s);
 
         return 0;
     }
@@ -1325,6 +1128,9 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
 
         ngx_queue_insert_tail(&ngx_cloudauth_conns, &c->queue);
 
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: socket %d added", s);
+
         mc = curl_multi_assign(multi, s, c);
 
         if (mc != CURLM_OK) {
@@ -1338,6 +1144,11 @@ ngx_cloudauth_fetch_socket_cb(CURL *easy, curl_socket_t s, int what,
             return 0;
         }
     }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: socket %d watched for%s%s", s,
+                   (what & CURL_POLL_IN) ? " reading" : "",
+                   (what & CURL_POLL_OUT) ? " writing" : "");
 
     /* curl expects level-triggered readiness */
 
@@ -1383,6 +1194,9 @@ static int
 ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     if (timeout_ms < 0) {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: timer deleted");
+
         if (ngx_cloudauth_timer.timer_set) {
             ngx_del_timer(&ngx_cloudauth_timer);
         }
@@ -1391,6 +1205,9 @@ ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     }
 
     if (timeout_ms == 0) {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "cloudauth fetch: timer due now: posted");
+
         /* never call back into curl from its own callback */
         if (ngx_cloudauth_timer.timer_set) {
             ngx_del_timer(&ngx_cloudauth_timer);
@@ -1402,6 +1219,9 @@ ngx_cloudauth_fetch_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 
         return 0;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: timer set: %l ms", timeout_ms);
 
     ngx_add_timer(&ngx_cloudauth_timer, (ngx_msec_t) timeout_ms);
 
@@ -1422,6 +1242,10 @@ ngx_cloudauth_fetch_event_handler(ngx_event_t *ev)
         return;
     }
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: socket %d %s", c->fd,
+                   ev->write ? "writable" : "readable");
+
     /* c may be freed inside: curl can close the socket */
 
     mc = curl_multi_socket_action(ngx_cloudauth_multi, c->fd,
@@ -1440,6 +1264,9 @@ ngx_cloudauth_fetch_timer_handler(ngx_event_t *ev)
 {
     int        running;
     CURLMcode  mc;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "cloudauth fetch: timer fired");
 
     if (ngx_cloudauth_multi == NULL) {
         return;
@@ -1522,8 +1349,40 @@ ngx_cloudauth_fetch_done(void)
 
         f->duration = ngx_current_msec - f->start;
 
+        ngx_cloudauth_fetch_ended(f, easy);
+
         ngx_cloudauth_fetch_check("curl_multi_remove_handle", mc, f->log);
 
         f->handler(f);
     }
+}
+
+
+/*
+ * The end of a transfer in the debug log: whose, how it ended, and over
+ * which connection, a new one or one that curl kept from an earlier
+ * transfer (reused: no connect, no TLS handshake).
+ */
+
+static void
+ngx_cloudauth_fetch_ended(ngx_cloudauth_fetch_t *f, CURL *easy)
+{
+#if (NGX_DEBUG)
+    long  connects, port;
+
+    connects = -1;
+    port = 0;
+
+    /* the socket is curl's again by now: its local port names it */
+
+    (void) curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+    (void) curl_easy_getinfo(easy, CURLINFO_LOCAL_PORT, &port);
+
+    ngx_log_debug6(NGX_LOG_DEBUG_EVENT, f->log, 0,
+                   "cloudauth fetch: \"%V\" ended: HTTP %l, %M ms, "
+                   "%s connection from local port %l%s",
+                   ngx_cloudauth_fetch_name(f), f->status, f->duration,
+                   connects == 0 ? "a reused" : "a new", port,
+                   f->code == CURLE_OK ? "" : ", curl failed");
+#endif
 }

@@ -123,8 +123,9 @@ ngx_cloudauth_gcs_start(ngx_cloudauth_gcs_t *s)
 
 /*
  * A session from before (a resumable upload's): its URI is checked like
- * the one GCS gives at the start.  NGX_OK; NGX_DECLINED: not on the endpoint's origin
- * (logged); NGX_ERROR.  No handler runs: query() or terminate() follows.
+ * the one GCS gives at the start.  NGX_OK; NGX_DECLINED: not on the
+ * endpoint's origin (logged); NGX_ERROR.  No handler runs: query() or
+ * terminate() follows.
  */
 
 ngx_int_t

@@ -18,6 +18,7 @@
 
 
 #include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 #include <jansson.h>
 
 

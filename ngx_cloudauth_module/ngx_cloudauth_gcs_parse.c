@@ -339,19 +339,48 @@ ngx_cloudauth_gcs_printable(u_char *dst, size_t size, u_char *src,
 }
 
 
-/* a name from outside for the log lines: printable, in the pool */
+/*
+ * A name from outside for the log lines, in the pool: at most
+ * NGX_CLOUDAUTH_GCS_SAID_MAX of its bytes, "..." when cut; controls (C0,
+ * DEL, and C1 as UTF-8), the quote and the backslash as \xNN, so that a
+ * name cannot end its quotes or fake an escape; other UTF-8 as it is
+ */
 
 ngx_int_t
 ngx_cloudauth_gcs_shown(ngx_pool_t *pool, ngx_str_t *src, ngx_str_t *dst)
 {
+    u_char  *p, *s, *last, c;
+
     dst->data = ngx_pnalloc(pool, 4 * NGX_CLOUDAUTH_GCS_SAID_MAX + 3);
     if (dst->data == NULL) {
         return NGX_ERROR;
     }
 
-    dst->len = ngx_cloudauth_gcs_printable(dst->data,
-                                           4 * NGX_CLOUDAUTH_GCS_SAID_MAX,
-                                           src->data, src->len);
+    p = dst->data;
+    s = src->data;
+    last = s + ngx_min(src->len, NGX_CLOUDAUTH_GCS_SAID_MAX);
+
+    while (s < last) {
+        c = *s++;
+
+        if (c == 0xc2 && s < last && *s >= 0x80 && *s <= 0x9f) {
+            p = ngx_sprintf(p, "\\x%02xd\\x%02xd", c, *s++);
+            continue;
+        }
+
+        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+            p = ngx_sprintf(p, "\\x%02xd", c);
+            continue;
+        }
+
+        *p++ = c;
+    }
+
+    if (src->len > NGX_CLOUDAUTH_GCS_SAID_MAX) {
+        p = ngx_cpymem(p, "...", 3);
+    }
+
+    dst->len = p - dst->data;
 
     return NGX_OK;
 }

@@ -3,13 +3,15 @@
  * Copyright (C) ngx_cloudauth authors
  *
  * JSON Web Tokens: base64url(header) "." base64url(claims) "." signature,
- * signed with RS256 (a private key) or HS256 (a shared secret).
+ * signed with RS256 (a private key) or HS256 (a shared secret); and the
+ * "exp" claim of one someone else signed, read (never verified).
  */
 
 
 #include "ngx_cloudauth.h"
 
 #include <openssl/hmac.h>
+#include <jansson.h>
 
 
 static u_char *ngx_cloudauth_jwt_input(ngx_pool_t *pool, const char *header,
@@ -136,4 +138,63 @@ ngx_cloudauth_jwt_finish(ngx_str_t *jwt, u_char *sig, size_t sig_len)
     ngx_encode_base64url(&dst, &src);
 
     jwt->len += dst.len;
+}
+
+
+/*
+ * The "exp" claim of a JWT, or NGX_DECLINED when it is not one with exp.
+ * The claims are decoded into the pool and wiped once read: an ID token or
+ * a subject token is a bearer credential.
+ */
+
+ngx_int_t
+ngx_cloudauth_jwt_exp(ngx_str_t *jwt, ngx_pool_t *pool, time_t *exp)
+{
+    u_char        *p, *last;
+    json_t        *json, *v;
+    ngx_str_t      src, dst;
+    ngx_int_t      rc;
+    json_error_t   jerr;
+
+    p = ngx_strlchr(jwt->data, jwt->data + jwt->len, '.');
+    if (p == NULL) {
+        return NGX_DECLINED;
+    }
+
+    src.data = ++p;
+    last = ngx_strlchr(p, jwt->data + jwt->len, '.');
+    if (last == NULL) {
+        return NGX_DECLINED;
+    }
+
+    src.len = last - p;
+
+    dst.data = ngx_pnalloc(pool, ngx_base64_decoded_length(src.len) + 1);
+    if (dst.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_decode_base64url(&dst, &src) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    json = json_loadb((char *) dst.data, dst.len, 0, &jerr);
+
+    ngx_explicit_memzero(dst.data, dst.len);
+
+    if (json == NULL) {
+        return NGX_DECLINED;
+    }
+
+    v = json_object_get(json, "exp");
+    rc = NGX_DECLINED;
+
+    if (json_is_integer(v)) {
+        *exp = (time_t) json_integer_value(v);
+        rc = NGX_OK;
+    }
+
+    json_decref(json);
+
+    return rc;
 }

@@ -24,7 +24,7 @@ static ngx_int_t ngx_cloudauth_google_id_token_build(
     ngx_cloudauth_cred_t *cred, ngx_str_t *subject, ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_google_id_token_parse(
-    ngx_cloudauth_cred_t *cred, ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
+    ngx_cloudauth_cred_t *cred, ngx_cloudauth_answer_t *a, ngx_pool_t *pool,
     ngx_cloudauth_result_t *res);
 
 
@@ -34,7 +34,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_id_token = {
     ngx_cloudauth_google_id_token_init,     /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_google_id_token_build,    /* build: the token request */
-    ngx_cloudauth_google_id_token_parse     /* parse: the answer */
+    ngx_cloudauth_google_id_token_parse,    /* parse: the answer */
+    0                                       /* quota: none */
 };
 
 
@@ -108,21 +109,15 @@ ngx_cloudauth_google_id_token_build(ngx_cloudauth_cred_t *cred,
 
 static ngx_int_t
 ngx_cloudauth_google_id_token_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
-    if (ngx_cloudauth_oauth_parse(f, pool, res, "id_token") != NGX_OK) {
+    if (ngx_cloudauth_oauth_parse(a, pool, res, "id_token") != NGX_OK) {
         return NGX_ERROR;
     }
 
     /* {"id_token": "..."} has no expires_in: the token's own exp */
 
-    if (ngx_cloudauth_jwt_expires_in(&res->token, &res->expires_in)
-        != NGX_OK)
-    {
-        ngx_str_set(&res->error,
-                    "malformed answer: id_token is not a JWT with \"exp\"");
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return ngx_cloudauth_answer_lifetime(pool, res,
+                                         "malformed answer: id_token is not "
+                                         "a JWT with \"exp\"");
 }

@@ -27,7 +27,7 @@ static ngx_int_t ngx_cloudauth_google_metadata_build(
     ngx_cloudauth_cred_t *cred, ngx_str_t *subject, ngx_pool_t *pool,
     ngx_cloudauth_request_t *req, ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_google_metadata_parse(
-    ngx_cloudauth_cred_t *cred, ngx_cloudauth_fetch_t *f, ngx_pool_t *pool,
+    ngx_cloudauth_cred_t *cred, ngx_cloudauth_answer_t *a, ngx_pool_t *pool,
     ngx_cloudauth_result_t *res);
 
 
@@ -37,7 +37,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_metadata = {
     ngx_cloudauth_google_metadata_init,     /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_google_metadata_build,    /* build: the token request */
-    ngx_cloudauth_google_metadata_parse     /* parse: the answer */
+    ngx_cloudauth_google_metadata_parse,    /* parse: the answer */
+    1                                       /* quota: quota_project= */
 };
 
 
@@ -148,15 +149,15 @@ ngx_cloudauth_google_metadata_build(ngx_cloudauth_cred_t *cred,
 
 static ngx_int_t
 ngx_cloudauth_google_metadata_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
     ngx_cloudauth_google_metadata_t  *md;
 
     md = cred->data;
 
     if (md->identity) {
-        return ngx_cloudauth_plain_parse(f, pool, res);
+        return ngx_cloudauth_plain_parse(a, pool, res);
     }
 
-    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
+    return ngx_cloudauth_oauth_parse(a, pool, res, "access_token");
 }

@@ -30,7 +30,7 @@ static ngx_int_t ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
 static void ngx_cloudauth_google_key_cleanup(void *data);
 
 
@@ -40,7 +40,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_google_sa = {
     ngx_cloudauth_google_sa_init,           /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_google_sa_build,          /* build: the token request */
-    ngx_cloudauth_google_sa_parse           /* parse: the answer */
+    ngx_cloudauth_google_sa_parse,          /* parse: the answer */
+    1                                       /* quota: quota_project= */
 };
 
 
@@ -59,6 +60,17 @@ ngx_cloudauth_google_sa_init(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
     cred->data = sa;
 
     if (ngx_cloudauth_google_key_load(cf, cred, &sa->key) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* the key file's quota project; quota_project= may override it */
+
+    if (sa->key.quota_project.len
+        && ngx_cloudauth_quota_project(cf, cred,
+                                       (char *) sa->key.quota_project.data,
+                                       "key_file's \"quota_project_id\"")
+           != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -105,9 +117,9 @@ ngx_cloudauth_google_sa_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
 static ngx_int_t
 ngx_cloudauth_google_sa_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
-    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
+    return ngx_cloudauth_oauth_parse(a, pool, res, "access_token");
 }
 
 
@@ -207,6 +219,8 @@ ngx_cloudauth_google_key_load(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred,
                                             &gk->key_id);
         (void) ngx_cloudauth_google_key_dup(cf, json, "token_uri",
                                             &gk->token_url);
+        (void) ngx_cloudauth_google_key_dup(cf, json, "quota_project_id",
+                                            &gk->quota_project);
 
         bio = BIO_new_mem_buf(pem.data, (int) pem.len);
         if (bio) {

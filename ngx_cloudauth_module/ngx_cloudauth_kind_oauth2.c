@@ -25,7 +25,7 @@ static ngx_int_t ngx_cloudauth_oauth2_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_oauth2_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
 static u_char *ngx_cloudauth_oauth2_field(u_char *p, char *name,
     ngx_str_t *value);
 
@@ -36,7 +36,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_oauth2 = {
     ngx_cloudauth_oauth2_init,              /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_oauth2_build,             /* build: the token request */
-    ngx_cloudauth_oauth2_parse              /* parse: the answer */
+    ngx_cloudauth_oauth2_parse,             /* parse: the answer */
+    0                                       /* quota: none */
 };
 
 
@@ -217,7 +218,7 @@ ngx_cloudauth_oauth2_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
 static ngx_int_t
 ngx_cloudauth_oauth2_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
-    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
+    return ngx_cloudauth_oauth_parse(a, pool, res, "access_token");
 }

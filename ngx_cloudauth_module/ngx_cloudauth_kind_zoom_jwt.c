@@ -37,7 +37,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_jwt = {
     ngx_cloudauth_zoom_jwt_init,            /* init: parameters, files */
     ngx_cloudauth_zoom_jwt_sign,            /* sign: a token made here */
     NULL,                                   /* build: none, signed here */
-    NULL                                    /* parse: none */
+    NULL,                                   /* parse: none */
+    0                                       /* quota: none */
 };
 
 

@@ -24,7 +24,7 @@ static ngx_int_t ngx_cloudauth_zoom_s2s_build(ngx_cloudauth_cred_t *cred,
     ngx_str_t *subject, ngx_pool_t *pool, ngx_cloudauth_request_t *req,
     ngx_log_t *log);
 static ngx_int_t ngx_cloudauth_zoom_s2s_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res);
 
 
 ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s = {
@@ -33,7 +33,8 @@ ngx_cloudauth_kind_t  ngx_cloudauth_kind_zoom_s2s = {
     ngx_cloudauth_zoom_s2s_init,            /* init: parameters, files */
     NULL,                                   /* sign: none, fetched */
     ngx_cloudauth_zoom_s2s_build,           /* build: the token request */
-    ngx_cloudauth_zoom_s2s_parse            /* parse: the answer */
+    ngx_cloudauth_zoom_s2s_parse,           /* parse: the answer */
+    0                                       /* quota: none */
 };
 
 
@@ -140,9 +141,9 @@ ngx_cloudauth_zoom_s2s_build(ngx_cloudauth_cred_t *cred, ngx_str_t *subject,
 
 static ngx_int_t
 ngx_cloudauth_zoom_s2s_parse(ngx_cloudauth_cred_t *cred,
-    ngx_cloudauth_fetch_t *f, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
+    ngx_cloudauth_answer_t *a, ngx_pool_t *pool, ngx_cloudauth_result_t *res)
 {
     /* Zoom's errors: {"reason": "...", "error": "invalid_client"} */
 
-    return ngx_cloudauth_oauth_parse(f, pool, res, "access_token");
+    return ngx_cloudauth_oauth_parse(a, pool, res, "access_token");
 }

@@ -8,7 +8,7 @@
  */
 
 
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_fetch.h"
 
 
 typedef struct {
@@ -91,6 +91,10 @@ static ngx_int_t ngx_http_cloudauth_escape(ngx_pool_t *pool, ngx_str_t *src,
     ngx_str_t *dst);
 static void ngx_http_cloudauth_wake(ngx_cloudauth_ask_t *ask);
 static void ngx_http_cloudauth_cleanup(void *data);
+static ngx_uint_t ngx_http_cloudauth_named(ngx_table_elt_t *h,
+    ngx_str_t *name);
+static ngx_table_elt_t *ngx_http_cloudauth_push(ngx_list_t *list,
+    ngx_str_t *key, u_char *lowcase, ngx_uint_t hash, ngx_str_t *value);
 static ngx_int_t ngx_http_cloudauth_inject(ngx_http_request_t *r,
     ngx_http_cloudauth_loc_conf_t *lcf, ngx_http_cloudauth_ctx_t *ctx);
 static ngx_int_t ngx_http_cloudauth_refuse(ngx_http_request_t *r,
@@ -654,7 +658,9 @@ ngx_http_cloudauth_cleanup(void *data)
 
 /*
  * Rebuilds the header list without any client-sent copy of the header and
- * with ours: the client never decides what goes upstream.
+ * with ours: the client never decides what goes upstream.  A credential
+ * with a quota project adds "x-goog-user-project: <project>" the same way,
+ * as Google's client libraries send it with such a credential's token.
  */
 
 static ngx_int_t
@@ -664,15 +670,19 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     u_char                    *p;
     void                     **elts;
     ngx_int_t                 *v;
+    ngx_str_t                 *token, *quota, value;
     ngx_uint_t                 i, n;
     ngx_list_t                 list;
     ngx_list_part_t           *part;
-    ngx_str_t                 *token;
     ngx_table_elt_t           *h, *header;
     ngx_http_cloudauth_req_t  *rq;
 
+    static ngx_str_t  quota_header = ngx_string("x-goog-user-project");
+
     rq = ctx->rq;
     token = &ctx->ask.token;
+    quota = ctx->ask.cred->quota_project.len
+            ? &ctx->ask.cred->quota_project : NULL;
 
     if (rq->injected.elts == NULL) {
         if (ngx_array_init(&rq->injected, r->pool, 2, sizeof(void *))
@@ -715,7 +725,7 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
         *v = lcf->variable;
     }
 
-    n = 1;
+    n = 2;
 
     for (part = &r->headers_in.headers.part; part; part = part->next) {
         n += part->nelts;
@@ -740,10 +750,8 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (header[i].key.len == lcf->header.len
-            && ngx_strncasecmp(header[i].key.data, lcf->header.data,
-                               lcf->header.len)
-               == 0)
+        if (ngx_http_cloudauth_named(&header[i], &lcf->header)
+            || (quota && ngx_http_cloudauth_named(&header[i], &quota_header)))
         {
             continue;
         }
@@ -756,27 +764,31 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
         *h = header[i];
     }
 
-    h = ngx_list_push(&list);
+    value.len = lcf->prefix.len + token->len + lcf->suffix.len;
+    value.data = ngx_pnalloc(r->pool, value.len);
+    if (value.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(value.data, lcf->prefix.data, lcf->prefix.len);
+    p = ngx_cpymem(p, token->data, token->len);
+    ngx_memcpy(p, lcf->suffix.data, lcf->suffix.len);
+
+    h = ngx_http_cloudauth_push(&list, &lcf->header, lcf->lowcase.data,
+                                lcf->hash, &value);
     if (h == NULL) {
         return NGX_ERROR;
     }
 
-    h->hash = lcf->hash;
-    h->key = lcf->header;
-    h->lowcase_key = lcf->lowcase.data;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
-
-    h->value.len = lcf->prefix.len + token->len + lcf->suffix.len;
-    h->value.data = ngx_pnalloc(r->pool, h->value.len);
-    if (h->value.data == NULL) {
+    if (quota
+        && ngx_http_cloudauth_push(&list, &quota_header, quota_header.data,
+                                   ngx_hash_key(quota_header.data,
+                                                quota_header.len),
+                                   quota)
+           == NULL)
+    {
         return NGX_ERROR;
     }
-
-    p = ngx_cpymem(h->value.data, lcf->prefix.data, lcf->prefix.len);
-    p = ngx_cpymem(p, token->data, token->len);
-    ngx_memcpy(p, lcf->suffix.data, lcf->suffix.len);
 
     /* one part holds them all: "last" must point into the request */
     r->headers_in.headers = list;
@@ -792,6 +804,37 @@ ngx_http_cloudauth_inject(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_cloudauth_named(ngx_table_elt_t *h, ngx_str_t *name)
+{
+    return h->key.len == name->len
+           && ngx_strncasecmp(h->key.data, name->data, name->len) == 0;
+}
+
+
+static ngx_table_elt_t *
+ngx_http_cloudauth_push(ngx_list_t *list, ngx_str_t *key, u_char *lowcase,
+    ngx_uint_t hash, ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(list);
+    if (h == NULL) {
+        return NULL;
+    }
+
+    h->hash = hash;
+    h->key = *key;
+    h->lowcase_key = lowcase;
+    h->value = *value;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    return h;
 }
 
 

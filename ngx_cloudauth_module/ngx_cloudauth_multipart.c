@@ -16,7 +16,7 @@
  */
 
 
-#include "ngx_cloudauth.h"
+#include "ngx_cloudauth_multipart.h"
 
 
 enum {

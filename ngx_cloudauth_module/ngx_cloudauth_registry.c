@@ -5,7 +5,7 @@
  * The credential registry: the kinds there are, and the
  * cloudauth_credential directive that defines a credential of one.  What
  * the kinds call while they read their parameters (parameter lookup, URL
- * checks, the fingerprint, lookup by name) is in ngx_cloudauth_kind.c,
+ * checks, the fingerprint, lookup by name) is in ngx_cloudauth_conf.c,
  * which the kinds and this file use: no file here is used back.
  */
 
@@ -26,6 +26,12 @@ ngx_cloudauth_kind_t  *ngx_cloudauth_kinds[] = {
     &ngx_cloudauth_kind_google_external_account,
     NULL
 };
+
+
+static char *ngx_cloudauth_registry_subjects(ngx_conf_t *cf,
+    ngx_cloudauth_cred_t *cred);
+static char *ngx_cloudauth_registry_concurrency(ngx_conf_t *cf,
+    ngx_cloudauth_cred_t *cred);
 
 
 static ngx_regex_t *
@@ -65,8 +71,7 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_cloudauth_main_conf_t *cmcf = conf;
 
     u_char                 *p, errstr[NGX_MAX_CONF_ERRSTR];
-    ngx_int_t               n;
-    ngx_str_t              *value, *v, re;
+    ngx_str_t              *value, *v;
     ngx_uint_t              i;
     ngx_keyval_t           *kv;
     ngx_cloudauth_cred_t   *cred, **cp;
@@ -166,6 +171,63 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_cloudauth_registry_subjects(cf, cred) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* before the kind's init: the credentials it makes inherit it */
+
+    if (ngx_cloudauth_registry_concurrency(cf, cred) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->kind->init(cf, cred) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* after init: quota_project= overrides what the kind's file says */
+
+    v = cred->kind->quota ? ngx_cloudauth_param(cred, "quota_project") : NULL;
+
+    if (v
+        && ngx_cloudauth_quota_project(cf, cred,
+                                       ngx_cloudauth_copy_cstr(cf->pool, v),
+                                       "quota_project=")
+           != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    kv = cred->params->elts;
+
+    for (i = 0; i < cred->params->nelts; i++) {
+        if (!cred->used[i]) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "cloudauth_credential \"%V\": unknown "
+                               "parameter \"%V\" for type=%V", &cred->name,
+                               &kv[i].key, &cred->kind->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cp = ngx_array_push(&cmcf->creds);
+    if (cp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *cp = cred;
+
+    return NGX_CONF_OK;
+}
+
+
+/* subject= and subjects=, for the kinds that take subjects */
+
+static char *
+ngx_cloudauth_registry_subjects(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
+{
+    ngx_str_t  *v, re;
+
     v = ngx_cloudauth_param(cred, "subject");
     if (v) {
         cred->subject = *v;
@@ -219,7 +281,17 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    /* before the kind's init: the credentials it makes inherit it */
+    return NGX_CONF_OK;
+}
+
+
+/* concurrency=: token requests in flight at most, across all workers */
+
+static char *
+ngx_cloudauth_registry_concurrency(ngx_conf_t *cf, ngx_cloudauth_cred_t *cred)
+{
+    ngx_int_t   n;
+    ngx_str_t  *v;
 
     /* 0: a kind that signs makes no token request, it needs no slot */
 
@@ -251,29 +323,6 @@ ngx_cloudauth_registry_credential(ngx_conf_t *cf, ngx_command_t *cmd,
 
         cred->concurrency = n;
     }
-
-    if (cred->kind->init(cf, cred) != NGX_CONF_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    kv = cred->params->elts;
-
-    for (i = 0; i < cred->params->nelts; i++) {
-        if (!cred->used[i]) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "cloudauth_credential \"%V\": unknown "
-                               "parameter \"%V\" for type=%V", &cred->name,
-                               &kv[i].key, &cred->kind->name);
-            return NGX_CONF_ERROR;
-        }
-    }
-
-    cp = ngx_array_push(&cmcf->creds);
-    if (cp == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    *cp = cred;
 
     return NGX_CONF_OK;
 }

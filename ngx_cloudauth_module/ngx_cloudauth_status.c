@@ -48,6 +48,8 @@ static ngx_int_t ngx_cloudauth_status_json(ngx_http_request_t *r,
     ngx_cloudauth_status_t *st, ngx_str_t *out);
 static json_t *ngx_cloudauth_status_entry(ngx_http_request_t *r,
     ngx_cloudauth_entry_t *s);
+static json_t *ngx_cloudauth_status_counts(json_t *o,
+    ngx_cloudauth_counters_t *n);
 static json_t *ngx_cloudauth_status_string(ngx_http_request_t *r,
     u_char *data, size_t len);
 static size_t ngx_cloudauth_status_utf8(u_char *p, u_char *last);
@@ -391,18 +393,13 @@ ngx_cloudauth_status_json(ngx_http_request_t *r, ngx_cloudauth_status_t *st,
 
         /* the sums count every entry, also one that is not listed */
 
-        c = json_pack("{s:s%, s:I, s:[], s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                      "type", cs->cred->kind->name.data,
-                      cs->cred->kind->name.len,
-                      "entries_total", (json_int_t) cs->total,
-                      "entries",
-                      "hits", (json_int_t) cs->hits,
-                      "misses", (json_int_t) cs->misses,
-                      "fetches", (json_int_t) cs->fetches,
-                      "fetch_failures", (json_int_t) cs->fetch_failures,
-                      "waiters", (json_int_t) cs->waiters,
-                      "invalidations", (json_int_t) cs->invalidations,
-                      "unauthorized_kept", (json_int_t) cs->unauthorized_kept);
+        c = ngx_cloudauth_status_counts(
+                json_pack("{s:s%, s:I, s:[]}",
+                          "type", cs->cred->kind->name.data,
+                          cs->cred->kind->name.len,
+                          "entries_total", (json_int_t) cs->total,
+                          "entries"),
+                &cs->counts);
 
         if (json_object_setn_new(creds, (char *) cs->cred->name.data,
                                  cs->cred->name.len, c)
@@ -512,22 +509,46 @@ ngx_cloudauth_status_entry(ngx_http_request_t *r, ngx_cloudauth_entry_t *s)
 
     /* "o" takes the strings, also when json_pack() fails */
 
-    e = json_pack("{s:o, s:s, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, "
-                  "s:I}",
+    e = json_pack("{s:o, s:s, s:I, s:I, s:o}",
                   "subject", subject,
                   "state", s->state,
                   "expires_in", (json_int_t) s->expires_in,
                   "last_refresh", (json_int_t) s->last_refresh,
-                  "last_error", error,
-                  "hits", (json_int_t) s->hits,
-                  "misses", (json_int_t) s->misses,
-                  "fetches", (json_int_t) s->fetches,
-                  "fetch_failures", (json_int_t) s->fetch_failures,
-                  "waiters", (json_int_t) s->waiters,
-                  "invalidations", (json_int_t) s->invalidations,
-                  "unauthorized_kept", (json_int_t) s->unauthorized_kept);
+                  "last_error", error);
 
-    return e;
+    return ngx_cloudauth_status_counts(e, &s->counts);
+}
+
+
+/* an entry's counters, or a credential's sums, added to its object */
+
+static json_t *
+ngx_cloudauth_status_counts(json_t *o, ngx_cloudauth_counters_t *n)
+{
+    json_t  *c;
+
+    if (o == NULL) {
+        return NULL;
+    }
+
+    c = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                  "hits", (json_int_t) n->hits,
+                  "misses", (json_int_t) n->misses,
+                  "fetches", (json_int_t) n->fetches,
+                  "fetch_failures", (json_int_t) n->fetch_failures,
+                  "waiters", (json_int_t) n->waiters,
+                  "invalidations", (json_int_t) n->invalidations,
+                  "unauthorized_kept", (json_int_t) n->unauthorized_kept);
+
+    if (c == NULL || json_object_update(o, c) != 0) {
+        json_decref(c);
+        json_decref(o);
+        return NULL;
+    }
+
+    json_decref(c);
+
+    return o;
 }
 
 
@@ -684,13 +705,13 @@ ngx_cloudauth_status_prometheus(ngx_http_request_t *r,
         cs = &st->census[i];
         sum = &sums[i * NGX_CLOUDAUTH_NMETRICS];
 
-        sum[0] = cs->hits;
-        sum[1] = cs->misses;
-        sum[2] = cs->fetches;
-        sum[3] = cs->fetch_failures;
-        sum[4] = cs->waiters;
-        sum[5] = cs->invalidations;
-        sum[6] = cs->unauthorized_kept;
+        sum[0] = cs->counts.hits;
+        sum[1] = cs->counts.misses;
+        sum[2] = cs->counts.fetches;
+        sum[3] = cs->counts.fetch_failures;
+        sum[4] = cs->counts.waiters;
+        sum[5] = cs->counts.invalidations;
+        sum[6] = cs->counts.unauthorized_kept;
         sum[7] = cs->total;
         sum[8] = (ngx_uint_t) cs->soonest;
     }

@@ -111,3 +111,26 @@ ngx_cloudauth_utf8_check(u_char *p, size_t len, ngx_uint_t controls)
 
     return NGX_OK;
 }
+
+
+/*
+ * Whether subjects= allows a subject: the whole subject must match, which
+ * the pattern's own alternatives cannot escape ("a)|(.*" wrapped in
+ * "^(?:...)$" would match anything): the match must span it all.
+ */
+
+ngx_uint_t
+ngx_cloudauth_subject_allowed(ngx_cloudauth_cred_t *cred, ngx_str_t *subject)
+{
+    int  captures[3];
+
+    if (cred->subjects == NULL) {
+        return 1;
+    }
+
+    if (ngx_regex_exec(cred->subjects, subject, captures, 3) < 0) {
+        return 0;
+    }
+
+    return captures[0] == 0 && (size_t) captures[1] == subject->len;
+}

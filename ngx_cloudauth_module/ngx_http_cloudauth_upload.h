@@ -14,6 +14,7 @@
 
 
 #include "ngx_cloudauth.h"
+#include "ngx_cloudauth_multipart.h"
 #include "ngx_cloudauth_gcs.h"
 
 
@@ -287,8 +288,6 @@ ngx_int_t ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u);
 ngx_int_t ngx_http_cloudauth_upload_ask(ngx_http_cloudauth_upload_t *u,
     ngx_http_cloudauth_upload_ask_e what);
 ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);
-ngx_int_t ngx_http_cloudauth_upload_shown(ngx_pool_t *pool, ngx_str_t *src,
-    ngx_str_t *dst);
 
 /* ngx_http_cloudauth_upload_reply.c: answers, CORS, cross-site requests */
 ngx_table_elt_t *ngx_http_cloudauth_upload_header_in(ngx_http_request_t *r,

@@ -295,16 +295,6 @@ ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r)
 }
 
 
-/* a name from outside, for the log */
-
-ngx_int_t
-ngx_http_cloudauth_upload_shown(ngx_pool_t *pool, ngx_str_t *src,
-    ngx_str_t *dst)
-{
-    return ngx_cloudauth_gcs_shown(pool, src, dst);
-}
-
-
 static void
 ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
 {
@@ -319,7 +309,11 @@ ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u)
     st = ngx_cloudauth_cache_stats(u->conf->gcs.cred->conf->shm_zone);
     if (st) {
         (void) ngx_atomic_fetch_add(&st->uploads_active, 1);
-        (void) ngx_atomic_fetch_add(&st->uploads_slot[ngx_process_slot], 1);
+
+        if (ngx_process_slot >= 0 && ngx_process_slot < NGX_MAX_PROCESSES) {
+            (void) ngx_atomic_fetch_add(&st->uploads_slot[ngx_process_slot],
+                                        1);
+        }
     }
 
     u->active = 1;
@@ -893,7 +887,7 @@ ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
         }
     }
 
-    if (ngx_http_cloudauth_upload_shown(r->pool, &name, &obj->shown)
+    if (ngx_cloudauth_gcs_shown(r->pool, &name, &obj->shown)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -1030,7 +1024,7 @@ ngx_http_cloudauth_upload_object_name(ngx_http_cloudauth_upload_t *u,
     err = ngx_http_cloudauth_upload_check_name(name);
 
     if (err) {
-        if (ngx_http_cloudauth_upload_shown(r->pool, name, &shown) != NGX_OK) {
+        if (ngx_cloudauth_gcs_shown(r->pool, name, &shown) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -1465,7 +1459,8 @@ ngx_http_cloudauth_upload_failed(ngx_cloudauth_gcs_t *s,
                    (int) why, &u->obj.shown);
 
     if (u->resumable && why == NGX_CLOUDAUTH_GCS_GONE) {
-        u->moved = 1;
+        /* a question (HEAD, DELETE) about a session gone is no error */
+        u->moved = !u->active;
         ngx_http_cloudauth_upload_fail(u, NGX_HTTP_NOT_FOUND,
                                        "no such upload",
                                        sizeof("no such upload") - 1);
@@ -1563,7 +1558,7 @@ ngx_http_cloudauth_upload_ask(ngx_http_cloudauth_upload_t *u,
     object.name = u->id.name;
     object.size = u->id.length;
 
-    if (ngx_http_cloudauth_upload_shown(r->pool, &u->id.name, &object.shown)
+    if (ngx_cloudauth_gcs_shown(r->pool, &u->id.name, &object.shown)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -1776,7 +1771,10 @@ ngx_http_cloudauth_upload_settle(ngx_http_cloudauth_upload_t *u,
     }
 
     (void) ngx_atomic_fetch_add(&st->uploads_active, -1);
-    (void) ngx_atomic_fetch_add(&st->uploads_slot[ngx_process_slot], -1);
+
+    if (ngx_process_slot >= 0 && ngx_process_slot < NGX_MAX_PROCESSES) {
+        (void) ngx_atomic_fetch_add(&st->uploads_slot[ngx_process_slot], -1);
+    }
 
     if (outcome == NGX_HTTP_CLOUDAUTH_UPLOAD_STORED) {
         (void) ngx_atomic_fetch_add(&st->uploads_completed, 1);

@@ -1085,7 +1085,7 @@ ngx_http_cloudauth_upload_ietf_answer(ngx_http_cloudauth_upload_t *u,
         break;
 
     case NGX_HTTP_DELETE:
-        if (ngx_http_cloudauth_upload_shown(r->pool, &u->id.name, &shown)
+        if (ngx_cloudauth_gcs_shown(r->pool, &u->id.name, &shown)
             == NGX_OK)
         {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -1372,10 +1372,13 @@ ngx_http_cloudauth_upload_ietf_problem(ngx_http_request_t *r,
 
     conf = ngx_http_get_module_loc_conf(r, ngx_http_cloudauth_upload_module);
 
-    if (r->request_body == NULL
-        && ngx_http_discard_request_body(r) != NGX_OK)
-    {
-        r->keepalive = 0;
+    if (r->request_body == NULL) {
+        /* refused: no "100 Continue" invites a body to discard */
+        r->expect_tested = 1;
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            r->keepalive = 0;
+        }
     }
 
     if (type) {

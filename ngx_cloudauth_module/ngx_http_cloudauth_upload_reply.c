@@ -19,6 +19,11 @@ static ngx_uint_t ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     ngx_str_t *origin);
 static ngx_uint_t ngx_http_cloudauth_upload_allowed(
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *method);
+static ngx_int_t ngx_http_cloudauth_upload_drain(ngx_http_request_t *r,
+    ngx_int_t rc);
+#ifdef NGX_HTTP_VERSION_30
+static void ngx_http_cloudauth_upload_drain_handler(ngx_http_request_t *r);
+#endif
 
 
 static ngx_str_t  ngx_http_cloudauth_upload_json =
@@ -266,7 +271,9 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
                                           ? -1 : 0;
         r->header_only = 1;
 
-        return ngx_http_send_header(r);
+        rc = ngx_http_send_header(r);
+
+        return ngx_http_cloudauth_upload_drain(r, rc);
     }
 
     /* JSON, or the type of JSON its front end set (problem details) */
@@ -287,8 +294,142 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
     out.buf = b;
     out.next = NULL;
 
-    return ngx_http_output_filter(r, &out);
+    rc = ngx_http_output_filter(r, &out);
+
+    return ngx_http_cloudauth_upload_drain(r, rc);
 }
+
+
+/*
+ * An answer before the whole body, over HTTP/3 (a refusal, a failure on
+ * the way): nginx's discard of a body there does nothing, and the end of
+ * the request stream asks the client to stop sending (STOP_SENDING).
+ * Chromium, still sending, then resets its side of the stream and never
+ * shows the answer: the fetch() waits until it is aborted.  So the rest
+ * of the body is read and dropped, as nginx discards one over HTTP/1.1
+ * (client_body_timeout bounds each read, lingering_time all of it, as
+ * there: an upload location's body limit is the module's own, so nginx's
+ * is none), and the request ends with the body.  rc: the answer's;
+ * NGX_DONE: the body is drained.
+ */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_drain(ngx_http_request_t *r, ngx_int_t rc)
+{
+#ifdef NGX_HTTP_VERSION_30
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (rc != NGX_OK
+        || r != r->main
+        || r->http_version != NGX_HTTP_VERSION_30
+        || r->buffered
+        || r->connection->buffered
+        || r->connection->error
+        || r->discard_body)
+    {
+        return rc;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    r->lingering_time = ngx_time() + (time_t) (clcf->lingering_time / 1000);
+
+    if (r->request_body == NULL) {
+
+        if (r->headers_in.content_length_n <= 0 && !r->headers_in.chunked) {
+            return NGX_OK;
+        }
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "cloudauth: upload: draining the body");
+
+        r->request_body_no_buffering = 1;
+
+        rc = ngx_http_read_client_request_body(r,
+                                      ngx_http_cloudauth_upload_drain_handler);
+
+        /* a body nginx refuses itself: the answer is out, the stream ends */
+        return (rc >= NGX_HTTP_SPECIAL_RESPONSE) ? NGX_OK : NGX_DONE;
+    }
+
+    if (!r->reading_body) {
+        return NGX_OK;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "cloudauth: upload: draining the rest of the body");
+
+    /* the drain's reference: the caller finalizes with NGX_DONE */
+    r->main->count++;
+
+    ngx_http_cloudauth_upload_drain_handler(r);
+
+    return NGX_DONE;
+
+#else
+
+    return rc;
+
+#endif
+}
+
+
+#ifdef NGX_HTTP_VERSION_30
+
+static void
+ngx_http_cloudauth_upload_drain_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_chain_t              *cl;
+    ngx_http_request_body_t  *rb;
+
+    r->read_event_handler = ngx_http_cloudauth_upload_drain_handler;
+
+    rb = r->request_body;
+
+    for ( ;; ) {
+
+        /* what was read is dropped, with what the upload still held */
+
+        for (cl = rb->bufs; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+        }
+
+        for (cl = rb->busy; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+        }
+
+        rb->bufs = NULL;
+
+        if (!r->reading_body) {
+            ngx_http_finalize_request(r, NGX_OK);
+            return;
+        }
+
+        if (ngx_time() >= r->lingering_time) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "cloudauth: upload: the body of an answered "
+                          "request still comes after lingering_time");
+            ngx_http_finalize_request(r, NGX_ERROR);
+            return;
+        }
+
+        rc = ngx_http_read_unbuffered_request_body(r);
+
+        if (rc == NGX_AGAIN && rb->bufs == NULL) {
+            return;
+        }
+
+        if (rc != NGX_OK && rc != NGX_AGAIN) {
+            /* the answer is out: no other one */
+            ngx_http_finalize_request(r, (rc == NGX_HTTP_REQUEST_TIME_OUT)
+                                         ? rc : NGX_ERROR);
+            return;
+        }
+    }
+}
+
+#endif
 
 
 ngx_int_t
@@ -299,10 +440,13 @@ ngx_http_cloudauth_upload_reject(ngx_http_request_t *r,
     json_t     *body;
     ngx_int_t   rc;
 
-    if (r->request_body == NULL
-        && ngx_http_discard_request_body(r) != NGX_OK)
-    {
-        r->keepalive = 0;
+    if (r->request_body == NULL) {
+        /* refused: no "100 Continue" invites a body to discard */
+        r->expect_tested = 1;
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            r->keepalive = 0;
+        }
     }
 
     body = json_pack("{s:{s:i, s:s%}}", "error", "code", (int) status,
@@ -429,7 +573,7 @@ ngx_int_t
 ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf)
 {
-    ngx_str_t        *origin;
+    ngx_str_t        *origin, shown;
     ngx_uint_t        i, cross, listed;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
@@ -470,10 +614,15 @@ ngx_http_cloudauth_upload_csrf(ngx_http_request_t *r,
             }
 
             if (!ngx_http_cloudauth_upload_same_origin(r, origin)) {
-                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                              "cloudauth: upload: refused, Origin \"%V\" "
-                              "is neither the request's own nor in cors=",
-                              origin);
+                if (ngx_cloudauth_gcs_shown(r->pool, origin, &shown)
+                    == NGX_OK)
+                {
+                    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                                  "cloudauth: upload: refused, Origin "
+                                  "\"%V\" is neither the request's own "
+                                  "nor in cors=", &shown);
+                }
+
                 return NGX_DECLINED;
             }
         }
@@ -525,10 +674,14 @@ ngx_http_cloudauth_upload_same_origin(ngx_http_request_t *r,
     if (r->headers_in.host) {
         host = r->headers_in.host->value;
 
-    } else if (r->host_start && r->host_end > r->host_start) {
+#ifdef NGX_HTTP_VERSION_30
+    } else if (r->http_version == NGX_HTTP_VERSION_30
+               && r->host_start && r->host_end > r->host_start)
+    {
         /* HTTP/3's :authority, as the client sent it, port and all */
         host.data = r->host_start;
         host.len = r->host_end - r->host_start;
+#endif
 
     } else {
         return 0;

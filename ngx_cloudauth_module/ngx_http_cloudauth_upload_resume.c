@@ -201,7 +201,7 @@ ngx_http_cloudauth_upload_resume_id(ngx_http_request_t *r,
     now = ngx_time();
 
     if (id->created + conf->expires <= now) {
-        if (ngx_http_cloudauth_upload_shown(r->pool, &id->name, &shown)
+        if (ngx_cloudauth_gcs_shown(r->pool, &id->name, &shown)
             != NGX_OK)
         {
             return NGX_ERROR;

@@ -306,6 +306,12 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
                            NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                            "the body is longer than Upload-Length");
         }
+
+        if (max && r->headers_in.content_length_n > max) {
+            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "the body is larger than max_size");
+        }
     }
 
     u = ngx_http_cloudauth_upload_create(r, conf, origin, max,
@@ -507,9 +513,6 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
 
 
 
-
-
-
 /* Upload-Offset, the length, the metadata, the expiry; no caching */
 
 static ngx_int_t
@@ -695,7 +698,7 @@ ngx_http_cloudauth_upload_tus_answer(ngx_http_cloudauth_upload_t *u,
         break;
 
     case NGX_HTTP_DELETE:
-        if (ngx_http_cloudauth_upload_shown(r->pool, &u->id.name, &shown)
+        if (ngx_cloudauth_gcs_shown(r->pool, &u->id.name, &shown)
             == NGX_OK)
         {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,

@@ -284,6 +284,41 @@ ok(!grep({ $_->{latency} < 0.5 } @b), 'burst: latencies');
 $r = $t->http_get('/', -port => $t->release_port('closed'));
 is($r->{status}, 0, 'refused: status 0');
 
+# reserved ports: reserved (a listener is there), and once released free at
+# once for whoever binds them, whatever this process forked meanwhile: a
+# child that lingers (a fake server before it sets up, a client) never has
+# a reserved port's socket (issue 19: nginx's bind() failed while a fake
+# server's child still held its port)
+
+{
+    my $p = $t->port('reserved');
+    ok(IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $p),
+       'a reserved port has a listener');
+
+    my $kid = fork // die "fork: $!";
+    if (!$kid) {
+        sleep 5;
+        POSIX::_exit(0);
+    }
+
+    $t->release_port('reserved');
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p,
+                                  Listen => 5, ReuseAddr => 1,
+                                  Proto => 'tcp');
+    ok($s, 'released while a forked child lives: bound and listening')
+        or diag("bind 127.0.0.1:$p: $!");
+    close $s if $s;
+    kill 'KILL', $kid;
+    waitpid $kid, 0;
+
+    # a fake server binds a port it was given on its own
+    my $pid = $t->start_fake(late => handler => sub {
+        return { status => 200, body => "late\n" };
+    });
+    is($t->http_get('/', -port => $t->port('late'))->{body}, "late\n",
+       'a fake started on a port of its own answers');
+}
+
 # nginx through the harness, without the module
 
 my $plain = <<'EOF';

@@ -36,7 +36,8 @@ $t->run(<<'EOF');
 
     server {
         listen 127.0.0.1:%%PORT%%;
-        listen 127.0.0.1:%%PORT_H2%% http2;
+        listen 127.0.0.1:%%PORT_H2%% %%HTTP2%%;
+        %%HTTP2_ON%%
 
         client_max_body_size 20m;
 

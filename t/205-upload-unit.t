@@ -28,9 +28,16 @@ plan skip_all => 'no cc' unless grep { -x "$_/cc" } split /:/, $ENV{PATH};
 
 my $dir = tempdir('cloudauth-unit-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 my $src = "$root/ngx_cloudauth_module";
-my $inc = join ' ', map { "-I$ngx/$_" }
-          qw(objs src/core src/event src/event/modules src/os/unix src/http
-             src/http/modules src/http/v2);
+
+# the include directories configure chose for that tree (objs/Makefile's
+# ALL_INCS: a tree with HTTP/3 needs src/event/quic, say), relative ones
+# made absolute
+my $mk = do { local $/; open my $fh, '<', "$ngx/objs/Makefile"; <$fh> // '' };
+my ($all) = $mk =~ /^ALL_INCS\s*=\s*((?:.*\\\n)*.*)$/m;
+my @dirs = ($all // '') =~ /-I\s*(\S+)/g;
+@dirs = qw(objs src/core src/event src/event/modules src/os/unix src/http
+           src/http/modules src/http/v2) unless @dirs;
+my $inc = join ' ', map { m{^/} ? "-I$_" : "-I$ngx/$_" } @dirs;
 my $pc = `pkg-config --cflags libcurl jansson openssl 2>/dev/null`;
 chomp $pc;
 

@@ -26,6 +26,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use MIME::Base64 qw(encode_base64);
@@ -257,6 +258,13 @@ is($r->{status}, 201, 'tus: a file name with control characters: 201');
 $r = req('DELETE', $r->{headers}{location}, %TUS);
 is($r->{status}, 204, 'tus: terminated');
 
+($r) = CloudAuth::Upload::put($t, '/files/q', 'x',
+    headers => { Origin => "http://evil.example\e[31mFAKE\"" });
+is($r->{status}, 403, 'an Origin with an escape sequence: 403');
+
+($r) = CloudAuth::Upload::put($t, '/files/quote%22%5C', 'q');
+is($r->{status}, 201, 'a name with a quote and a backslash: 201');
+
 # nginx's own debug lines show the request as it came; ours never do
 my $log = join "\n", grep { m{^\d{4}/\d\d/\d\d } && !/\[debug\]/
                             || /\[debug\] .*cloudauth: / }
@@ -264,6 +272,10 @@ my $log = join "\n", grep { m{^\d{4}/\d\d/\d\d } && !/\[debug\]/
 unlike($log, qr/[\x00-\x08\x0b-\x1f\x7f]/, 'no control character in the log');
 like($log, qr/\\x1b\[2J/, 'the escape character is shown escaped');
 like($log, qr/terminated/, 'the termination is logged');
+like($log, qr/stored "quote\\x22\\x5c"/,
+     'a quote and a backslash in a name are shown escaped');
+like($log, qr/Origin "http:\/\/evil\.example\\x1b\[31mFAKE\\x22"/,
+     'so is an Origin');
 
 ###############################################################################
 # max_size= is the limit, also above client_max_body_size (1m by default)
@@ -293,9 +305,42 @@ is($r->{status}, 204, 'a 2 MiB tus PATCH: 204');
 is($r->{headers}{'upload-offset'}, $M2, 'all of it');
 CloudAuth::Upload::stored_ok($t, $B, 'patch.bin', $sent, '2 MiB PATCH');
 
-($r) = CloudAuth::Upload::upload($t, '/big/over.bin', size => 16 * 1024 * 1024 + 1);
+($r) = CloudAuth::Upload::upload($t, '/big/over.bin',
+                                 size => 16 * 1024 * 1024 + 1);
 is($r->{status}, 413, 'over max_size: 413');
 like($r->{json}{error}{message} // '', qr/max_size/, '413: our reason');
+
+# refusals before the body invite no body: no "100 Continue"
+
+for my $c (['PUT', '/big/over2.bin', {}],
+           ['POST', '/big/', { %TUS, 'Upload-Length' => 17 * 1024 * 1024,
+                               'Content-Type' =>
+                                   'application/offset+octet-stream' }],
+           ['POST', '/big/', { %TUS, 'Upload-Defer-Length' => 1,
+                               'Content-Type' =>
+                                   'application/offset+octet-stream' }])
+{
+    my ($m, $path, $h) = @$c;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port('nginx'))
+        or die "connect: $!";
+    print $s "$m $path HTTP/1.1\r\nHost: localhost\r\n"
+             . "Content-Length: 17000000\r\nExpect: 100-continue\r\n"
+             . join('', map { "$_: $h->{$_}\r\n" } sort keys %$h)
+             . "Connection: close\r\n\r\n";
+    my $in = '';
+    my $sel = IO::Select->new($s);
+    while ($sel->can_read(10 * $t->tf)) {
+        my $n = sysread $s, my $buf, 4096;
+        last unless $n;
+        $in .= $buf;
+        last if $in =~ /\r\n\r\n.*"message"/s;
+    }
+    close $s;
+    my $what = "$m $path" . ($h->{'Upload-Defer-Length'} ? ', deferred' : '');
+    like($in, qr{^HTTP/1\.1 413}, "$what over max_size with Expect: 413");
+    unlike($in, qr{100 Continue}, "$what: no 100 Continue");
+}
 
 ###############################################################################
 # a PATCH that meets the object its client finished meanwhile

@@ -3,7 +3,11 @@
 # missing (Debian). Usage: tools/deps.sh [build|test|bench|deb|fuzz]
 set -e
 
+# (make NGINX_SRC= builds nginx itself too: PCRE2 and zlib; nginx-dev
+# brings them, named here all the same; tools/nginx-src.sh needs apt's
+# apt-helper and Debian's archive keys)
 pkgs="nginx nginx-dev libcurl4-openssl-dev libjansson-dev libssl-dev
+      libpcre2-dev zlib1g-dev debian-archive-keyring
       pkg-config gcc make openssl ca-certificates"
 
 case "${1:-build}" in
@@ -23,8 +27,10 @@ bench)
 deb)
     # dpkg-buildpackage (build-essential is implied by every Build-Depends),
     # the packaging helpers (dh_nginx comes with nginx-dev), lintian, and
-    # prove for make test-deb
-    pkgs="$pkgs build-essential debhelper dpkg-dev fakeroot lintian perl"
+    # prove for make test-deb; debootstrap for make deb-trixie's chroot and
+    # the fake token endpoint's modules for make test-deb-trixie
+    pkgs="$pkgs build-essential debhelper dpkg-dev fakeroot lintian perl
+          debootstrap libio-socket-ssl-perl libcrypt-openssl-rsa-perl"
     ;;
 fuzz)
     # make fuzz, and the fuzz smoke of make test: Debian 12's clang with

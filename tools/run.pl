@@ -19,6 +19,10 @@
 # With real credentials, ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID and
 # ZOOM_CLIENT_SECRET_FILE give the Zoom app (else /zoom/ is left out), and
 # CLOUDAUTH_BUCKET the bucket uploads go to.
+#
+# CLOUDAUTH_PORT (8080) is the port, CLOUDAUTH_RUN_PREFIX (build/run) the
+# directory of nginx.conf, the pid file and the logs, CLOUDAUTH_NGINX
+# (/usr/sbin/nginx) and CLOUDAUTH_MODULE the nginx and module run.
 
 use strict;
 use warnings;
@@ -35,7 +39,7 @@ use POSIX ();
 
 my $root = $CloudAuth::Test::ROOT;
 my $module = $ENV{CLOUDAUTH_MODULE} || "$root/build/ngx_http_cloudauth_module.so";
-my $prefix = "$root/build/run";
+my $prefix = $ENV{CLOUDAUTH_RUN_PREFIX} || "$root/build/run";
 my $port = $ENV{CLOUDAUTH_PORT} || 8080;
 my $key = $ENV{GOOGLE_APPLICATION_CREDENTIALS};
 
@@ -172,6 +176,9 @@ my @cmd = ($ENV{CLOUDAUTH_NGINX} || '/usr/sbin/nginx',
 
 # the ASan runtime, for the suite's run under AddressSanitizer
 local $ENV{LD_PRELOAD} = $ENV{CLOUDAUTH_PRELOAD} if $ENV{CLOUDAUTH_PRELOAD};
+
+# nginx takes NGINX for inherited listening sockets (a binary upgrade)
+delete $ENV{NGINX};
 
 system(@cmd, '-t', '-q') == 0 or do {
     $t->stop_fakes if $t;

@@ -17,6 +17,24 @@
 // summary line, the element the keyboard reached, and the page's console
 // errors.  Exits non-zero, with the reason on stderr, when the browser cannot
 // run or the page does not finish in time.
+//
+// For t/212-http3.t:
+//
+//   "quic": "127.0.0.1:N", "spki": "BASE64"
+//       Chromium forced onto QUIC (HTTP/3) for that origin, the server's
+//       certificate taken by the SHA-256 of its public key
+//   "fetches": [{"url": "/api/x", "method": "PUT", "src": "/files/a.bin",
+//                "form": "file", "mode": "no-cors", "timeout": 20000}]
+//       fetch() calls made in the page before the steps, one after the
+//       other, the body the bytes at "src" (fetched by the page first; or
+//       "file", a local file's, sent through playwright), as a
+//       multipart/form-data field named "form" when given; each gives
+//       status, type, body, the response headers, how long it took, or the
+//       error (aborted after "timeout" ms, the page's by default, then
+//       "aborted" is true)
+//
+// and the output has "protocols": the page's and its requests' URLs with
+// the protocol each went by (nextHopProtocol: "h3", "http/1.1", ...).
 
 const fs = require('fs');
 const path = require('path');
@@ -45,12 +63,17 @@ async function main() {
         executablePath,
         headless: true,
         timeout,
-        args: ['--no-sandbox', '--disable-gpu', '--disable-quic',
+        args: ['--no-sandbox', '--disable-gpu',
                '--no-first-run', '--disable-background-networking',
-               '--disable-component-update', '--disable-sync'],
+               '--disable-component-update', '--disable-sync'].concat(
+                  opt.quic ? ['--enable-quic',
+                              `--origin-to-force-quic-on=${opt.quic}`,
+                              '--ignore-certificate-errors-spki-list='
+                              + opt.spki]
+                           : ['--disable-quic']),
     });
 
-    const out = { console: [], steps: [] };
+    const out = { console: [], steps: [], fetches: [] };
 
     try {
         const page = await browser.newPage();
@@ -64,6 +87,13 @@ async function main() {
         const res = await page.goto(opt.url);
         out.status = res.status();
         out.title = await page.title();
+
+        for (const f of opt.fetches || []) {
+            const data = f.file ? fs.readFileSync(f.file).toString('base64')
+                                : null;
+            out.fetches.push(await page.evaluate(fetchIn, {
+                f: { timeout, ...f }, data }));
+        }
 
         let expect = 0;
 
@@ -142,6 +172,11 @@ async function main() {
         })));
         out.summary = await page.locator('#summary').textContent();
 
+        out.protocols = await page.evaluate(() =>
+            performance.getEntriesByType('navigation')
+                .concat(performance.getEntriesByType('resource'))
+                .map(e => ({ url: e.name, protocol: e.nextHopProtocol })));
+
         if (opt.screenshot) {
             await page.screenshot({ path: opt.screenshot, fullPage: true });
         }
@@ -151,6 +186,60 @@ async function main() {
     }
 
     process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+// one fetch() in the page: { f: {url, method, src, file, form, mode,
+// timeout}, data: the file's bytes in base64 }
+async function fetchIn({ f, data }) {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), f.timeout || 20000);
+    const start = performance.now();
+    const r = { url: f.url, method: f.method || 'GET' };
+    let body, bytes;
+
+    try {
+        if (f.src) {
+            const res = await fetch(f.src, { signal: ac.signal });
+            if (!res.ok) {
+                throw new Error(`${f.src}: ${res.status}`);
+            }
+            bytes = new Uint8Array(await res.arrayBuffer());
+
+        } else if (data !== null) {
+            const bin = atob(data);
+            bytes = new Uint8Array(bin.length);
+            for (let i = 0; i < bin.length; i++) {
+                bytes[i] = bin.charCodeAt(i);
+            }
+        }
+
+        if (bytes) {
+            body = bytes;
+
+            if (f.form) {
+                const name = (f.src || f.file).replace(/.*\//, '');
+                body = new FormData();
+                body.append(f.form, new File([bytes], name,
+                                    { type: 'application/octet-stream' }));
+            }
+        }
+
+        const res = await fetch(f.url, { method: r.method, body,
+                                         mode: f.mode || 'cors',
+                                         signal: ac.signal });
+        r.status = res.status;
+        r.type = res.type;
+        r.headers = Object.fromEntries(res.headers.entries());
+        r.body = await res.text();
+    } catch (e) {
+        r.error = String(e);
+        r.aborted = ac.signal.aborted;
+    } finally {
+        clearTimeout(timer);
+    }
+
+    r.ms = Math.round(performance.now() - start);
+    return r;
 }
 
 main().catch(e => {

@@ -10,6 +10,7 @@
 
 
 #include "ngx_cloudauth.h"
+#include "ngx_cloudauth_multipart.h"
 #include <stdio.h>
 #include <stdlib.h>
 

@@ -51,29 +51,21 @@ sub start {
     $class->set_cuts($t, $name, $o{cuts} || []);
     unlink "$dir/$name.log";
 
-    $t->port($name);
-    my $listen = delete $t->{held}{$name};
+    $t->fork_server($name, sub {
+        my ($listen) = @_;
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$dir/$name.err";
+        open STDERR, '>&', \*STDOUT;
+        $SIG{TERM} = sub { POSIX::_exit(0) };
+        $SIG{PIPE} = 'IGNORE';
+        STDOUT->autoflush(1);
 
-    my $pid = fork // die "fork: $!";
+        eval { relay($listen, $o{to}, "$dir/$name", $o{outage} // 0) };
+        print STDERR "cut proxy: $@" if $@;
+        POSIX::_exit(0);
+    });
 
-    if ($pid) {
-        close $listen;
-        push @{ $t->{fakes} }, $pid;
-        return $t->port($name);
-    }
-
-    POSIX::setpgid(0, 0);
-    close $_ for values %{ $t->{held} };
-    open STDIN, '<', '/dev/null';
-    open STDOUT, '>>', "$dir/$name.err";
-    open STDERR, '>&', \*STDOUT;
-    $SIG{TERM} = sub { POSIX::_exit(0) };
-    $SIG{PIPE} = 'IGNORE';
-    STDOUT->autoflush(1);
-
-    eval { relay($listen, $o{to}, "$dir/$name", $o{outage} // 0) };
-    print STDERR "cut proxy: $@" if $@;
-    POSIX::_exit(0);
+    return $t->port($name);
 }
 
 sub set_cuts {

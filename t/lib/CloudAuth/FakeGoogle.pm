@@ -47,18 +47,14 @@ our $GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 
 my $json = JSON::PP->new->canonical->allow_nonref;
 
-# start(name => NAME, listen => SOCKET, dir => DIR, handler => SUB,
-#       tls => {cert, key}, close => [SOCKETS]): forks the server, returns
-# its pid (also its process group)
+# serve(name => NAME, listen => SOCKET, dir => DIR, handler => SUB,
+#       tls => {cert, key}): the server's loop, in the process
+# CloudAuth::Test::fork_server made for it (its own process group, the
+# listening socket bound there); does not return
 
-sub start {
+sub serve {
     my ($class, %o) = @_;
 
-    my $pid = fork // die "fork: $!";
-    return $pid if $pid;
-
-    POSIX::setpgid(0, 0);
-    close $_ for grep { defined } @{ $o{close} || [] };
     open STDIN, '<', '/dev/null';
     open STDOUT, '>>', "$o{dir}/fake_$o{name}.err";
     open STDERR, '>&', \*STDOUT;

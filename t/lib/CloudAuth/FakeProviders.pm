@@ -1,6 +1,6 @@
 package CloudAuth::FakeProviders;
 
-# Fakes of the other token services, run by CloudAuth::FakeGoogle->start
+# Fakes of the other token services, run by CloudAuth::FakeGoogle->serve
 # (through $t->start_fake) and verifying what the module sends, answering
 # like the real services, error shapes included:
 #

@@ -1,7 +1,8 @@
 package CloudAuth::Test;
 
 # Test harness for ngx_cloudauth, in the spirit of nginx-tests' Test::Nginx:
-# a temporary directory, free loopback ports held until their server starts,
+# a temporary directory, free loopback ports held until their server starts
+# (by a process of their own, see "ports" below),
 # a CA and a server certificate, a Google service-account key, the fake
 # token endpoint and echo upstream (CloudAuth::FakeGoogle), and nginx
 # (master + 2 workers, daemon off) started and stopped around the test.
@@ -31,6 +32,18 @@ package CloudAuth::Test;
 # %%UPSTREAM_PORT%%, %%PORT_<NAME>%% (any other port, allocated on first
 # use), %%TESTDIR%%, %%MODULE%%, %%CA%%, %%KEY_FILE%%, %%TOKEN_URL%%,
 # %%SCOPES%% (the default scopes, comma-separated).
+#
+# HTTP/2 the way the nginx run has it: nginx 1.25.1 has the "http2"
+# directive and deprecates the "http2" parameter of "listen" (a [warn] at
+# every start), 1.22 has only the parameter.  A server that speaks HTTP/2
+# writes both placeholders; the run's nginx picks (nginx_version()):
+#
+#   listen 127.0.0.1:%%PORT_H2%% %%HTTP2%%;    "http2" before 1.25.1, else ""
+#   %%HTTP2_ON%%                               "http2 on;" from 1.25.1, else ""
+#
+# ("http2 on" is per server: from 1.25.1 every listen of that server speaks
+# HTTP/2, over TLS through ALPN, and in plain text to a client that opens
+# with HTTP/2's preface.)
 
 use strict;
 use warnings;
@@ -38,10 +51,12 @@ use warnings;
 use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
+use IO::Handle;
 use IO::Select;
 use IO::Socket::INET;
 use JSON::PP ();
 use POSIX qw(WNOHANG);
+use Socket qw(AF_UNIX SOCK_STREAM PF_UNSPEC);
 use Test::More ();
 use Time::HiRes qw(time sleep);
 
@@ -90,28 +105,176 @@ sub tf { $ENV{TEST_NGINX_VALGRIND} ? 10 : 1 }
 
 # ports -----------------------------------------------------------------
 
-# a free loopback port, kept bound and listening until its server starts
+# A port is reserved from its allocation until its server starts: a
+# listening socket bound to it keeps anyone else from taking it.  These
+# sockets are held by a process of their own, the port keeper, and never by
+# this one.  Were they held here, every process this one forks (a fake
+# server, a client, a browser's driver) would inherit them, and nginx's
+# bind() would fail with "Address already in use" for as long as such a
+# child had not closed its copy, however early it closes it: the parent
+# goes on at once.  The keeper is forked once, before this process holds
+# any reserved socket, closes every descriptor it inherited, and is the only
+# process that ever has them; release_port() returns once the keeper has
+# closed the socket, so the port is free when it returns, whatever this
+# process has forked.  A fake server binds its port itself (fork_server()).
+#
+# The keeper serves "bind" (a new socket on a free port: its number) and
+# "close PORT" ("ok") over a socketpair, and ends when this process does.
+
+my %keeper;
+
+sub keeper_call {
+    my ($line) = @_;
+
+    die "the port keeper is this test's, not a forked child's\n"
+        if $keeper{pid} && $keeper{owner} != $$;
+    keeper_start() unless $keeper{pid};
+
+    my $s = $keeper{sock};
+    print $s "$line\n" or die "port keeper: $!\n";
+    my $answer = <$s> // die "port keeper: gone\n";
+    chomp $answer;
+    die "port keeper: $answer\n" if $answer =~ /^error/;
+    return $answer;
+}
+
+sub keeper_start {
+    socketpair(my $mine, my $its, AF_UNIX, SOCK_STREAM, PF_UNSPEC)
+        or die "socketpair: $!\n";
+    my $parent = $$;
+    my $pid = fork // die "fork: $!\n";
+
+    if ($pid) {
+        close $its;
+        $mine->autoflush(1);
+        %keeper = (pid => $pid, sock => $mine, owner => $$);
+        return;
+    }
+
+    close $mine;
+    my $keep = fileno $its;
+
+    # nothing inherited stays open here: a client connection of the test's,
+    # say, must close when the test closes it.  Each is replaced by
+    # /dev/null rather than closed: perl counts the descriptors its handles
+    # use, and would never really close a new socket given a number that
+    # an inherited handle still counts
+    opendir my $d, '/proc/self/fd';
+    my @fds = grep { /^\d+$/ && $_ > 2 && $_ != $keep } readdir $d;
+    closedir $d;
+    my $null = POSIX::open('/dev/null', POSIX::O_RDONLY());
+    POSIX::dup2($null, $_) for grep { $_ != $null } @fds;
+    POSIX::close($null);
+
+    # nor the test's output: prove reads it up to its end
+    open STDIN, '<', '/dev/null';
+    open STDOUT, '>', '/dev/null';
+    open STDERR, '>', '/dev/null';
+
+    $SIG{$_} = 'IGNORE' for qw(INT HUP PIPE);
+    $its->autoflush(1);
+    my %held;
+    my $sel = IO::Select->new($its);
+
+    while (1) {
+        POSIX::_exit(0) if getppid() != $parent;
+        next unless $sel->can_read(1);
+        my $line = <$its> // POSIX::_exit(0);
+        chomp $line;
+
+        if ($line eq 'bind') {
+            my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                          LocalPort => 0, Listen => 1024,
+                                          ReuseAddr => 1, Proto => 'tcp');
+            if (!$s) {
+                print $its "error: cannot get a free port: $!\n";
+                next;
+            }
+            $held{ $s->sockport } = $s;
+            print $its $s->sockport, "\n";
+
+        } elsif ($line =~ /^close (\d+)$/) {
+            my $s = delete $held{$1};
+            close $s if $s;
+            print $its "ok\n";
+
+        } else {
+            print $its "error: $line?\n";
+        }
+    }
+}
+
+sub keeper_stop {
+    return unless $keeper{pid} && $keeper{owner} == $$;
+    local $?;
+    close $keeper{sock};
+    kill 'TERM', $keeper{pid};
+    waitpid $keeper{pid}, 0;
+    %keeper = ();
+}
+
+# a free loopback port, kept bound and listening (by the keeper) until its
+# server starts
 sub port {
     my ($self, $name) = @_;
 
     return $self->{ports}{$name} if $self->{ports}{$name};
 
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                  Listen => 1024, ReuseAddr => 1,
-                                  Proto => 'tcp')
-        or die "cannot get a free port: $!";
-
-    $self->{held}{$name} = $s;
-    return $self->{ports}{$name} = $s->sockport;
+    my $port = keeper_call('bind');
+    $self->{held}{$name} = $port;
+    return $self->{ports}{$name} = $port;
 }
 
-# closes the held socket: nothing listens on the port any more
+# the keeper closes the port's socket: nothing listens on it any more, and
+# no process has it bound
 sub release_port {
     my ($self, $name) = @_;
     $self->port($name);
-    my $s = delete $self->{held}{$name};
-    close $s if $s;
+    my $port = delete $self->{held}{$name};
+    keeper_call("close $port") if $port;
     return $self->{ports}{$name};
+}
+
+# fork_server(NAME, SUB): a child process in a process group of its own,
+# listening on port NAME, runs SUB->($listen_socket) (SUB does not return;
+# the child ends when it does).  A port already given out is released by
+# the keeper and bound again by the child (SO_REUSEADDR); a new one the
+# child binds itself, on port 0.  Returns the child's pid once it listens
+# (dies if it could not), and stop_fakes() ends it.
+sub fork_server {
+    my ($self, $name, $run) = @_;
+
+    my $port = $self->{ports}{$name} ? $self->release_port($name) : 0;
+    pipe my $r, my $w or die "pipe: $!\n";
+    my $pid = fork // die "fork: $!\n";
+
+    if (!$pid) {
+        close $r;
+        POSIX::setpgid(0, 0);
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                      LocalPort => $port, Listen => 1024,
+                                      ReuseAddr => 1, Proto => 'tcp');
+        syswrite $w, $s ? $s->sockport . "\n"
+                        : "bind 127.0.0.1:$port: $!\n";
+        POSIX::_exit(1) unless $s;
+        close $w;
+        eval { $run->($s) };
+        print STDERR "$name: $@" if $@;
+        POSIX::_exit(0);
+    }
+
+    close $w;
+    my $answer = <$r> // "exited before it listened\n";
+    close $r;
+
+    if ($answer !~ /^(\d+)$/) {
+        waitpid $pid, 0;
+        die "server $name: $answer";
+    }
+
+    $self->{ports}{$name} = $1;
+    push @{ $self->{fakes} }, $pid;
+    return $pid;
 }
 
 # files -----------------------------------------------------------------
@@ -259,20 +422,14 @@ sub start_fakes {
 }
 
 # start_fake(PORTNAME, handler => SUB, tls => {...}): a forking server on
-# port PORTNAME using the held socket itself, so there is no race for it
+# port PORTNAME (fork_server)
 sub start_fake {
     my ($self, $name, %o) = @_;
 
-    $self->port($name);
-    my $listen = delete $self->{held}{$name};
-
-    my $pid = CloudAuth::FakeGoogle->start(%o, name => $name,
-        listen => $listen, dir => $self->{dir},
-        close => [ values %{ $self->{held} } ]);
-
-    close $listen;
-    push @{ $self->{fakes} }, $pid;
-    return $pid;
+    return $self->fork_server($name, sub {
+        CloudAuth::FakeGoogle->serve(%o, name => $name, listen => $_[0],
+                                     dir => $self->{dir});
+    });
 }
 
 sub stop_fakes {
@@ -368,6 +525,8 @@ sub expand {
         KEY_FILE => sub { "$self->{dir}/sa.json" },
         TOKEN_URL => sub { $self->token_url },
         SCOPES => sub { join ',', @SCOPES },
+        HTTP2 => sub { $self->has_http2_directive ? '' : 'http2' },
+        HTTP2_ON => sub { $self->has_http2_directive ? 'http2 on;' : '' },
     );
 
     $text =~ s{%%(\w+)%%}{
@@ -378,6 +537,33 @@ sub expand {
 
     return $text;
 }
+
+# the version of the nginx binary run, "1.22.1"
+my %versions;
+
+sub nginx_version {
+    my ($self) = @_;
+    my $bin = $self->{binary};
+    return $versions{$bin} //= do {
+        my $out = `$bin -v 2>&1`;
+        $out =~ m{nginx/(\d+\.\d+\.\d+)} or die "$bin -v: $out";
+        $1;
+    };
+}
+
+# true if the nginx run is at least version V ("1.25.1")
+sub nginx_at_least {
+    my ($self, $v) = @_;
+    my @have = split /\./, $self->nginx_version;
+    my @want = split /\./, $v;
+    for my $i (0 .. 2) {
+        return ($have[$i] // 0) > ($want[$i] // 0)
+            if ($have[$i] // 0) != ($want[$i] // 0);
+    }
+    return 1;
+}
+
+sub has_http2_directive { $_[0]->nginx_at_least('1.25.1') }
 
 # the whole configuration around an http{} body; workers => N (2),
 # connections => N (1024)
@@ -456,6 +642,9 @@ sub run {
         open STDERR, '>&', \*STDOUT;
         $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD}
             if $ENV{TEST_NGINX_PRELOAD};
+        # nginx takes NGINX for inherited listening sockets (a binary
+        # upgrade): a stray one ("make ... NGINX=x") is an [emerg]
+        delete $ENV{NGINX};
         no warnings "exec";
         exec $self->nginx_cmd('-c', "$self->{dir}/nginx.conf");
         POSIX::_exit(127);
@@ -569,6 +758,7 @@ sub DESTROY {
 END {
     $_->DESTROY for values %live;
     %live = ();
+    keeper_stop();
 }
 
 # nginx_t(HTTP_BODY) or nginx_t(FULL, raw => 1): "nginx -t" on it, with the
@@ -581,8 +771,9 @@ sub nginx_t {
     my $conf = $self->write_file('test.conf', $text);
 
     my @cmd = $self->nginx_cmd('-t', '-c', $conf);
-    local $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD}
-        if $ENV{TEST_NGINX_PRELOAD};
+    local %ENV = %ENV;
+    delete $ENV{NGINX};
+    $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD} if $ENV{TEST_NGINX_PRELOAD};
 
     my $out = `@cmd 2>&1`;
     return ($? >> 8, $out);

@@ -1,0 +1,128 @@
+#!/bin/bash
+# A Debian chroot for building and testing the package for another Debian
+# release than the machine's (make deb-trixie, make test-deb-trixie), as root.
+#
+#   tools/chroot.sh create DIR SUITE [PACKAGE...]
+#       makes DIR with debootstrap (minbase) from deb.debian.org when it is
+#       not there yet, with SUITE, SUITE-updates and SUITE-security in its
+#       apt sources and a policy-rc.d that keeps package scripts from
+#       starting daemons; then installs the PACKAGEs that are missing.
+#       A finished chroot is marked with DIR/.cloudauth-chroot; one that is
+#       not (an interrupted debootstrap) is made again.
+#   tools/chroot.sh run DIR COMMAND...
+#       runs COMMAND inside DIR with /proc mounted, and unmounts it when the
+#       command ends, however it ends (a daemon it starts goes on without it).
+#
+# Nothing is mounted between commands: removing DIR (make clean) is safe.
+set -euo pipefail
+
+MIRROR=${CLOUDAUTH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY=${CLOUDAUTH_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+
+die() { echo "chroot.sh: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mount)"
+
+# fails when something is mounted at or below DIR
+check_unmounted() {
+    local dir
+    dir=$(realpath -m "$1")
+    if awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { found = 1 }
+                        END { exit !found }' /proc/self/mountinfo; then
+        die "something is mounted under $dir: unmount it first"
+    fi
+}
+
+# in a subshell: its EXIT trap runs when the command ends
+run() (
+    dir=$(realpath "$1")
+    shift
+    [ -d "$dir/proc" ] || die "no chroot in $dir"
+
+    mount -t proc proc "$dir/proc"
+    # unmounted on every way out; lazily, should a process still use it
+    trap 'umount -l "$dir/proc" 2>/dev/null || true' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    # a clean environment, but for the proxy apt may have to go through
+    local keep=() v
+    for v in http_proxy https_proxy no_proxy; do
+        [ -z "${!v:-}" ] || keep+=("$v=${!v}")
+    done
+
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+        DEBIAN_FRONTEND=noninteractive TERM=dumb "${keep[@]}" \
+        chroot "$dir" "$@"
+)
+
+create() {
+    local dir=$1 suite=$2 missing p
+    shift 2
+
+    if [ ! -f "$dir/.cloudauth-chroot" ]; then
+        command -v debootstrap >/dev/null || {
+            echo "installing: debootstrap"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                --no-install-recommends debootstrap ||
+            { apt-get update -q &&
+              DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                  --no-install-recommends debootstrap; }
+        }
+        if [ -e "$dir" ]; then
+            check_unmounted "$dir"
+            echo "removing the unfinished chroot $dir"
+            rm -rf "$dir"
+        fi
+        mkdir -p "$(dirname "$dir")"
+        echo "debootstrap $suite into $dir (log: $dir.log)"
+        debootstrap --variant=minbase "$suite" "$dir" "$MIRROR" \
+            > "$dir.log" 2>&1 ||
+            { tail -20 "$dir.log"; die "debootstrap failed"; }
+
+        cat > "$dir/etc/apt/sources.list" <<EOF
+deb $MIRROR $suite main
+deb $MIRROR $suite-updates main
+deb $SECURITY $suite-security main
+EOF
+        # as in a Docker image: package scripts start no daemon here
+        printf '#!/bin/sh\nexit 101\n' > "$dir/usr/sbin/policy-rc.d"
+        chmod 755 "$dir/usr/sbin/policy-rc.d"
+        # the host's resolver, for apt inside
+        cp -L /etc/resolv.conf "$dir/etc/resolv.conf"
+
+        run "$dir" apt-get update -q >> "$dir.log" 2>&1 &&
+        run "$dir" apt-get upgrade -y -q >> "$dir.log" 2>&1 ||
+            { tail -20 "$dir.log"; die "apt-get in the chroot failed"; }
+        touch "$dir/.cloudauth-chroot"
+    fi
+
+    missing=""
+    for p in "$@"; do
+        run "$dir" dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        echo "installing in $dir:$missing"
+        run "$dir" apt-get update -q >> "$dir.log" 2>&1 &&
+        run "$dir" apt-get install -y -q --no-install-recommends $missing \
+            >> "$dir.log" 2>&1 ||
+            { tail -20 "$dir.log"; die "apt-get install$missing failed"; }
+    fi
+}
+
+case "${1:-}" in
+create)
+    [ $# -ge 3 ] || die "usage: $0 create DIR SUITE [PACKAGE...]"
+    shift
+    create "$@"
+    ;;
+run)
+    [ $# -ge 3 ] || die "usage: $0 run DIR COMMAND..."
+    shift
+    [ -f "$1/.cloudauth-chroot" ] || die "no chroot in $1 (create it first)"
+    run "$@"
+    ;;
+*)
+    die "usage: $0 create DIR SUITE [PACKAGE...] | run DIR COMMAND..."
+    ;;
+esac
