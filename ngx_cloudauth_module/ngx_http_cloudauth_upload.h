@@ -150,6 +150,11 @@ typedef struct ngx_http_cloudauth_upload_s  ngx_http_cloudauth_upload_t;
  * the reason in u->reason.  NULL: no check.
  *
  * refuse: the answer to a failure (NULL: the JSON one of the reply file).
+ *
+ * started: a new session of a resumable upload is there, u->id.uri its
+ * handle; the front end may tell the client the upload's URL now, before
+ * the final answer (an interim response).  NGX_OK, or NGX_ERROR: the
+ * upload fails.  NULL: nothing to tell.
  */
 
 typedef struct {
@@ -161,6 +166,7 @@ typedef struct {
     ngx_int_t                   (*refuse)(ngx_http_cloudauth_upload_t *u,
                                           ngx_uint_t status,
                                           ngx_str_t *reason);
+    ngx_int_t                   (*started)(ngx_http_cloudauth_upload_t *u);
 } ngx_http_cloudauth_upload_hooks_t;
 
 
@@ -241,6 +247,7 @@ struct ngx_http_cloudauth_upload_s {
     unsigned                             active:1;
     unsigned                             direct_ok:1; /* may stream */
     unsigned                             streaming:1;
+    unsigned                             early:1;   /* session, then body */
 };
 
 
@@ -248,7 +255,8 @@ extern ngx_module_t  ngx_http_cloudauth_upload_module;
 
 
 /*
- * Who calls whom: module -> front ends (plain, tus) -> driver -> reply,
+ * Who calls whom: module -> front ends (plain, tus, ietf) -> driver ->
+ * reply; the resumable front ends -> resume -> IDs, reply;
  * and driver -> the GCS client -> the engine.  IDs and names are pure.
  * tools/circles.pl (make test) fails on a call circle between files.
  */
@@ -263,6 +271,25 @@ ngx_int_t ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
 ngx_int_t ngx_http_cloudauth_upload_tus_headers(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status);
 
+/* ngx_http_cloudauth_upload_ietf.c: the IETF draft on a resumable location */
+ngx_uint_t ngx_http_cloudauth_upload_ietf_request(ngx_http_request_t *r);
+ngx_int_t ngx_http_cloudauth_upload_ietf(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
+ngx_int_t ngx_http_cloudauth_upload_ietf_headers(ngx_http_request_t *r,
+    ngx_str_t *origin, ngx_uint_t status);
+
+/* ngx_http_cloudauth_upload_resume.c: what resumable front ends share */
+ngx_int_t ngx_http_cloudauth_upload_resume_key(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
+ngx_int_t ngx_http_cloudauth_upload_resume_id(ngx_http_request_t *r,
+    ngx_http_cloudauth_upload_conf_t *conf,
+    ngx_http_cloudauth_upload_id_t *id);
+ngx_int_t ngx_http_cloudauth_upload_resume_url(
+    ngx_http_cloudauth_upload_t *u, ngx_str_t *url);
+ngx_int_t ngx_http_cloudauth_upload_resume_metadata(
+    ngx_http_cloudauth_upload_t *u, ngx_str_t *raw, ngx_str_t *filename,
+    ngx_str_t *filetype);
+
 /* ngx_http_cloudauth_upload_driver.c: one upload's life */
 ngx_http_cloudauth_upload_t *ngx_http_cloudauth_upload_create(
     ngx_http_request_t *r, ngx_http_cloudauth_upload_conf_t *conf,
@@ -274,6 +301,7 @@ ngx_int_t ngx_http_cloudauth_upload_open(ngx_http_cloudauth_upload_t *u,
     ngx_str_t *filename, ngx_str_t *content_type, ngx_str_t *content_md5,
     off_t total);
 ngx_int_t ngx_http_cloudauth_upload_read(ngx_http_cloudauth_upload_t *u);
+ngx_int_t ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u);
 ngx_int_t ngx_http_cloudauth_upload_ask(ngx_http_cloudauth_upload_t *u,
     ngx_http_cloudauth_upload_ask_e what);
 ngx_uint_t ngx_http_cloudauth_upload_consumed(ngx_http_request_t *r);

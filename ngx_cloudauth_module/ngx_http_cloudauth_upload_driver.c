@@ -22,6 +22,8 @@
 
 static void ngx_http_cloudauth_upload_body_handler(ngx_http_request_t *r);
 static void ngx_http_cloudauth_upload_read_handler(ngx_http_request_t *r);
+static void ngx_http_cloudauth_upload_body_after(
+    ngx_http_cloudauth_upload_t *u);
 static void ngx_http_cloudauth_upload_begin(ngx_http_cloudauth_upload_t *u);
 static void ngx_http_cloudauth_upload_run(ngx_http_cloudauth_upload_t *u);
 static void ngx_http_cloudauth_upload_cleanup(void *data);
@@ -181,6 +183,59 @@ ngx_http_cloudauth_upload_read(ngx_http_cloudauth_upload_t *u)
     }
 
     return NGX_DONE;
+}
+
+
+/*
+ * The same, but the object's session first, before a byte of the body is
+ * read: its handle goes to the client (the started hook) before the body,
+ * which is read once the session is there.  The object is open.
+ */
+
+ngx_int_t
+ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, u->request->connection->log, 0,
+                   "cloudauth: upload: starting a session for \"%V\" "
+                   "before the body", &u->obj.shown);
+
+    u->early = 1;
+    u->obj.started = 1;
+
+    /* nothing to write until then: not the phases again */
+    u->request->write_event_handler = ngx_http_request_empty_handler;
+
+    if (ngx_cloudauth_gcs_start(u->obj.gcs) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    u->request->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_cloudauth_upload_body_after(ngx_http_cloudauth_upload_t *u)
+{
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+
+    r = u->request;
+    u->early = 0;
+    r->request_body_no_buffering = 1;
+
+    rc = ngx_http_read_client_request_body(r,
+                                       ngx_http_cloudauth_upload_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        ngx_http_cloudauth_upload_fail(u, rc, "the body cannot be read",
+                                       sizeof("the body cannot be read") - 1);
+        return;
+    }
+
+    /* the count taken by ngx_http_cloudauth_upload_start() */
+    ngx_http_finalize_request(r, NGX_DONE);
 }
 
 
@@ -1499,6 +1554,22 @@ ngx_http_cloudauth_upload_progress(ngx_cloudauth_gcs_t *s, off_t offset)
     if (u->resumable && u->id.uri.len == 0) {
         /* a new session of a resumable upload: the client's handle */
         u->id.uri = s->uri;
+
+        /* nobody came back to it: nothing to check, even once it is out */
+        u->checked = 1;
+
+        if (u->hooks->started && u->hooks->started(u) != NGX_OK) {
+            ngx_http_cloudauth_upload_fail(u, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 "the upload's URL cannot be sent",
+                                 sizeof("the upload's URL cannot be sent")
+                                 - 1);
+            goto done;
+        }
+    }
+
+    if (u->early) {
+        ngx_http_cloudauth_upload_body_after(u);
+        goto done;
     }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,

@@ -16,7 +16,8 @@
  * It is a module of its own (ngx_http_cloudauth_upload_module), like
  * nginx's proxy over upstream: this file has the directives, the
  * variables and the content handler, which picks the request's front end
- * (ngx_http_cloudauth_upload_tus.c on a resumable location, else the
+ * (on a resumable location ngx_http_cloudauth_upload_ietf.c for the IETF
+ * draft's requests, ngx_http_cloudauth_upload_tus.c for tus; else the
  * single request of ngx_http_cloudauth_upload_plain.c).  A front end
  * drives one upload (ngx_http_cloudauth_upload_driver.c), which reads the
  * body into objects through the GCS client (ngx_cloudauth_gcs.c) and ends
@@ -30,6 +31,8 @@
 
 static ngx_int_t ngx_http_cloudauth_upload_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cloudauth_upload_unfinished(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cloudauth_upload_resumable_headers(
+    ngx_http_request_t *r, ngx_str_t *origin, ngx_uint_t status);
 static ngx_int_t ngx_http_cloudauth_upload_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cloudauth_upload_add_variables(ngx_conf_t *cf);
@@ -176,12 +179,24 @@ ngx_http_cloudauth_upload_handler(ngx_http_request_t *r)
 
     rc = ngx_http_cloudauth_upload_unfinished(r);
 
+    /*
+     * a resumable location speaks the IETF draft to a request that names
+     * its interop version, or that is a part of an upload (which is
+     * refused there when it names no version served)
+     */
+
+    if (conf->resumable
+        && (rc != NGX_OK || ngx_http_cloudauth_upload_ietf_request(r)))
+    {
+        return ngx_http_cloudauth_upload_ietf(r, conf, origin, conf->max);
+    }
+
     if (rc != NGX_OK) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cloudauth: upload: refused, the body is a part of a "
                       "resumable upload of the IETF draft (Upload-Complete: "
-                      "?0 or Upload-Incomplete: ?1), which is not served "
-                      "here");
+                      "?0 or Upload-Incomplete: ?1), which is served on "
+                      "\"resumable=on\" locations only");
 
         return ngx_http_cloudauth_upload_reject(r, &conf->reply, origin,
                                  NGX_HTTP_NOT_IMPLEMENTED,
@@ -262,6 +277,22 @@ ngx_http_cloudauth_upload_unfinished(ngx_http_request_t *r)
     }
 
     return NGX_OK;
+}
+
+
+/* every answer of a resumable location: its front end's headers */
+
+static ngx_int_t
+ngx_http_cloudauth_upload_resumable_headers(ngx_http_request_t *r,
+    ngx_str_t *origin, ngx_uint_t status)
+{
+    if (ngx_http_cloudauth_upload_ietf_request(r)
+        || ngx_http_cloudauth_upload_unfinished(r) != NGX_OK)
+    {
+        return ngx_http_cloudauth_upload_ietf_headers(r, origin, status);
+    }
+
+    return ngx_http_cloudauth_upload_tus_headers(r, origin, status);
 }
 
 
@@ -641,7 +672,7 @@ ngx_http_cloudauth_upload_made(ngx_conf_t *cf,
     if (conf->resumable) {
         ngx_str_set(&conf->reply.allow,
                     "PUT, POST, PATCH, HEAD, DELETE, OPTIONS");
-        conf->reply.headers = ngx_http_cloudauth_upload_tus_headers;
+        conf->reply.headers = ngx_http_cloudauth_upload_resumable_headers;
 
     } else {
         ngx_str_set(&conf->reply.allow, "PUT, POST, OPTIONS");

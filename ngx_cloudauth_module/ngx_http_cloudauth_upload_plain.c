@@ -24,6 +24,7 @@ static const ngx_http_cloudauth_upload_hooks_t
     "single-request",
     ngx_http_cloudauth_upload_plain_answer,
     NULL,
+    NULL,
     NULL
 };
 

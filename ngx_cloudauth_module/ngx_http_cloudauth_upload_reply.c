@@ -276,9 +276,13 @@ ngx_http_cloudauth_upload_respond(ngx_http_request_t *r,
         return ngx_http_cloudauth_upload_drain(r, rc);
     }
 
-    r->headers_out.content_type = ngx_http_cloudauth_upload_json;
-    r->headers_out.content_type_len = ngx_http_cloudauth_upload_json.len;
-    r->headers_out.content_type_lowcase = NULL;
+    /* JSON, or the type of JSON its front end set (problem details) */
+
+    if (r->headers_out.content_type.len == 0) {
+        r->headers_out.content_type = ngx_http_cloudauth_upload_json;
+        r->headers_out.content_type_len = ngx_http_cloudauth_upload_json.len;
+        r->headers_out.content_type_lowcase = NULL;
+    }
     r->headers_out.content_length_n = b->last - b->pos;
 
     rc = ngx_http_send_header(r);

@@ -28,16 +28,9 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_created(
     ngx_http_cloudauth_upload_t *u, ngx_str_t *origin);
-static ngx_int_t ngx_http_cloudauth_upload_tus_metadata(
-    ngx_http_cloudauth_upload_t *u, ngx_str_t *raw, ngx_str_t *filename,
-    ngx_str_t *filetype);
 static ngx_int_t ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
     ngx_uint_t method, off_t max);
-static ngx_int_t ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id);
-static ngx_int_t ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
 static void ngx_http_cloudauth_upload_tus_answer(
     ngx_http_cloudauth_upload_t *u, json_t *object);
 static ngx_int_t ngx_http_cloudauth_upload_tus_check(
@@ -79,6 +72,7 @@ static const ngx_http_cloudauth_upload_hooks_t
     "tus",
     ngx_http_cloudauth_upload_tus_answer,
     ngx_http_cloudauth_upload_tus_check,
+    NULL,
     NULL
 };
 
@@ -343,7 +337,7 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
         raw = h->value;
     }
 
-    rc = ngx_http_cloudauth_upload_tus_metadata(u, &raw, &filename,
+    rc = ngx_http_cloudauth_upload_resume_metadata(u, &raw, &filename,
                                                 &filetype);
     if (rc != NGX_OK) {
         if (rc == NGX_ERROR) {
@@ -377,141 +371,6 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
 }
 
 
-/*
- * Upload-Metadata: "key base64,key base64,key": filename and filetype
- * name the object and its type, the others become its metadata
- */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_metadata(ngx_http_cloudauth_upload_t *u,
-    ngx_str_t *raw, ngx_str_t *filename, ngx_str_t *filetype)
-{
-    u_char        *p, *last, *q, *sp, *c;
-    ngx_str_t      key, value, enc, *dst;
-    ngx_uint_t     i;
-    ngx_keyval_t  *kv;
-
-    if (raw->len > NGX_HTTP_CLOUDAUTH_UPLOAD_METADATA_MAX) {
-        ngx_str_set(&u->reason, "Upload-Metadata is longer than 1024 bytes");
-        return NGX_HTTP_BAD_REQUEST;
-    }
-
-    u->fields = ngx_array_create(u->request->pool, 4, sizeof(ngx_keyval_t));
-    if (u->fields == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = raw->data;
-    last = raw->data + raw->len;
-
-    while (p < last) {
-        q = ngx_strlchr(p, last, ',');
-        if (q == NULL) {
-            q = last;
-        }
-
-        while (p < q && *p == ' ') {
-            p++;
-        }
-
-        sp = ngx_strlchr(p, q, ' ');
-
-        key.data = p;
-        key.len = (sp ? sp : q) - p;
-
-        ngx_str_null(&value);
-
-        if (sp) {
-            enc.data = sp + 1;
-            enc.len = q - sp - 1;
-
-            value.data = ngx_pnalloc(u->request->pool,
-                                     ngx_base64_decoded_length(enc.len));
-            if (value.data == NULL) {
-                return NGX_ERROR;
-            }
-
-            if (ngx_decode_base64(&value, &enc) != NGX_OK) {
-                ngx_str_set(&u->reason,
-                            "Upload-Metadata has a value that is not base64");
-                return NGX_HTTP_BAD_REQUEST;
-            }
-        }
-
-        if (key.len == 0 || key.len > 128) {
-            ngx_str_set(&u->reason, "Upload-Metadata has a bad key");
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        for (c = key.data; c < key.data + key.len; c++) {
-            if (!ngx_http_cloudauth_upload_token_char(*c)) {
-                ngx_str_set(&u->reason, "Upload-Metadata has a bad key");
-                return NGX_HTTP_BAD_REQUEST;
-            }
-        }
-
-        if (ngx_cloudauth_utf8_valid(value.data, value.len) != NGX_OK) {
-            ngx_str_set(&u->reason, "Upload-Metadata has a value that is "
-                                    "not UTF-8");
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        kv = u->fields->elts;
-
-        for (i = 0; i < u->fields->nelts; i++) {
-            if (kv[i].key.len == key.len
-                && ngx_strncmp(kv[i].key.data, key.data, key.len) == 0)
-            {
-                ngx_str_set(&u->reason, "Upload-Metadata repeats a key");
-                return NGX_HTTP_BAD_REQUEST;
-            }
-        }
-
-        dst = NULL;
-
-        if (key.len == 8 && ngx_strncmp(key.data, "filename", 8) == 0) {
-            dst = filename;
-
-        } else if (key.len == 8 && ngx_strncmp(key.data, "filetype", 8) == 0)
-        {
-            dst = filetype;
-        }
-
-        if (dst && dst->data != NULL) {
-            ngx_str_set(&u->reason, "Upload-Metadata repeats a key");
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        if (dst) {
-            *dst = value;
-
-        } else {
-            kv = ngx_array_push(u->fields);
-            if (kv == NULL) {
-                return NGX_ERROR;
-            }
-
-            kv->key = key;
-            kv->value = value;
-        }
-
-        p = q + 1;
-    }
-
-    for (c = filetype->data; c < filetype->data + filetype->len; c++) {
-        if (*c < 0x20 || *c == 0x7f) {
-            ngx_str_set(&u->reason, "filetype is not a content type");
-            return NGX_HTTP_BAD_REQUEST;
-        }
-    }
-
-    if (filetype->len > 255) {
-        ngx_str_set(&u->reason, "filetype is not a content type");
-        return NGX_HTTP_BAD_REQUEST;
-    }
-
-    return NGX_OK;
-}
 
 
 /* HEAD, PATCH, DELETE on an upload's URL */
@@ -547,7 +406,7 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
         }
     }
 
-    rc = ngx_http_cloudauth_upload_tus_id(r, conf, &id);
+    rc = ngx_http_cloudauth_upload_resume_id(r, conf, &id);
 
     if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -652,110 +511,6 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     return ngx_http_cloudauth_upload_read(u);
 }
 
-
-/*
- * The ID is the last segment of the URI; it opens with the key, for this
- * location, in this bucket, before it expires.  NGX_DECLINED: 404.
- */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_id(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, ngx_http_cloudauth_upload_id_t *id)
-{
-    u_char     *p;
-    time_t      now;
-    ngx_int_t   rc;
-    ngx_str_t   sealed, shown;
-    u_char      key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
-
-    p = r->uri.data + r->uri.len;
-
-    while (p > r->uri.data && p[-1] != '/') {
-        p--;
-    }
-
-    sealed.data = p;
-    sealed.len = r->uri.data + r->uri.len - p;
-
-    if (sealed.len == 0 || r->args.len) {
-        return NGX_DECLINED;
-    }
-
-    if (ngx_http_cloudauth_upload_tus_key(r, conf, key) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    rc = ngx_http_cloudauth_upload_id_open(r->pool, key, &conf->aad, &sealed,
-                                           id);
-
-    ngx_explicit_memzero(key, sizeof(key));
-
-    if (rc != NGX_OK) {
-        if (rc == NGX_DECLINED) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "cloudauth: upload: an upload ID that does not "
-                          "open with the upload key for this location");
-        }
-
-        return rc;
-    }
-
-    now = ngx_time();
-
-    if (id->created + conf->expires <= now) {
-        if (ngx_cloudauth_gcs_shown(r->pool, &id->name, &shown)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "cloudauth: upload: the upload of \"%V\" expired",
-                      &shown);
-        return NGX_DECLINED;
-    }
-
-    if (id->bucket.len != conf->gcs.bucket.len
-        || ngx_strncmp(id->bucket.data, conf->gcs.bucket.data,
-                       id->bucket.len) != 0
-        || ngx_http_cloudauth_upload_check_name(&id->name) != NULL)
-    {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "cloudauth: upload: an upload ID of another bucket");
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
-
-/* cloudauth_upload_key, or the zone's secret: the AES key of the IDs */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_key(ngx_http_request_t *r,
-    ngx_http_cloudauth_upload_conf_t *conf, u_char *key)
-{
-    u_char                                 *secret;
-    ngx_http_cloudauth_upload_main_conf_t  *umcf;
-
-    umcf = ngx_http_get_module_main_conf(r, ngx_http_cloudauth_upload_module);
-
-    if (umcf->key_file.len) {
-        ngx_memcpy(key, umcf->key, NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN);
-        return NGX_OK;
-    }
-
-    secret = ngx_cloudauth_cache_secret(conf->gcs.cred->conf->shm_zone);
-    if (secret == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "cloudauth: upload: no zone for the upload key");
-        return NGX_ERROR;
-    }
-
-    return ngx_http_cloudauth_upload_id_key(secret,
-                                            NGX_CLOUDAUTH_ZONE_SECRET_LEN,
-                                            key);
-}
 
 
 /* Upload-Offset, the length, the metadata, the expiry; no caching */
@@ -1039,58 +794,23 @@ static ngx_int_t
 ngx_http_cloudauth_upload_tus_created(ngx_http_cloudauth_upload_t *u,
     ngx_str_t *origin)
 {
-    u_char              *p, *start;
-    size_t               len;
-    uintptr_t            escape;
     ngx_int_t            rc;
-    ngx_str_t            location, sealed;
+    ngx_str_t            location;
     ngx_http_request_t  *r;
-    u_char               key[NGX_HTTP_CLOUDAUTH_UPLOAD_KEY_LEN];
 
     r = u->request;
 
-    if (ngx_http_cloudauth_upload_tus_key(r, u->conf, key) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    rc = ngx_http_cloudauth_upload_resume_url(u, &location);
 
-    u->id.name = u->obj.name;
-
-    rc = ngx_http_cloudauth_upload_id_seal(r->pool, key, &u->conf->aad,
-                                           &u->id, &sealed);
-
-    ngx_explicit_memzero(key, sizeof(key));
-
-    if (rc != NGX_OK) {
-        if (rc == NGX_DECLINED) {
-            return ngx_http_cloudauth_upload_tus_refuse(r, origin,
+    if (rc == NGX_DECLINED) {
+        return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_REQUEST_URI_TOO_LARGE,
                            "the object name is too long for an upload URL");
-        }
+    }
 
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    /* the creation's URI, a "directory", and the ID */
-
-    start = r->uri.data;
-    len = r->uri.len;
-
-    escape = 2 * ngx_escape_uri(NULL, start, len, NGX_ESCAPE_URI);
-
-    p = ngx_pnalloc(r->pool, len + escape + 1 + sealed.len);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    location.data = p;
-    p = (u_char *) ngx_escape_uri(p, start, len, NGX_ESCAPE_URI);
-
-    if (p == location.data || p[-1] != '/') {
-        *p++ = '/';
-    }
-
-    p = ngx_cpymem(p, sealed.data, sealed.len);
-    location.len = p - location.data;
 
     if (ngx_http_cloudauth_upload_header_out(r, "Location", &location)
         != NGX_OK)

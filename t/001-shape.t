@@ -83,7 +83,7 @@ SKIP: {
 # protocols are named by their front ends and the module file only
 
 my @generic = ((map { "$top/ngx_cloudauth_module/ngx_http_cloudauth_upload_$_" }
-                qw(driver.c reply.c id.c name.c plain.c)),
+                qw(driver.c reply.c id.c name.c plain.c resume.c)),
                (map { "$top/ngx_cloudauth_module/ngx_cloudauth_$_" }
                 qw(gcs.c gcs.h gcs_parse.c)));
 

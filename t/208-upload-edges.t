@@ -7,9 +7,11 @@
 #   creation 201; the injected token reaches the upstream (it crashed a
 #   worker, answered 500, or turned tus off);
 # - a body an IETF resumable-upload client marks as a part
-#   ("Upload-Complete: ?0", "Upload-Incomplete: ?1") is refused, with any
-#   method and interop version, and nothing is stored (it became a finished,
-#   truncated object);
+#   ("Upload-Complete: ?0", "Upload-Incomplete: ?1") is refused on a
+#   location without resumable=on, with any method and interop version, and
+#   nothing is stored (it became a finished, truncated object); on a
+#   resumable one it is the draft's part (interop versions served) or a
+#   refusal, never a finished object;
 # - object names from outside reach the error log printable only (escape
 #   sequences went to it raw);
 # - max_size= is the limit a client meets, not client_max_body_size
@@ -75,6 +77,11 @@ $t->run(<<'EOF');
 
         location /files/ {
             cloudauth_gcs_upload google bucket=test-bucket resumable=on
+                chunk_size=256k endpoint=https://127.0.0.1:%%PORT_GCS%%;
+        }
+
+        location /single/ {
+            cloudauth_gcs_upload google bucket=test-bucket
                 chunk_size=256k endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
@@ -173,23 +180,27 @@ like($r->{headers}{'x-echo-authorization'} // '', qr/^Bearer ya29\./,
      'cloudauth, limit_except and if: the injected token');
 
 ###############################################################################
-# a body marked as a part of an IETF draft upload: refused, nothing stored
+# a body marked as a part of an IETF draft upload, nothing stored as an
+# object: refused on a location without resumable=on; on a resumable one
+# (t/223-ietf.t) the draft's part of an upload for an interop version
+# served, refused for none or another
 
 my $n = gcs_requests();
 
-for my $c (['Upload-Complete' => '?0', undef],
-           ['Upload-Complete' => '?0', 6],
-           ['Upload-Incomplete' => '?1', 3],
-           ['Upload-Incomplete' => '?1', 5],
-           ['Upload-Complete' => 'nonsense', 6])
-{
+my @parts = (['Upload-Complete' => '?0', undef, 400],
+             ['Upload-Complete' => '?0', 6, 201],
+             ['Upload-Incomplete' => '?1', 3, 201],
+             ['Upload-Incomplete' => '?1', 5, 400],
+             ['Upload-Complete' => 'nonsense', 6, 400]);
+
+for my $c (@parts) {
     my ($hname, $hval, $interop) = @$c;
     my %h = ($hname => $hval);
     $h{'Upload-Draft-Interop-Version'} = $interop if defined $interop;
     my $what = "$hname: $hval, interop " . ($interop // 'none');
 
     for my $m ('POST', 'PUT', 'PATCH') {
-        my ($r) = CloudAuth::Upload::upload($t, '/files/part.bin',
+        my ($r) = CloudAuth::Upload::upload($t, '/single/part.bin',
                                             method => $m, size => 300 * 1024,
                                             headers => \%h);
         is($r->{status}, 501, "$what, $m: 501");
@@ -200,6 +211,27 @@ for my $c (['Upload-Complete' => '?0', undef],
 
 ok(!stored('part.bin'), 'a part is not stored as an object');
 is(gcs_requests(), $n, 'no GCS request for a part');
+
+for my $c (@parts) {
+    my ($hname, $hval, $interop, $status) = @$c;
+    my %h = ($hname => $hval);
+    $h{'Upload-Draft-Interop-Version'} = $interop if defined $interop;
+    my $what = "resumable=on, $hname: $hval, interop " . ($interop // 'none');
+
+    for my $m ('POST', 'PUT', 'PATCH') {
+        my ($r) = CloudAuth::Upload::upload($t, '/files/part.bin',
+                                            method => $m, size => 300 * 1024,
+                                            headers => \%h);
+        is($r->{status}, $status, "$what, $m: $status");
+
+        if ($status == 201) {
+            is($r->{headers}{'upload-offset'}, 256 * 1024,
+               "$what, $m: a part, GCS holds its 256 KiB");
+        }
+    }
+}
+
+ok(!stored('part.bin'), 'resumable=on: a part is not stored as an object');
 
 ($r) = CloudAuth::Upload::upload($t, '/files/whole.bin', size => 300 * 1024,
                                  headers => { 'Upload-Complete' => '?1' });

@@ -6,7 +6,8 @@
 # openssl rand), after the first was killed (SIGKILL, master and workers:
 # a crash, nothing written on the way out).  Both talk to one fake GCS.
 # With another key the second nginx answers 404 to HEAD, PATCH and DELETE
-# on the upload URL and sends nothing to GCS.  Raw tus requests.
+# on the upload URL and sends nothing to GCS.  Raw tus requests, and the
+# same for an upload of the IETF draft (interop 8) beside it.
 
 use strict;
 use warnings;
@@ -101,6 +102,18 @@ $r = tus($t1, 'PATCH', $loc, %OCTETS,
 is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'),
    '204 1048576', 'first gateway: 1 MiB + 100 bytes sent, 1 MiB stored');
 
+# an IETF draft upload beside it: a creation with a part
+
+my %IETF = ('Upload-Draft-Interop-Version' => 8);
+$r = $t1->http_get('/files/', -method => 'POST', %IETF,
+                   'Upload-Complete' => '?0', 'Upload-Length' => $SIZE,
+                   'Upload-Metadata' => 'filename '
+                                        . encode_base64('ietf.bin', ''),
+                   -body => substr($data, 0, $first));
+is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'),
+   '201 1048576', 'first gateway, IETF: created with 1 MiB stored');
+my $iloc = $r->{headers}{location} // '';
+
 # killed: master first (no respawn), then its workers
 
 my @pids = ($t1->master_pid, $t1->worker_pids);
@@ -125,6 +138,8 @@ $r = tus($t2, 'PATCH', $loc, %OCTETS,
 is($r->{status}, 404, 'another key: PATCH 404');
 $r = tus($t2, 'DELETE', $loc);
 is($r->{status}, 404, 'another key: DELETE 404');
+$r = $t2->http_get($iloc, -method => 'HEAD', %IETF);
+is($r->{status}, 404, 'another key, IETF: HEAD 404');
 is(gcs_requests(), $before, 'another key: nothing sent to GCS');
 
 $t2->check_log_ok('another key: no alert, crit or emerg');
@@ -157,8 +172,20 @@ $r = tus($t2, 'HEAD', $loc);
 is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'), "200 $SIZE",
    'HEAD after completion: the whole length');
 
-is(scalar(my @s = CloudAuth::FakeGCS->sessions($t1)), 1,
-   'one GCS session for it all');
+$r = $t2->http_get($iloc, -method => 'HEAD', %IETF);
+is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'), '204 1048576',
+   'shared key, IETF: HEAD, what GCS holds');
+$r = $t2->http_get($iloc, -method => 'PATCH', %IETF,
+                   'Upload-Offset' => 1048576, 'Upload-Complete' => '?1',
+                   'Content-Type' => 'application/partial-upload',
+                   -body => substr($data, 1048576));
+is("$r->{status} " . ($r->{headers}{'upload-offset'} // '-'), "200 $SIZE",
+   'shared key, IETF: the rest appended, complete');
+CloudAuth::Upload::stored_ok($t1, $B, 'ietf.bin', $sent,
+                             'IETF: started on one, finished on another');
+
+is(scalar(my @s = CloudAuth::FakeGCS->sessions($t1)), 2,
+   'one GCS session for each upload');
 
 $t2->check_log_ok;
 

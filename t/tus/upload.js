@@ -8,13 +8,16 @@
 //   node t/tus/upload.js '{"endpoint": "http://127.0.0.1:N/files/",
 //       "file": "/dir/data.bin", "chunkSize": null,
 //       "retryDelays": [0, 200, 500], "metadata": {"filename": "x.bin",
-//       "filetype": "application/octet-stream"}, "timeout": 120000}'
+//       "filetype": "application/octet-stream"}, "timeout": 120000,
+//       "protocol": "ietf-draft-05"}'
 //
 // chunkSize null is Infinity (the whole rest of the file in each PATCH).
 // Prints one JSON document: ok, error, the upload URL, every request
 // (method, Upload-Offset sent, status, Upload-Offset answered), every
 // retry tus-js-client decided on (with the error that caused it), and the
-// final answer's Cloudauth-Object-* headers.  Exits non-zero when the
+// final answer's Cloudauth-Object-* headers, and its body (the IETF
+// draft's last answer is the object's JSON).  "protocol": tus-js-client's
+// (tus-v1 by default, ietf-draft-03, ietf-draft-05).  Exits non-zero when the
 // client cannot run.
 
 const fs = require('fs');
@@ -59,6 +62,7 @@ function shouldRetry(err, attempt) {
 
 const upload = new tus.Upload(data, {
     endpoint: opt.endpoint,
+    protocol: opt.protocol || 'tus-v1',
     chunkSize: opt.chunkSize == null ? Infinity : opt.chunkSize,
     retryDelays: opt.retryDelays || [0, 200, 500, 1000, 2000],
     metadata: opt.metadata || {},
@@ -89,6 +93,7 @@ const upload = new tus.Upload(data, {
 
         out.ok = true;
         out.url = upload.url;
+        out.body = res ? res.getBody() ?? null : null;
         for (const h of ['Name', 'Size', 'Generation', 'Crc32c', 'Url']) {
             out.object[h.toLowerCase()] =
                 res ? res.getHeader('Cloudauth-Object-' + h) ?? null : null;

@@ -801,6 +801,17 @@ sub parse_response {
     my ($raw) = @_;
 
     my ($head, $body) = split /\r?\n\r?\n/, $raw // '', 2;
+
+    # interim responses (1xx) before the final one, kept in "interim"
+    my @interim;
+    while (($head // '') =~ m{^HTTP/\d\.\d 1\d\d} && defined $body) {
+        my ($l, @ls) = split /\r?\n/, $head;
+        my %ih = map { /^([^:]+):\s*(.*)$/ ? (lc $1 => $2) : () } @ls;
+        push @interim, { status => ($l =~ m{^HTTP/\d\.\d (\d{3})})[0],
+                         headers => \%ih };
+        ($head, $body) = split /\r?\n\r?\n/, $body, 2;
+    }
+
     my ($line, @lines) = split /\r?\n/, $head // '';
     my ($status) = ($line // '') =~ m{^HTTP/\d\.\d (\d{3})};
 
@@ -811,7 +822,7 @@ sub parse_response {
     }
 
     return { status => $status // 0, headers => \%h, body => $body // '',
-             raw => $raw // '' };
+             raw => $raw // '', interim => \@interim };
 }
 
 # http_start(PATH, %headers): connects and sends, returns a handle;

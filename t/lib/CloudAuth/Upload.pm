@@ -202,6 +202,11 @@ sub response_complete {
     my ($in) = @_;
     my ($head, $body) = split /\r\n\r\n/, $in, 2;
     return 0 unless defined $body;
+    # past interim responses (1xx) to the final one
+    while ($head =~ m{^HTTP/\d\.\d 1\d\d}) {
+        ($head, $body) = split /\r\n\r\n/, $body, 2;
+        return 0 unless defined $body;
+    }
     my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi or return 0;
     return length($body) >= $len;
 }
