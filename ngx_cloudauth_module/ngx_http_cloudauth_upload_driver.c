@@ -205,11 +205,14 @@ ngx_http_cloudauth_upload_start(ngx_http_cloudauth_upload_t *u)
     /* nothing to write until then: not the phases again */
     u->request->write_event_handler = ngx_http_request_empty_handler;
 
-    if (ngx_cloudauth_gcs_start(u->obj.gcs) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
+    /*
+     * the request waits for the session; a start that fails at once (the
+     * token in back-off) has answered through the failed handler already,
+     * which finalized the request against this reference
+     */
     u->request->main->count++;
+
+    (void) ngx_cloudauth_gcs_start(u->obj.gcs);
 
     return NGX_DONE;
 }

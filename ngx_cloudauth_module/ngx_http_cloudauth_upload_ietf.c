@@ -55,6 +55,8 @@ static ngx_http_cloudauth_upload_ietf_version_t
 typedef ngx_http_cloudauth_upload_ietf_version_t  ngx_http_ietf_v_t;
 
 
+static ngx_uint_t ngx_http_cloudauth_upload_ietf_repeated(
+    ngx_http_request_t *r);
 static ngx_http_ietf_v_t *ngx_http_cloudauth_upload_ietf_version(
     ngx_http_request_t *r, ngx_int_t *n);
 static ngx_int_t ngx_http_cloudauth_upload_ietf_method(ngx_http_request_t *r,
@@ -225,6 +227,13 @@ ngx_http_cloudauth_upload_ietf(ngx_http_request_t *r,
                            "cross-site upload refused");
     }
 
+    if (ngx_http_cloudauth_upload_ietf_repeated(r)) {
+        /* "?0, ?1" is no boolean: a proxy reading the first would differ */
+        return ngx_http_cloudauth_upload_ietf_say(r, origin,
+                           NGX_HTTP_BAD_REQUEST, NULL,
+                           "a header of the upload is given more than once");
+    }
+
     /* the procedure by the request, as the draft's interop 3 says */
 
     if (method == NGX_HTTP_HEAD || method == NGX_HTTP_DELETE
@@ -236,6 +245,49 @@ ngx_http_cloudauth_upload_ietf(ngx_http_request_t *r,
     }
 
     return ngx_http_cloudauth_upload_ietf_create(r, conf, origin, max, v);
+}
+
+
+/* one of the draft's headers more than once */
+
+static ngx_str_t  ngx_http_cloudauth_upload_ietf_once[] = {
+    ngx_string("Upload-Complete"),
+    ngx_string("Upload-Incomplete"),
+    ngx_string("Upload-Offset"),
+    ngx_string("Upload-Length"),
+    ngx_string("Upload-Draft-Interop-Version")
+};
+
+
+static ngx_uint_t
+ngx_http_cloudauth_upload_ietf_repeated(ngx_http_request_t *r)
+{
+    ngx_str_t        *names;
+    ngx_uint_t        i, k, n[5];
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    names = ngx_http_cloudauth_upload_ietf_once;
+
+    ngx_memzero(n, sizeof(n));
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            for (k = 0; k < 5; k++) {
+                if (h[i].key.len == names[k].len
+                    && ngx_strncasecmp(h[i].key.data, names[k].data,
+                                       names[k].len) == 0
+                    && ++n[k] > 1)
+                {
+                    return 1;
+                }
+            }
+        }
+    }
+
+    return 0;
 }
 
 
@@ -760,6 +812,14 @@ ngx_http_cloudauth_upload_ietf_resume(ngx_http_request_t *r,
                            "Upload-Offset is not a number");
         }
 
+        if (offset > NGX_MAX_OFF_T_VALUE / 2
+            || (max && offset > max))
+        {
+            return ngx_http_cloudauth_upload_ietf_say(r, origin,
+                           NGX_HTTP_BAD_REQUEST, NULL,
+                           "Upload-Offset is past any upload's length");
+        }
+
         complete = ngx_http_cloudauth_upload_ietf_complete(r, v);
 
         if (complete < 0) {
@@ -820,6 +880,13 @@ ngx_http_cloudauth_upload_ietf_resume(ngx_http_request_t *r,
         }
 
         declared = r->headers_in.content_length_n;
+
+        if (declared > NGX_MAX_OFF_T_VALUE / 2) {
+            /* offset + declared stays a number */
+            return ngx_http_cloudauth_upload_ietf_say(r, origin,
+                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NULL,
+                           "the body is larger than any upload");
+        }
 
         if (complete && declared >= 0) {
             if (length >= 0 && offset + declared != length) {

@@ -41,6 +41,11 @@ $t->run(<<'EOF');
     cloudauth_credential google type=google_service_account
         key_file=%%KEY_FILE%% scopes=%%SCOPES%%;
 
+    # a credential of its own, whose token the fake refuses (a back-off)
+    cloudauth_credential down type=google_service_account
+        key_file=%%KEY_FILE%%
+        scopes=https://www.googleapis.com/auth/devstorage.full_control;
+
     log_format upload '$request_method $uri $status '
                       '$cloudauth_upload_status $cloudauth_upload_bytes';
 
@@ -55,6 +60,11 @@ $t->run(<<'EOF');
                 chunk_size=256k endpoint=https://127.0.0.1:%%PORT_GCS%%
                 cors=https://app.example;
             access_log %%TESTDIR%%/upload.log upload;
+        }
+
+        location /down/ {
+            cloudauth_gcs_upload down bucket=test-bucket resumable=on
+                endpoint=https://127.0.0.1:%%PORT_GCS%%;
         }
 
         location /other/ {
@@ -554,6 +564,47 @@ is($r->{headers}{'tus-resumable'}, '1.0.0', 'with Tus-Resumable');
 ($r) = CloudAuth::Upload::upload($t, '/files/single.bin', size => 1000);
 is($r->{status}, 201, 'a single PUT: 201');
 ok(!@{ $r->{interim} // [] }, 'and no 104 for it');
+
+###############################################################################
+# a creation whose session cannot start (the token endpoint failing): one
+# answer, and a request pipelined behind it is served (the request was
+# finalized twice once, "header already sent")
+
+$t->token_set(status => 503, error => 'backendError',
+              error_description => 'the fake is down');
+for my $i (1, 2) {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port('nginx'))
+        or die "connect: $!";
+    print $s "POST /down/down-$i HTTP/1.1\r\nHost: localhost\r\n"
+             . "Upload-Draft-Interop-Version: 6\r\n"
+             . "Upload-Complete: ?1\r\nContent-Length: 5\r\n\r\nhello"
+             . "GET /down/ HTTP/1.1\r\nHost: localhost\r\n"
+             . "Connection: close\r\n\r\n";
+    my $in = '';
+    my $sel = IO::Select->new($s);
+    while ($sel->can_read(10 * $t->tf)) {
+        my $n = sysread $s, my $buf, 65536;
+        last unless $n;
+        $in .= $buf;
+    }
+    close $s;
+    my @st = grep { $_ >= 200 } $in =~ m{^HTTP/1\.1 (\d+)}mg;
+    is(scalar @st, 2, "token down, creation $i: two answers on the connection")
+        or diag $in;
+    like($st[0] // '', qr/^5\d\d$/, "token down, creation $i: a 5xx");
+}
+$t->token_set;
+unlike($t->error_log, qr/header already sent/, 'no request answered twice');
+
+###############################################################################
+# the draft's headers are given once
+
+($r) = CloudAuth::Upload::upload($t, '/files/twice.bin', method => 'POST',
+    data => 'hello', headers => { iv(6),
+        'Upload-Complete' => ['?0', '?1'] });
+is($r->{status}, 400, 'Upload-Complete twice: 400');
+ok(!stored('twice.bin'), 'nothing stored');
 
 ###############################################################################
 # logs
