@@ -279,6 +279,10 @@ ngx_int_t ngx_http_cloudauth_upload_ietf_headers(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status);
 
 /* ngx_http_cloudauth_upload_resume.c: what resumable front ends share */
+ngx_int_t ngx_http_cloudauth_upload_resume_method(ngx_http_request_t *r,
+    ngx_uint_t *method);
+ngx_int_t ngx_http_cloudauth_upload_resume_number(ngx_http_request_t *r,
+    const char *name, size_t len, off_t *n);
 ngx_int_t ngx_http_cloudauth_upload_resume_key(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, u_char *key);
 ngx_int_t ngx_http_cloudauth_upload_resume_id(ngx_http_request_t *r,

@@ -59,12 +59,8 @@ static ngx_uint_t ngx_http_cloudauth_upload_ietf_repeated(
     ngx_http_request_t *r);
 static ngx_http_ietf_v_t *ngx_http_cloudauth_upload_ietf_version(
     ngx_http_request_t *r, ngx_int_t *n);
-static ngx_int_t ngx_http_cloudauth_upload_ietf_method(ngx_http_request_t *r,
-    ngx_uint_t *method);
 static ngx_int_t ngx_http_cloudauth_upload_ietf_complete(
     ngx_http_request_t *r, ngx_http_ietf_v_t *v);
-static ngx_int_t ngx_http_cloudauth_upload_ietf_number(ngx_http_request_t *r,
-    const char *name, size_t len, off_t *n);
 static ngx_int_t ngx_http_cloudauth_upload_ietf_options(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin,
     ngx_http_ietf_v_t *v);
@@ -197,7 +193,7 @@ ngx_http_cloudauth_upload_ietf(ngx_http_request_t *r,
                                  p - buf, -1, -1);
     }
 
-    if (ngx_http_cloudauth_upload_ietf_method(r, &method) != NGX_OK) {
+    if (ngx_http_cloudauth_upload_resume_method(r, &method) != NGX_OK) {
         return ngx_http_cloudauth_upload_ietf_say(r, origin,
                            NGX_HTTP_BAD_REQUEST, NULL,
                            "X-HTTP-Method-Override names no method of an "
@@ -328,52 +324,6 @@ ngx_http_cloudauth_upload_ietf_version(ngx_http_request_t *r, ngx_int_t *n)
     return NULL;
 }
 
-
-/* the method, or the one X-HTTP-Method-Override names on a POST */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_ietf_method(ngx_http_request_t *r,
-    ngx_uint_t *method)
-{
-    ngx_str_t        *v;
-    ngx_table_elt_t  *h;
-
-    *method = r->method;
-
-    h = ngx_http_cloudauth_upload_ietf_header(r, "X-HTTP-Method-Override");
-
-    if (h == NULL || r->method != NGX_HTTP_POST) {
-        return NGX_OK;
-    }
-
-    v = &h->value;
-
-    if (v->len == 5 && ngx_strncasecmp(v->data, (u_char *) "PATCH", 5) == 0) {
-        *method = NGX_HTTP_PATCH;
-
-    } else if (v->len == 6
-               && ngx_strncasecmp(v->data, (u_char *) "DELETE", 6) == 0)
-    {
-        *method = NGX_HTTP_DELETE;
-
-    } else if (v->len == 4
-               && ngx_strncasecmp(v->data, (u_char *) "HEAD", 4) == 0)
-    {
-        *method = NGX_HTTP_HEAD;
-
-    } else if (v->len == 4
-               && ngx_strncasecmp(v->data, (u_char *) "POST", 4) == 0)
-    {
-        *method = NGX_HTTP_POST;
-
-    } else {
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
-
 /*
  * Is the request's content the last of the upload?  1, 0, or -1 when it
  * does not say (a structured-field boolean, anything else is ignored):
@@ -416,31 +366,6 @@ ngx_http_cloudauth_upload_ietf_complete(ngx_http_request_t *r,
 
     return v->complete ? (p[1] == '1') : (p[1] == '0');
 }
-
-
-/* the number in a header: NGX_OK, NGX_DECLINED (none), NGX_ERROR (bad) */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_ietf_number(ngx_http_request_t *r, const char *name,
-    size_t len, off_t *n)
-{
-    ngx_table_elt_t  *h;
-
-    h = ngx_http_cloudauth_upload_header_in(r, name, len);
-
-    if (h == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (h->value.len == 0 || h->value.len > NGX_OFF_T_LEN) {
-        return NGX_ERROR;
-    }
-
-    *n = ngx_atoof(h->value.data, h->value.len);
-
-    return (*n == NGX_ERROR) ? NGX_ERROR : NGX_OK;
-}
-
 
 /* what the location offers (a CORS preflight was taken before) */
 
@@ -510,7 +435,7 @@ ngx_http_cloudauth_upload_ietf_create(ngx_http_request_t *r,
                            : "a creation says Upload-Incomplete: ?0 or ?1");
     }
 
-    rc = ngx_http_cloudauth_upload_ietf_number(r, "Upload-Length",
+    rc = ngx_http_cloudauth_upload_resume_number(r, "Upload-Length",
                                                sizeof("Upload-Length") - 1,
                                                &length);
     if (rc == NGX_ERROR) {
@@ -802,7 +727,7 @@ ngx_http_cloudauth_upload_ietf_resume(ngx_http_request_t *r,
     complete = 0;
 
     if (method == NGX_HTTP_PATCH) {
-        if (ngx_http_cloudauth_upload_ietf_number(r, "Upload-Offset",
+        if (ngx_http_cloudauth_upload_resume_number(r, "Upload-Offset",
                                                   sizeof("Upload-Offset") - 1,
                                                   &offset)
             != NGX_OK)
@@ -863,7 +788,7 @@ ngx_http_cloudauth_upload_ietf_resume(ngx_http_request_t *r,
     length = id.length;
 
     if (method == NGX_HTTP_PATCH) {
-        rc = ngx_http_cloudauth_upload_ietf_number(r, "Upload-Length",
+        rc = ngx_http_cloudauth_upload_resume_number(r, "Upload-Length",
                                                    sizeof("Upload-Length") - 1,
                                                    &length);
         if (rc == NGX_ERROR

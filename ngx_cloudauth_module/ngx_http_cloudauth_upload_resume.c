@@ -312,3 +312,73 @@ ngx_http_cloudauth_upload_resume_url(ngx_http_cloudauth_upload_t *u,
 
     return NGX_OK;
 }
+
+
+/* the method, or the one X-HTTP-Method-Override names on a POST */
+
+ngx_int_t
+ngx_http_cloudauth_upload_resume_method(ngx_http_request_t *r,
+    ngx_uint_t *method)
+{
+    ngx_str_t        *v;
+    ngx_table_elt_t  *h;
+
+    *method = r->method;
+
+    h = ngx_http_cloudauth_upload_header_in(r, "X-HTTP-Method-Override",
+                                  sizeof("X-HTTP-Method-Override") - 1);
+
+    if (h == NULL || r->method != NGX_HTTP_POST) {
+        return NGX_OK;
+    }
+
+    v = &h->value;
+
+    if (v->len == 5 && ngx_strncasecmp(v->data, (u_char *) "PATCH", 5) == 0) {
+        *method = NGX_HTTP_PATCH;
+
+    } else if (v->len == 6
+               && ngx_strncasecmp(v->data, (u_char *) "DELETE", 6) == 0)
+    {
+        *method = NGX_HTTP_DELETE;
+
+    } else if (v->len == 4
+               && ngx_strncasecmp(v->data, (u_char *) "HEAD", 4) == 0)
+    {
+        *method = NGX_HTTP_HEAD;
+
+    } else if (v->len == 4
+               && ngx_strncasecmp(v->data, (u_char *) "POST", 4) == 0)
+    {
+        *method = NGX_HTTP_POST;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the number in a header: NGX_OK, NGX_DECLINED (none), NGX_ERROR (bad) */
+
+ngx_int_t
+ngx_http_cloudauth_upload_resume_number(ngx_http_request_t *r,
+    const char *name, size_t len, off_t *n)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_cloudauth_upload_header_in(r, name, len);
+
+    if (h == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (h->value.len == 0 || h->value.len > NGX_OFF_T_LEN) {
+        return NGX_ERROR;
+    }
+
+    *n = ngx_atoof(h->value.data, h->value.len);
+
+    return (*n == NGX_ERROR) ? NGX_ERROR : NGX_OK;
+}

@@ -20,8 +20,6 @@
 #include "ngx_http_cloudauth_upload.h"
 
 
-static ngx_int_t ngx_http_cloudauth_upload_tus_method(ngx_http_request_t *r,
-    ngx_uint_t *method);
 static ngx_int_t ngx_http_cloudauth_upload_tus_options(ngx_http_request_t *r,
     ngx_http_cloudauth_upload_conf_t *conf, ngx_str_t *origin, off_t max);
 static ngx_int_t ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
@@ -43,8 +41,6 @@ static ngx_int_t ngx_http_cloudauth_upload_tus_object(ngx_http_request_t *r,
     json_t *object);
 static ngx_uint_t ngx_http_cloudauth_upload_tus_octets(
     ngx_http_request_t *r);
-static ngx_int_t ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r,
-    const char *name, size_t len, off_t *n);
 static ngx_int_t ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
     ngx_str_t *origin, ngx_uint_t status, const char *reason);
 
@@ -90,7 +86,7 @@ ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
     ngx_uint_t        method;
     ngx_table_elt_t  *h;
 
-    rc = ngx_http_cloudauth_upload_tus_method(r, &method);
+    rc = ngx_http_cloudauth_upload_resume_method(r, &method);
     if (rc != NGX_OK) {
         return ngx_http_cloudauth_upload_tus_refuse(r, origin,
                            NGX_HTTP_BAD_REQUEST,
@@ -148,52 +144,6 @@ ngx_http_cloudauth_upload_tus(ngx_http_request_t *r,
 
     return ngx_http_cloudauth_upload_tus_resume(r, conf, origin, method, max);
 }
-
-
-/* the method, or the one X-HTTP-Method-Override names on a POST */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_method(ngx_http_request_t *r,
-    ngx_uint_t *method)
-{
-    ngx_str_t        *v;
-    ngx_table_elt_t  *h;
-
-    *method = r->method;
-
-    h = ngx_http_cloudauth_upload_tus_header(r, "X-HTTP-Method-Override");
-
-    if (h == NULL || r->method != NGX_HTTP_POST) {
-        return NGX_OK;
-    }
-
-    v = &h->value;
-
-    if (v->len == 5 && ngx_strncasecmp(v->data, (u_char *) "PATCH", 5) == 0) {
-        *method = NGX_HTTP_PATCH;
-
-    } else if (v->len == 6
-               && ngx_strncasecmp(v->data, (u_char *) "DELETE", 6) == 0)
-    {
-        *method = NGX_HTTP_DELETE;
-
-    } else if (v->len == 4
-               && ngx_strncasecmp(v->data, (u_char *) "HEAD", 4) == 0)
-    {
-        *method = NGX_HTTP_HEAD;
-
-    } else if (v->len == 4
-               && ngx_strncasecmp(v->data, (u_char *) "POST", 4) == 0)
-    {
-        *method = NGX_HTTP_POST;
-
-    } else {
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
 
 /* what the server offers (not a CORS preflight: the caller took those) */
 
@@ -264,7 +214,7 @@ ngx_http_cloudauth_upload_tus_create(ngx_http_request_t *r,
 
     defer = ngx_http_cloudauth_upload_tus_header(r, "Upload-Defer-Length");
 
-    rc = ngx_http_cloudauth_upload_tus_number(r, "Upload-Length",
+    rc = ngx_http_cloudauth_upload_resume_number(r, "Upload-Length",
                                               sizeof("Upload-Length") - 1,
                                               &length);
     if (rc == NGX_ERROR) {
@@ -395,7 +345,7 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
                            "a PATCH is application/offset+octet-stream");
         }
 
-        if (ngx_http_cloudauth_upload_tus_number(r, "Upload-Offset",
+        if (ngx_http_cloudauth_upload_resume_number(r, "Upload-Offset",
                                                  sizeof("Upload-Offset") - 1,
                                                  &offset)
             != NGX_OK)
@@ -420,7 +370,7 @@ ngx_http_cloudauth_upload_tus_resume(ngx_http_request_t *r,
     length = id.length;
 
     if (method == NGX_HTTP_PATCH) {
-        rc = ngx_http_cloudauth_upload_tus_number(r, "Upload-Length",
+        rc = ngx_http_cloudauth_upload_resume_number(r, "Upload-Length",
                                                   sizeof("Upload-Length") - 1,
                                                   &length);
         if (rc == NGX_ERROR
@@ -874,31 +824,6 @@ ngx_http_cloudauth_upload_tus_octets(ngx_http_request_t *r)
                               (u_char *) NGX_HTTP_CLOUDAUTH_UPLOAD_OCTETS,
                               h->value.len) == 0;
 }
-
-
-/* the number in a header: NGX_OK, NGX_DECLINED (none), NGX_ERROR (bad) */
-
-static ngx_int_t
-ngx_http_cloudauth_upload_tus_number(ngx_http_request_t *r, const char *name,
-    size_t len, off_t *n)
-{
-    ngx_table_elt_t  *h;
-
-    h = ngx_http_cloudauth_upload_header_in(r, name, len);
-
-    if (h == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (h->value.len == 0 || h->value.len > NGX_OFF_T_LEN) {
-        return NGX_ERROR;
-    }
-
-    *n = ngx_atoof(h->value.data, h->value.len);
-
-    return (*n == NGX_ERROR) ? NGX_ERROR : NGX_OK;
-}
-
 
 static ngx_int_t
 ngx_http_cloudauth_upload_tus_refuse(ngx_http_request_t *r,
