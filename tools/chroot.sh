@@ -16,6 +16,9 @@
 #       With --dev the host's /dev (with /dev/pts and /dev/shm, which
 #       Chromium needs) is bound there too and sysfs mounted on /sys, all
 #       unmounted alike (make test-chroot).
+#   tools/chroot.sh stop DIR
+#       ends what still runs inside DIR (a test's fake server outliving a
+#       killed run) and unmounts what is still mounted under it.
 #
 # Nothing is mounted between commands: removing DIR (make clean) is safe.
 set -euo pipefail
@@ -145,7 +148,27 @@ EOF
     fi
 }
 
+# the processes whose root is DIR are ended, then what is mounted under DIR
+# is unmounted (lazily, deepest first)
+stop() {
+    local dir p m
+    dir=$(realpath -m "$1")
+    [ "$dir" != / ] || die "/ is no chroot"
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$dir" ] || continue
+        kill -TERM "${p#/proc/}" 2>/dev/null || true
+    done
+    awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' \
+        /proc/self/mountinfo | sort -r | while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done
+}
+
 case "${1:-}" in
+stop)
+    [ $# = 2 ] || die "usage: $0 stop DIR"
+    stop "$2"
+    ;;
 create)
     [ $# -ge 3 ] || die "usage: $0 create DIR SUITE [PACKAGE...]"
     shift
