@@ -28,6 +28,9 @@
 #   make test-deb-trixie
 #                   build it, install it into the chroot's nginx, nginx -t,
 #                   serve a request with it, purge it (tdeb/020-trixie.t)
+#   make test-chroot [CHROOT_SUITE=sid]
+#                   make test in a chroot of that Debian release
+#                   (build/chroot/sid), against its own nginx (sid: 1.30)
 
 BUILD       = $(CURDIR)/build
 MODULE      = $(BUILD)/ngx_http_cloudauth_module.so
@@ -78,7 +81,11 @@ RUN_ENV     = CLOUDAUTH_NGINX=$(NGX_BINARY)
 else
 NGX_BUILD   = $(BUILD)
 NGX_TREE    = $(BUILD)/nginx
-NGX_FLAGS   = $$(. $(DEBIAN_SRC)/conf_flags; echo "$${NGX_CONF_FLAGS[@]}")
+# an array, which newer nginx-dev (sid's) fills with quoted words
+# (--with-cc-opt="$(dpkg-buildflags ...) -fPIC"): sourced by configure's
+# shell and passed as such, never split again
+NGX_FLAGS_LOAD = . $(DEBIAN_SRC)/conf_flags &&
+NGX_FLAGS   = "$${NGX_CONF_FLAGS[@]}"
 NGX_BINARY  =
 TEST_ENV    =
 RUN_ENV     =
@@ -111,7 +118,7 @@ $(NGX_TREE)/objs/Makefile: config
 	else \
 	    cp -r $(DEBIAN_SRC) $(NGX_TREE); \
 	fi
-	cd $(NGX_TREE) && ./configure $(NGX_FLAGS) \
+	cd $(NGX_TREE) && $(NGX_FLAGS_LOAD) ./configure $(NGX_FLAGS) \
 	    --with-cc-opt="$(CC_OPT)" --with-ld-opt="$(LD_OPT)" \
 	    --add-dynamic-module=$(CURDIR) \
 	    > $(NGX_BUILD)/configure.log 2>&1 \
@@ -247,5 +254,18 @@ test-deb-trixie: deb-trixie
 	CLOUDAUTH_CHROOT=$(TRIXIE_ROOT) CLOUDAUTH_DEB_DIR=$(TRIXIE_DEB) \
 	    prove tdeb/020-trixie.t
 
+# make test inside a Debian chroot of CHROOT_SUITE (build/chroot/SUITE,
+# made by debootstrap once and kept), against that release's own nginx and
+# nginx-dev: for the nginx whose source Debian's archive does not serve here
+# while its packages are (sid's 1.30, the matrix's "sid" leg in .ci/run).
+# tools/test-chroot.sh; its log is build/chroot/SUITE/build/test.log
+CHROOT_SUITE = sid
+
+.PHONY: test-chroot
+test-chroot:
+	tools/test-chroot.sh $(CHROOT_SUITE) $(BUILD)/chroot/$(CHROOT_SUITE)
+
+# (--one-file-system: what a killed make test-chroot left mounted in its
+# chroot, the host's /dev, is never removed with it)
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf --one-file-system $(BUILD) $(ASAN_BUILD)

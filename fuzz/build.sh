@@ -29,9 +29,26 @@ COMMON="-g -O1 -fno-omit-frame-pointer"
 
 mkdir -p "$OUT/bin" "$OUT/obj"
 
-# 1. nginx's sources, the version of nginx-dev if Debian still has it
+# 1. nginx's sources, the version of nginx-dev if Debian still has it;
+#    FUZZ_NGINX_SRC=DIR takes that nginx source tree instead (where the
+#    archive does not serve nginx's source package: make test-chroot), with
+#    FUZZ_NGINX_FLAGS=FILE, a conf_flags file as nginx-dev ships, when the
+#    tree is another version than nginx-dev's.  The targets fuzz the
+#    module's parsers; nginx's core is only what they link against.
+#    "fuzz/build.sh src" stops after this step (make test-chroot takes the
+#    tree into the chroot).
 
-if [ ! -f "$SRC/.done" ]; then
+FLAGS=${FUZZ_NGINX_FLAGS:-$DEBIAN_SRC/conf_flags}
+if [ -n "${FUZZ_NGINX_SRC:-}" ]; then
+    [ -f "$FUZZ_NGINX_SRC/src/core/nginx.c" ] ||
+        { echo "fuzz: FUZZ_NGINX_SRC=$FUZZ_NGINX_SRC: no nginx source" >&2;
+          exit 1; }
+    SRC_TREE=$FUZZ_NGINX_SRC
+else
+    SRC_TREE=$SRC/nginx
+fi
+
+if [ -z "${FUZZ_NGINX_SRC:-}" ] && [ ! -f "$SRC/.done" ]; then
     rm -rf "$SRC" && mkdir -p "$SRC"
     want=$(dpkg-query -W -f '${Version}' nginx-dev 2>/dev/null || true)
     (
@@ -58,17 +75,26 @@ if [ ! -f "$SRC/.done" ]; then
     touch "$SRC/.done"
 fi
 
-# 2. nginx configured as Debian's, built with clang, ASan and coverage
+[ "${1:-}" != src ] || { echo "$SRC_TREE"; exit 0; }
 
-if [ ! -f "$NGX/.done" ]; then
+# 2. nginx configured as Debian's, built with clang, ASan and coverage;
+#    made again when its source or flags are others
+
+key=${FUZZ_NGINX_SRC:+$SRC_TREE $FLAGS}${FUZZ_NGINX_FLAGS:+ $FLAGS}
+if [ ! -f "$NGX/.done" ] || [ "$(cat "$NGX/.done")" != "$key" ]; then
     rm -rf "$NGX"
-    cp -r "$SRC/nginx" "$NGX"
-    flags=$(. "$DEBIAN_SRC/conf_flags"; echo "${NGX_CONF_FLAGS[@]}")
-    cc_opt="$COMMON -fsanitize=address -fsanitize=fuzzer-no-link"
+    cp -r "$SRC_TREE" "$NGX"
+    rm -rf "$NGX/objs"
+    # nginx's own code is not held to a newer clang's new warnings (Debian
+    # 12's nginx 1.22 under sid's clang: -Wunterminated-string-initialization)
+    # as the module's is: -Wno-error after configure's -Werror
+    cc_opt="$COMMON -fsanitize=address -fsanitize=fuzzer-no-link -Wno-error"
     (
         cd "$NGX"
-        # shellcheck disable=SC2086
-        CC=$CC ./configure $flags \
+        # an array of quoted words in newer nginx-dev: used as such
+        # shellcheck disable=SC1090
+        . "$FLAGS"
+        CC=$CC ./configure "${NGX_CONF_FLAGS[@]}" \
             --with-cc-opt="$cc_opt" \
             --with-ld-opt="-fsanitize=address" \
             >"$OUT/configure.log" 2>&1 \
@@ -82,7 +108,7 @@ if [ ! -f "$NGX/.done" ]; then
         # shellcheck disable=SC2086
         ar rcs "$OUT/libngx.a" $objs
     )
-    touch "$NGX/.done"
+    echo "$key" > "$NGX/.done"
 fi
 
 INC="-I$NGX/objs -I$NGX/src/core -I$NGX/src/event -I$NGX/src/event/modules
@@ -112,7 +138,7 @@ objs=
 changed=
 for c in "$MOD"/*.c; do
     o=$OUT/obj/$(basename "${c%.c}").o
-    if newer "$o" "$c" "$MOD"/*.h; then
+    if newer "$o" "$c" "$MOD"/*.h "$OUT/libngx.a"; then
         # shellcheck disable=SC2086
         $CC $CFLAGS -fsanitize=fuzzer-no-link -c "$c" -o "$o"
         changed=1

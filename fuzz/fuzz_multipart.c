@@ -166,7 +166,8 @@ run(ngx_str_t *ct, const u_char *body, size_t len, uint32_t seed,
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    u_char               *nl, *ctype;
+    const u_char         *nl;
+    u_char               *ctype;
     size_t                slice, room;
     uint32_t              seed;
     ngx_str_t             ct;

@@ -68,8 +68,10 @@ shim_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
     return module_cb(easy, s, what, userp, socketp);
 }
 
+/* the name in parentheses: curl.h of libcurl 8 (sid's) makes
+ * curl_multi_setopt a macro (its type checks) */
 CURLMcode
-curl_multi_setopt(CURLM *multi, CURLMoption option, ...)
+(curl_multi_setopt)(CURLM *multi, CURLMoption option, ...)
 {
     va_list    ap;
     void      *p;

@@ -33,10 +33,11 @@ deb)
           debootstrap libio-socket-ssl-perl libcrypt-openssl-rsa-perl"
     ;;
 fuzz)
-    # make fuzz, and the fuzz smoke of make test: Debian 12's clang with
-    # libFuzzer and the sanitizer runtimes, llvm-symbolizer, dpkg-source
-    # (apt-get source nginx unpacks with it)
-    pkgs="$pkgs clang libclang-rt-14-dev llvm dpkg-dev"
+    # make fuzz, and the fuzz smoke of make test: Debian's clang with
+    # libFuzzer and the sanitizer runtimes (libclang-rt-dev: those of the
+    # release's default clang, 14 in Debian 12), llvm-symbolizer,
+    # dpkg-source (apt-get source nginx unpacks with it)
+    pkgs="$pkgs clang libclang-rt-dev llvm dpkg-dev"
     ;;
 esac
 
@@ -92,10 +93,12 @@ esac
 
 # nginx-dev has nginx's headers only; the fuzz targets link nginx's core,
 # built from Debian's source package (fuzz/build.sh runs apt-get source),
-# which needs deb-src entries beside the deb ones
+# which needs deb-src entries beside the deb ones (not with FUZZ_NGINX_SRC,
+# a source tree given: make test-chroot)
 case "${1:-build}" in
 fuzz)
-    if [ -z "$(apt-cache showsrc nginx 2>/dev/null)" ]; then
+    if [ -z "${FUZZ_NGINX_SRC:-}" ] &&
+       [ -z "$(apt-cache showsrc nginx 2>/dev/null)" ]; then
         if [ "$(id -u)" != 0 ]; then
             echo "no deb-src entries for apt-get source nginx; as root run:" \
                  "tools/deps.sh fuzz" >&2

@@ -372,8 +372,12 @@ sub verify_grant {
     my $key = $keys->{ $header->{kid} // '' }
         or return 'kid is not the private_key_id of a known key';
 
+    # RS256 is RSASSA-PKCS1-v1_5: said so, since Crypt::OpenSSL::RSA 0.35
+    # (Debian 13, sid) verifies with PSS unless told (0.33's verify() took
+    # PKCS#1 v1.5 whatever the padding set)
     my $rsa = Crypt::OpenSSL::RSA->new_public_key($key->{public_key});
     $rsa->use_sha256_hash;
+    $rsa->use_pkcs1_padding;
     return 'Invalid JWT Signature.'
         unless $rsa->verify("$part[0].$part[1]", decode_base64url($part[2]));
 
