@@ -420,8 +420,13 @@ ngx_cloudauth_fetch_fail_easy(CURL *easy, const char *why)
     if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &f) != CURLE_OK
         || f == NULL)
     {
-        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
-                      "cloudauth: a transfer without its fetch: %s", why);
+        /*
+         * a socket of curl's own, of no request (libcurl 8 shuts
+         * connections down on an internal handle): no request fails; what
+         * went wrong (connections exhausted, epoll) nginx has logged
+         */
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "cloudauth: a socket of curl's own: %s", why);
         return;
     }
 
